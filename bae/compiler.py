@@ -1,0 +1,124 @@
+"""From node classes to DSPy: signatures, node-aware predictors, and compiled graphs.
+
+The class name and docstring are the prompt.
+
+Two kinds of predictor serve a graph: a *make* predictor per node (inputs: its
+``Context`` fields; outputs: its generated fields, with their real types) and a
+*choice* predictor per deciding node (inputs: its LM-visible state; output: the
+successor's name as a ``Literal``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dspy
+
+from bae.node import FieldSpec, Node, spec_of
+
+MAKE = "make"
+CHOICE = "choice"
+CHOICE_FIELD = "next_step"
+FEEDBACK_FIELD = "feedback_on_previous_answer"
+
+
+def title(cls: type) -> str:
+    """``BillingIssue`` -> ``Billing Issue``: class names read as the task's name."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", cls.__name__)
+
+
+def _doc(cls: type) -> str:
+    return " ".join((cls.__dict__.get("__doc__") or "").split())
+
+
+def _fields(specs: tuple[FieldSpec, ...], kind: Any) -> dict[str, tuple[Any, Any]]:
+    return {f.name: (f.annotation, kind(desc=f.description) if f.description else kind()) for f in specs}
+
+
+def node_to_signature(cls: type[Node]) -> type[dspy.Signature]:
+    """The make signature of ``cls``: its ``Context`` fields in, its generated fields out."""
+    spec = spec_of(cls)
+    instructions = f"{title(cls)}. {_doc(cls)}".strip()
+    fields = {**_fields(spec.context, dspy.InputField), **_fields(spec.generated, dspy.OutputField)}
+    return dspy.make_signature(fields, instructions, signature_name=f"Make{cls.__name__}")
+
+
+def choice_signature(cls: type[Node]) -> type[dspy.Signature]:
+    """The choice signature of a deciding node: its visible state in, the next step's name out."""
+    spec = spec_of(cls)
+    options = "\n".join(f"- {s.__name__}: {title(s)}. {_doc(s)}".rstrip() for s in spec.successors) + (
+        "\n- None: nothing follows; the work ends here." if spec.may_end else ""
+    )
+    instructions = f"{title(cls)}. {_doc(cls)}\nChoose the step that follows:\n{options}".strip()
+    answer = Literal[spec.choices]  # type: ignore[valid-type]
+    fields = {
+        **_fields(spec.visible, dspy.InputField),
+        CHOICE_FIELD: (answer, dspy.OutputField(desc="the name of the step that follows")),
+    }
+    return dspy.make_signature(fields, instructions, signature_name=f"Choose{cls.__name__}")
+
+
+def with_feedback(signature: type[dspy.Signature]) -> type[dspy.Signature]:
+    """The same signature plus an input that tells the LM why its last answer was rejected."""
+    return signature.append(
+        FEEDBACK_FIELD,
+        dspy.InputField(desc="why the previous answer was rejected; answer again and fix it"),
+        type_=str,
+    )
+
+
+@dataclass(frozen=True)
+class PredictorCall:
+    """Which predictor is calling the LM right now, for test doubles and observability."""
+
+    node: str
+    kind: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+_CALL: ContextVar[PredictorCall | None] = ContextVar("bae_predictor_call", default=None)
+
+
+def current_call() -> PredictorCall | None:
+    """The bae predictor whose LM request is being served in this context, if any."""
+    return _CALL.get()
+
+
+@contextmanager
+def _calling(call: PredictorCall) -> Iterator[None]:
+    token = _CALL.set(call)
+    try:
+        yield
+    finally:
+        _CALL.reset(token)
+
+
+class NodePredict(dspy.Predict):
+    """A ``dspy.Predict`` that knows which node and kind it serves.
+
+    Optimizers copy and save it like any ``Predict``; the extra identity lets a
+    scripted LM answer by node name and keeps call records attributable.
+    """
+
+    def __init__(self, signature: type[dspy.Signature], node: str, kind: str, **config: Any) -> None:
+        super().__init__(signature, **config)
+        self.node_name = node
+        self.kind = kind
+
+    def forward(self, **kwargs: Any) -> dspy.Prediction:
+        inputs = {k: v for k, v in kwargs.items() if k not in ("signature", "demos", "config", "lm")}
+        with _calling(PredictorCall(self.node_name, self.kind, inputs)):
+            return super().forward(**kwargs)
+
+
+def make_predictor(cls: type[Node]) -> NodePredict:
+    return NodePredict(node_to_signature(cls), cls.__name__, MAKE)
+
+
+def choice_predictor(cls: type[Node]) -> NodePredict:
+    return NodePredict(choice_signature(cls), cls.__name__, CHOICE)

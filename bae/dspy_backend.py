@@ -1,0 +1,265 @@
+"""``DSPyBackend``: the ``LM`` protocol on DSPy predictors, with bounded retries.
+
+Two failure families are handled differently on purpose. A parse or validation
+failure is the model's mistake: bae retries with the error shown to the model
+(self-correction). A transient LM failure (timeout, rate limit, 5xx) is the
+service's: bae retries the same request with backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import dspy
+from dspy.utils.exceptions import AdapterParseError, is_retryable_lm_error
+from pydantic import ValidationError
+
+from bae.compiler import (
+    CHOICE,
+    CHOICE_FIELD,
+    FEEDBACK_FIELD,
+    MAKE,
+    NodePredict,
+    choice_predictor,
+    make_predictor,
+    with_feedback,
+)
+from bae.exceptions import BaeError, BaeLMError, BaeParseError
+from bae.node import Node, spec_of
+from bae.resolve import active_state, context_inputs, current_state, visible_state
+from bae.result import CallRecord
+
+logger = logging.getLogger("bae")
+
+T = TypeVar("T", bound=Node)
+Listener = Callable[[CallRecord], None]
+
+_TRANSIENT_NAMES = {
+    "TimeoutError", "Timeout", "APITimeoutError", "RateLimitError", "ServerError", "ServiceUnavailableError",
+    "InternalServerError", "APIConnectionError", "TransportError", "ConnectionError",
+}  # fmt: skip
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes: DSPy wraps an engine's own exception in ``LMUnexpectedError``."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__
+    return chain
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the same request may succeed later: timeouts, rate limits, 5xx, dropped connections."""
+    for link in _chain(exc):
+        if isinstance(link, Exception) and is_retryable_lm_error(link):
+            return True
+        if {c.__name__ for c in type(link).__mro__} & _TRANSIENT_NAMES:
+            return True
+        status = getattr(link, "status_code", None) or getattr(link, "status", None)
+        if isinstance(status, int) and (status in (408, 429) or status >= 500):
+            return True
+    return False
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    for link in _chain(exc):
+        value = getattr(link, "retry_after", None)
+        if isinstance(value, int | float) and value >= 0:
+            return float(value)
+    return None
+
+
+def _usage(prediction: dspy.Prediction) -> tuple[int | None, int | None, float | None]:
+    usage = prediction.get_lm_usage() or {}
+    if not usage:
+        return None, None, None
+    prompt = sum(int(u.get("prompt_tokens") or 0) for u in usage.values())
+    completion = sum(int(u.get("completion_tokens") or 0) for u in usage.values())
+    costs = [u["cost"] for u in usage.values() if isinstance(u.get("cost"), int | float)]
+    return prompt, completion, (sum(costs) if costs else None)
+
+
+class DSPyBackend:
+    """Make and decide nodes with DSPy predictors, one naive predictor per node and kind.
+
+    ``lm`` and ``adapter`` default to DSPy's configured ones; each call runs under
+    ``dspy.context`` so worker threads never touch global settings. DSPy's trace and
+    history are not grown by calls made here, so a long-lived backend stays bounded.
+    """
+
+    def __init__(
+        self,
+        lm: dspy.BaseLM | None = None,
+        adapter: dspy.Adapter | None = None,
+        max_retries: int = 2,
+        max_transient_retries: int = 3,
+        backoff_s: float = 0.5,
+        listeners: list[Listener] | None = None,
+    ) -> None:
+        self.lm = lm
+        self.adapter = adapter if adapter is not None else dspy.JSONAdapter()
+        self.max_retries = max_retries
+        self.max_transient_retries = max_transient_retries
+        self.backoff_s = backoff_s
+        self.listeners: list[Listener] = list(listeners or [])
+        self._naive: dict[tuple[type[Node], str], NodePredict] = {}
+        self._lock = threading.Lock()
+
+    # -- the LM protocol ---------------------------------------------------------------
+    def make(self, node: Node, target: type[T]) -> T:
+        state = current_state(node)
+        inputs = context_inputs(target, node, state)
+        if not spec_of(target).generated:
+            return target(**inputs)  # nothing to generate: no LM call
+        predictor, source = self.predictor_for(target, MAKE)
+        return self._predict(predictor, source, inputs, lambda out: target(**inputs, **out))
+
+    def decide(self, node: Node) -> Node | None:
+        spec = spec_of(type(node))
+        if len(spec.choices) == 1:
+            chosen = spec.choices[0]
+        else:
+            predictor, source = self.predictor_for(type(node), CHOICE)
+            chosen = self._predict(predictor, source, visible_state(node), lambda out: out[CHOICE_FIELD])
+        target = spec.successor(chosen)
+        return None if target is None else self.make(node, target)
+
+    # -- predictors --------------------------------------------------------------------
+    def predictor_for(self, cls: type[Node], kind: str) -> tuple[NodePredict, str]:
+        """The predictor serving ``cls`` for ``kind`` and its source; here always a naive one."""
+        return self.naive_predictor(cls, kind), "naive"
+
+    def naive_predictor(self, cls: type[Node], kind: str) -> NodePredict:
+        key = (cls, kind)
+        predictor = self._naive.get(key)
+        if predictor is None:
+            with self._lock:
+                predictor = self._naive.get(key)
+                if predictor is None:
+                    predictor = make_predictor(cls) if kind == MAKE else choice_predictor(cls)
+                    self._naive[key] = predictor
+        return predictor
+
+    # -- calling -----------------------------------------------------------------------
+    def _predict(
+        self,
+        predictor: NodePredict,
+        source: str,
+        inputs: dict[str, Any],
+        build: Callable[[dict[str, Any]], Any],
+    ) -> Any:
+        """Call ``predictor`` and ``build`` the result, self-correcting parse failures."""
+        feedback: str | None = None
+        attempts = 0
+        started = time.perf_counter()
+        tokens: list[tuple[int | None, int | None, float | None]] = []
+        error: BaseException | None = None
+        try:
+            for _ in range(self.max_retries + 1):
+                attempts += 1
+                try:
+                    prediction = self._call(predictor, inputs, feedback)
+                    tokens.append(_usage(prediction))
+                    outputs = {name: prediction[name] for name in predictor.signature.output_fields}
+                    built = build(outputs)
+                    error = None
+                    return built
+                except (AdapterParseError, ValidationError) as exc:
+                    error = exc
+                    feedback = _short(exc)
+                    logger.debug(
+                        "%s %s: rejected answer (%s); retrying", predictor.node_name, predictor.kind, feedback
+                    )
+            raise BaeParseError(
+                f"{predictor.node_name} ({predictor.kind}): the LM's answer did not parse after {attempts} "
+                f"attempts: {feedback}",
+                cause=error,
+            )
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._record(predictor, source, started, attempts, tokens, error)
+
+    def _call(self, predictor: NodePredict, inputs: dict[str, Any], feedback: str | None) -> dspy.Prediction:
+        """One request, retried with backoff and jitter while the LM fails transiently."""
+        kwargs = dict(inputs)
+        if feedback is not None:
+            kwargs.update(signature=with_feedback(predictor.signature), **{FEEDBACK_FIELD: feedback})
+        overrides: dict[str, Any] = {"adapter": self.adapter, "track_usage": True, "max_trace_size": 0}
+        overrides["disable_history"] = True
+        if self.lm is not None:
+            overrides["lm"] = self.lm
+        elif dspy.settings.lm is None:
+            raise BaeLMError("no LM configured: pass lm= to DSPyBackend or call dspy.configure(lm=...)")
+        for attempt in range(self.max_transient_retries + 1):
+            try:
+                with dspy.context(**overrides):
+                    return predictor(**kwargs)
+            except (AdapterParseError, ValidationError, BaeError):
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise BaeLMError(
+                        f"{predictor.node_name} ({predictor.kind}): LM call failed: {_short(exc)}", cause=exc
+                    ) from exc
+                if attempt == self.max_transient_retries:
+                    raise BaeLMError(
+                        f"{predictor.node_name} ({predictor.kind}): LM still failing after "
+                        f"{attempt + 1} attempts: {_short(exc)}",
+                        cause=exc,
+                    ) from exc
+                delay = _retry_after(exc) or self.backoff_s * (2**attempt)
+                delay = min(delay, 30.0) * random.uniform(0.8, 1.2)
+                logger.debug(
+                    "%s %s: transient %s; retry in %.2fs",
+                    predictor.node_name,
+                    predictor.kind,
+                    type(exc).__name__,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _record(
+        self,
+        predictor: NodePredict,
+        source: str,
+        started: float,
+        attempts: int,
+        tokens: list[tuple[int | None, int | None, float | None]],
+        error: BaseException | None,
+    ) -> None:
+        def total(i: int) -> Any:
+            values = [t[i] for t in tokens if t[i] is not None]
+            return sum(values) if values else None
+
+        record = CallRecord(
+            node=predictor.node_name,
+            kind=predictor.kind,
+            source=source,
+            latency_s=time.perf_counter() - started,
+            attempts=attempts,
+            prompt_tokens=total(0),
+            completion_tokens=total(1),
+            cost=total(2),
+            error=None if error is None or isinstance(error, GeneratorExit) else _short(error),
+        )
+        state = active_state()
+        if state is not None:
+            state.calls.append(record)
+        for listener in self.listeners:
+            listener(record)
+        logger.debug("call %s", record)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -1,0 +1,50 @@
+"""bae's exception family.
+
+Every error bae raises on purpose is a ``BaeError``, so callers (and the CLI) can
+tell "bae refused this, here is why" apart from a bug. Each class carries the CLI
+exit code of its kind, which keeps one convention across every command.
+"""
+
+from __future__ import annotations
+
+
+class BaeError(Exception):
+    """Base class: a failure bae understands and can explain in one line."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if cause is not None:
+            self.__cause__ = cause
+
+    @property
+    def cause(self) -> BaseException | None:
+        return self.__cause__
+
+
+class BaeInputError(BaeError):
+    """Bad input from the user: a graph file, JSON input, a dataset or a flag value."""
+
+    exit_code = 2
+
+
+class BaeGraphError(BaeInputError):
+    """A graph that cannot be built or run as declared (unresolved edges, missing deps)."""
+
+
+class BaeParseError(BaeError):
+    """The LM's answer could not be parsed or validated, even after self-correction."""
+
+
+class BaeLMError(BaeError):
+    """The LM is unavailable or kept failing after bounded retries."""
+
+    exit_code = 4
+
+
+class BaeArtifactError(BaeError):
+    """A compiled directory is missing, corrupt, tampered with or incompatible."""
+
+    exit_code = 3

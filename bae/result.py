@@ -1,0 +1,40 @@
+"""What a run returns: the final node, the trace, and a record of every LM call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bae.node import Node
+
+
+@dataclass
+class GraphResult:
+    """The node the run ended on and every node it passed through, start included."""
+
+    node: Node
+    trace: list[Node] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+
+    @property
+    def path(self) -> list[str]:
+        """The node class names in order, the shape a gold trace is compared on."""
+        return [type(n).__name__ for n in self.trace]
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One LM call as bae saw it: which predictor, where it came from, what it cost.
+
+    ``source`` is ``optimized`` (a compiled predictor), ``naive`` (none compiled) or
+    ``stale`` (compiled for a schema that has since changed, so not used).
+    """
+
+    node: str
+    kind: str
+    source: str
+    latency_s: float
+    attempts: int = 1
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost: float | None = None
+    error: str | None = None

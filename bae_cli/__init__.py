@@ -1,0 +1,1 @@
+"""bae's command line: a Typer app whose commands import DSPy only when they need it."""

@@ -1,0 +1,3 @@
+from bae_cli.app import main
+
+main()

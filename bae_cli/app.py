@@ -1,0 +1,79 @@
+"""The ``bae`` command: one exit-code convention and one-line errors for every command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from bae import __version__
+from bae.exceptions import BaeError
+
+EXIT_CODES = (
+    "Exit codes (every command): 0 ok; 1 a check failed (inspect gate) or a run failed; "
+    "2 usage or bad input (flags, graph file, JSON input, dataset); "
+    "3 artifact error (compiled dir missing, corrupt, tampered, incompatible); "
+    "4 LM unavailable or failing after retries; 130 interrupted. "
+    "--debug (or BAE_DEBUG=1) shows the traceback of an error."
+)
+
+app = typer.Typer(
+    name="bae",
+    help="Type-driven agent graphs, compiled with DSPy.\n\n" + EXIT_CODES,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks for errors (or BAE_DEBUG=1).")
+    ] = False,
+) -> None:
+    if debug:
+        os.environ["BAE_DEBUG"] = "1"
+
+
+def _debugging() -> bool:
+    return os.environ.get("BAE_DEBUG", "") not in ("", "0") or "--debug" in sys.argv
+
+
+def _fail(message: str, code: int) -> int:
+    typer.echo(f"bae: error: {message}", err=True)
+    return code
+
+
+def main() -> None:
+    """Run the app, turning every failure bae understands into one line and its exit code.
+
+    Typer already maps usage errors to 2 and Ctrl-C to 130; bae's own errors carry
+    their exit code, and anything unexpected is exit 1 with a hint to use --debug.
+    """
+    from bae_cli import commands  # noqa: F401  (registers the commands)
+
+    try:
+        app()
+    except BaeError as exc:
+        if _debugging():
+            raise
+        sys.exit(_fail(exc.message, exc.exit_code))
+    except KeyboardInterrupt:
+        sys.exit(_fail("interrupted", 130))
+    except Exception as exc:
+        if _debugging():
+            raise
+        sys.exit(_fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1))

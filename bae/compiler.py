@@ -79,6 +79,7 @@ class PredictorCall:
     node: str
     kind: str
     inputs: dict[str, Any] = field(default_factory=dict)
+    demos: int = 0
 
 
 _CALL: ContextVar[PredictorCall | None] = ContextVar("bae_predictor_call", default=None)
@@ -112,7 +113,8 @@ class NodePredict(dspy.Predict):
 
     def forward(self, **kwargs: Any) -> dspy.Prediction:
         inputs = {k: v for k, v in kwargs.items() if k not in ("signature", "demos", "config", "lm")}
-        with _calling(PredictorCall(self.node_name, self.kind, inputs)):
+        demos = len(kwargs.get("demos", self.demos))
+        with _calling(PredictorCall(self.node_name, self.kind, inputs, demos)):
             return super().forward(**kwargs)
 
 
@@ -122,3 +124,39 @@ def make_predictor(cls: type[Node]) -> NodePredict:
 
 def choice_predictor(cls: type[Node]) -> NodePredict:
     return NodePredict(choice_signature(cls), cls.__name__, CHOICE)
+
+
+class CompiledGraph:
+    """A graph with its compiled predictors: load once, run many times through ``OptimizedLM``."""
+
+    def __init__(
+        self,
+        graph: Any,
+        predictors: dict[tuple[str, str], NodePredict] | None = None,
+        stale: set[tuple[str, str]] | None = None,
+        manifest: dict[str, Any] | None = None,
+    ) -> None:
+        self.graph = graph
+        self.optimized = dict(predictors or {})
+        self.stale = set(stale or ())
+        self.manifest = manifest or {}
+
+    @classmethod
+    def load(cls, graph: Any, path: Any) -> CompiledGraph:
+        """Verify and load a compiled root (its active version) or a version dir for ``graph``."""
+        from pathlib import Path
+
+        from bae.optimizer import load_optimized
+
+        loaded = load_optimized(graph, Path(path))
+        return cls(graph, loaded.predictors, loaded.stale, loaded.manifest)
+
+    def lm(self, **backend: Any) -> Any:
+        """An ``OptimizedLM`` over these predictors (``lm=``, ``adapter=``... go to ``DSPyBackend``)."""
+        from bae.optimized_lm import OptimizedLM
+
+        return OptimizedLM(self.optimized, stale=self.stale, version=self.manifest.get("version"), **backend)
+
+    def run(self, start_node: Node, lm: Any = None, **deps: Any) -> Any:
+        """Run the graph with the compiled predictors; ``lm`` is the DSPy LM they call."""
+        return self.graph.run(start_node, lm=self.lm(lm=lm), **deps)

@@ -174,9 +174,7 @@ class DSPyBackend:
                 except (AdapterParseError, ValidationError) as exc:
                     error = exc
                     feedback = _short(exc)
-                    logger.debug(
-                        "%s %s: rejected answer (%s); retrying", predictor.node_name, predictor.kind, feedback
-                    )
+                    logger.debug("%s %s: rejected answer (%s); retrying", predictor.node_name, predictor.kind, feedback)
             raise BaeParseError(
                 f"{predictor.node_name} ({predictor.kind}): the LM's answer did not parse after {attempts} "
                 f"attempts: {feedback}",

@@ -66,11 +66,20 @@ class Graph:
         """A node class of this graph by name (the by-name lookup artifacts and datasets use)."""
         return next((cls for cls in self.specs if cls.__name__ == name), None)
 
+    def predictor_keys(self) -> list[tuple[str, str]]:
+        """Every predictor this graph can use: ``make`` for nodes bae may generate (not the start,
+        which the caller gives), ``choice`` for nodes where the LM picks the successor."""
+        keys: list[tuple[str, str]] = []
+        for cls, spec in self.specs.items():
+            if spec.generated and cls is not self.start:
+                keys.append((cls.__name__, "make"))
+            if spec.decides:
+                keys.append((cls.__name__, "choice"))
+        return keys
+
     def validate(self) -> list[Problem]:
         """Everything that would make this graph fail or misbehave at run time."""
-        problems = [
-            Problem("annotation", spec.name, text) for spec in self.specs.values() for text in spec.problems
-        ]
+        problems = [Problem("annotation", spec.name, text) for spec in self.specs.values() for text in spec.problems]
         problems += self._dead_ends() + self._unsupplied_context() + self._duplicate_binds()
         return problems
 
@@ -84,9 +93,7 @@ class Graph:
                     can_end.add(cls)
                     changed = True
         return [
-            Problem(
-                "no_end", cls.__name__, f"{cls.__name__} has no path to an end: every run through it loops"
-            )
+            Problem("no_end", cls.__name__, f"{cls.__name__} has no path to an end: every run through it loops")
             for cls in self.specs
             if cls not in can_end
         ]
@@ -159,9 +166,7 @@ class Graph:
     def run(self, start_node: Node, lm: LM | None = None, max_steps: int = 100, **deps: Any) -> GraphResult:
         """Run from ``start_node`` until a node ends the run; services for ``Dep`` come from ``deps``."""
         if not isinstance(start_node, self.start):
-            raise BaeGraphError(
-                f"this graph starts at {self.start.__name__}, got {type(start_node).__name__}"
-            )
+            raise BaeGraphError(f"this graph starts at {self.start.__name__}, got {type(start_node).__name__}")
         unresolved = [p for p in self.validate() if p.kind == "annotation"]
         if unresolved:
             raise BaeGraphError("; ".join(str(p) for p in unresolved))

@@ -9,14 +9,16 @@ agree on one reading of the user's types.
 from __future__ import annotations
 
 import dis
+import hashlib
 import inspect
+import json
 import sys
 import types
 import typing
 import weakref
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict
 
@@ -220,9 +222,7 @@ def _read_deps(
         if get_origin(annotation) is Annotated and any(isinstance(m, Dep) for m in annotation.__metadata__):
             deps.append(DepSpec(param.name, get_args(annotation)[0]))
         else:
-            problems.append(
-                f"{where} is not the LM and not annotated with Dep(): annotate it Annotated[T, Dep()]"
-            )
+            problems.append(f"{where} is not the LM and not annotated with Dep(): annotate it Annotated[T, Dep()]")
     return tuple(deps), problems
 
 
@@ -244,3 +244,43 @@ def _has_no_logic(fn: Any) -> bool:
         if instruction.opname in ("LOAD_CONST", "RETURN_CONST") and instruction.argval is not None:
             return False
     return True
+
+
+def type_name(annotation: Any) -> str:
+    """A stable, module-free spelling of a type, so fingerprints survive a change of import path."""
+    if annotation is None or annotation is type(None):
+        return "None"
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return "Literal[" + ", ".join(repr(a) for a in get_args(annotation)) + "]"
+    if origin is Annotated:
+        return type_name(get_args(annotation)[0])
+    if origin is not None:
+        name = "Union" if origin in (Union, types.UnionType) else getattr(origin, "__qualname__", repr(origin))
+        return f"{name}[" + ", ".join(type_name(a) for a in get_args(annotation)) + "]"
+    if isinstance(annotation, type):
+        if issubclass(annotation, BaseModel) and not issubclass(annotation, Node):
+            fields = ", ".join(f"{n}: {type_name(f.annotation)}" for n, f in annotation.model_fields.items())
+            return f"{annotation.__qualname__}{{{fields}}}"
+        return annotation.__qualname__
+    return repr(annotation)
+
+
+def schema_fingerprint(cls: type[Node]) -> str:
+    """A hash of everything that shapes this node's prompts and parsing.
+
+    Name, docstring, every field's name, type, role and description, and the
+    outgoing edges. A compiled predictor is only trusted for the fingerprint it was
+    compiled against: DSPy's own ``load`` zips saved fields onto the current
+    signature by position and would silently corrupt a changed node.
+    """
+    spec = spec_of(cls)
+    roles = (("context", spec.context), ("generated", spec.generated), ("bind", spec.bound))
+    schema = {
+        "name": cls.__name__,
+        "doc": " ".join((cls.__dict__.get("__doc__") or "").split()),
+        "fields": [[role, f.name, type_name(f.annotation), f.description] for role, fs in roles for f in fs],
+        "successors": [s.__name__ for s in spec.successors],
+        "may_end": spec.may_end,
+    }
+    return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]

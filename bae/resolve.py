@@ -69,12 +69,12 @@ def _bound_value(annotation: Any, binds: dict[Any, Any]) -> tuple[bool, Any]:
     return False, None
 
 
-def context_inputs(target: type[Node], previous: Node, state: RunState) -> dict[str, Any]:
+def context_inputs(target: type[Node], previous: Node, state: RunState, strict: bool = True) -> dict[str, Any]:
     """The values of ``target``'s ``Context`` fields, resolved the way a run resolves them.
 
     By name from ``previous``, else from the most recent node in the trace with that
     field, else from a ``Bind`` value of the field's type. A field nobody supplies
-    keeps its default, or is an error naming the field.
+    keeps its default, or is an error naming the field (left out when not ``strict``).
     """
     values: dict[str, Any] = {}
     for ctx in spec_of(target).context:
@@ -86,7 +86,7 @@ def context_inputs(target: type[Node], previous: Node, state: RunState) -> dict[
             found, value = _bound_value(ctx.annotation, state.binds)
             if found:
                 values[ctx.name] = value
-            elif ctx.required:
+            elif ctx.required and strict:
                 raise BaeGraphError(
                     f"cannot fill Context field {target.__name__}.{ctx.name}: no upstream node has a field "
                     f"{ctx.name!r} and no Bind provides {getattr(ctx.annotation, '__name__', ctx.annotation)}"

@@ -18,9 +18,9 @@ from typing import Any
 import dspy
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 
-from bae.compiler import CHOICE, CHOICE_FIELD, current_call
+from bae.compiler import CHOICE, CHOICE_FIELD, PredictorCall, current_call
 
-Answer = Mapping[str, Any] | str | Callable[[dict[str, Any]], Any]
+Answer = Mapping[str, Any] | str | Callable[[PredictorCall], Any]
 Script = Answer | Sequence[Answer]
 
 
@@ -31,6 +31,7 @@ class ScriptedCall:
     node: str
     kind: str
     inputs: dict[str, Any]
+    demos: int
     output: str | None
     fault: str | None = None
 
@@ -38,10 +39,10 @@ class ScriptedCall:
 class ScriptedLM(dspy.LM):
     """A DSPy LM that answers from a script keyed by node name.
 
-    - ``make={"Billing": {"priority": "high"}}``: the generated fields for a node;
-      a callable receives the predictor's inputs and returns the fields.
-    - ``choose={"Triage": "Billing"}``: the successor a deciding node picks
-      (``"None"`` to end); a callable receives the node's visible state.
+    - ``make={"Billing": {"priority": "high"}}``: the generated fields for a node.
+    - ``choose={"Triage": "Billing"}``: the successor a deciding node picks (``"None"`` to end).
+    - A callable answer receives the ``PredictorCall`` (``.inputs``, ``.demos``: how many
+      few-shot demos the prompt carries) and returns the answer.
     - A list of answers is used in order, the last one repeating.
     - ``faults={"Billing": [TimeoutError("slow"), "not json"], "Triage.choice": [...]}``:
       happen before the scripted answers, in order: an exception instance is raised,
@@ -86,23 +87,23 @@ class ScriptedLM(dspy.LM):
         if self.delay_s:
             time.sleep(self.delay_s)
         if isinstance(fault, BaseException):
-            self._log(ScriptedCall(call.node, call.kind, call.inputs, None, repr(fault)))
+            self._log(ScriptedCall(call.node, call.kind, call.inputs, call.demos, None, repr(fault)))
             raise fault
         if fault is not None:
-            self._log(ScriptedCall(call.node, call.kind, call.inputs, fault, "text"))
+            self._log(ScriptedCall(call.node, call.kind, call.inputs, call.demos, fault, "text"))
             return fault
-        text = json.dumps(self._scripted(key, index, call.inputs, call.kind), default=str)
-        self._log(ScriptedCall(call.node, call.kind, call.inputs, text))
+        text = json.dumps(self._scripted(key, index, call), default=str)
+        self._log(ScriptedCall(call.node, call.kind, call.inputs, call.demos, text))
         return text
 
-    def _scripted(self, key: str, index: int, inputs: dict[str, Any], kind: str) -> Any:
+    def _scripted(self, key: str, index: int, call: PredictorCall) -> Any:
         if key not in self.script:
             raise LookupError(f"ScriptedLM has no answer for {key!r}; scripted: {sorted(self.script)}")
         script = self.script[key]
         if isinstance(script, Sequence) and not isinstance(script, str):
             script = script[min(index, len(script) - 1)]
-        answer = script(inputs) if callable(script) else script
-        return {CHOICE_FIELD: answer} if kind == CHOICE and isinstance(answer, str) else answer
+        answer = script(call) if callable(script) else script
+        return {CHOICE_FIELD: answer} if call.kind == CHOICE and isinstance(answer, str) else answer
 
     def _log(self, call: ScriptedCall) -> None:
         with self._lock:

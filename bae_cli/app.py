@@ -40,9 +40,7 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks for errors (or BAE_DEBUG=1).")
-    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors (or BAE_DEBUG=1).")] = False,
 ) -> None:
     if debug:
         os.environ["BAE_DEBUG"] = "1"

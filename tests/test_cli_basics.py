@@ -7,9 +7,7 @@ import sys
 
 
 def bae(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bae_cli", *args], capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([sys.executable, "-m", "bae_cli", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_version_and_help() -> None:

@@ -120,9 +120,7 @@ def test_optional_edge_can_end() -> None:
 
 
 def test_missing_dep_names_node_parameter_and_type() -> None:
-    lm = ScriptedLM(
-        make={"Classify": {"topic": "other"}, "Escalate": {"reason": "r"}}, choose={"Classify": "Escalate"}
-    )
+    lm = ScriptedLM(make={"Classify": {"topic": "other"}, "Escalate": {"reason": "r"}}, choose={"Classify": "Escalate"})
     with pytest.raises(BaeGraphError, match=r"Escalate.__call__ needs directory: Directory"):
         Graph(start=g.Request).run(g.Request(email="a@b.c", question="q"), lm=backend(lm), outbox=g.Outbox())
 

@@ -1,1 +1,3 @@
 """Importing this package registers every command on the app."""
+
+from bae_cli.commands import compile_cmd, inspect_cmd  # noqa: F401

@@ -1,0 +1,296 @@
+"""The compiled-artifact format on disk: a public contract, JSON only, verified on read.
+
+```
+compiled/
+  versions.json          {"format", "active", "versions": [summary, ...]}
+  v3/
+    manifest.json        provenance, scores, and a sha256 + schema fingerprint per file
+    nodes/<Node>.json    the make predictor of <Node>: a bae header + DSPy predictor state
+    nodes/<Node>.choice.json   the choice predictor of a deciding node
+    prompts.json         each predictor's final prompt as plain messages
+```
+
+A version is built in a temporary directory beside its final place and renamed
+into place under a lock, so a crash leaves no half-written version and two
+compiles never clobber each other. Nothing here imports DSPy: ``bae inspect``
+checks artifacts at the speed of reading JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bae.exceptions import BaeArtifactError
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+VERSIONS = "versions.json"
+PROMPTS = "prompts.json"
+_VERSION_RE = re.compile(r"^v(\d+)$")
+_TEMP_PREFIX = ".building-"
+# Keys DSPy's Predict.dump_state writes; anything else in a node file is refused.
+PREDICTOR_KEYS = {"traces", "train", "demos", "signature", "fields", "lm", "metadata"}
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def dump_json(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False, default=str) + "\n").encode()
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON artifact or raise one clear artifact error naming the file."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise BaeArtifactError(f"{what} missing: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BaeArtifactError(f"{what} unreadable: {path}: {exc}") from exc
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` so readers see the old content or the new, never a torn file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """An exclusive lock on a compiled root, held while versions are allocated or promoted."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def version_number(name: str) -> int | None:
+    match = _VERSION_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def existing_versions(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    names = [p.name for p in root.iterdir() if p.is_dir() and version_number(p.name) is not None]
+    return sorted(names, key=lambda n: version_number(n) or 0)
+
+
+# -- versions.json ---------------------------------------------------------------------
+def read_versions(root: Path) -> dict[str, Any]:
+    """The version index of a compiled root; missing or corrupt is an error, never a silent reset."""
+    data = read_json(root / VERSIONS, "versions.json")
+    if not (isinstance(data, dict) and isinstance(data.get("versions"), list) and "active" in data):
+        raise BaeArtifactError(f"versions.json malformed: {root / VERSIONS}: needs 'active' and 'versions'")
+    if data.get("format") != FORMAT:
+        raise BaeArtifactError(f"versions.json has unknown format {data.get('format')!r} (this bae reads {FORMAT})")
+    names = [v.get("version") for v in data["versions"] if isinstance(v, dict)]
+    if data["active"] is not None and data["active"] not in names:
+        raise BaeArtifactError(f"versions.json names active version {data['active']!r}, which it does not list")
+    return data
+
+
+def _write_versions(root: Path, data: dict[str, Any]) -> None:
+    write_atomic(root / VERSIONS, dump_json(data))
+
+
+def promote(root: Path, version: str) -> dict[str, Any]:
+    """Make ``version`` the active one (a rollback is promoting an older version)."""
+    with locked(root):
+        data = read_versions(root)
+        if version not in [v["version"] for v in data["versions"]]:
+            raise BaeArtifactError(f"no version {version!r} in {root} (have: {', '.join(existing_versions(root))})")
+        if not (root / version / MANIFEST).is_file():
+            raise BaeArtifactError(f"version {version} is listed but {root / version / MANIFEST} is missing")
+        data["active"] = version
+        _write_versions(root, data)
+        return data
+
+
+# -- writing a version -----------------------------------------------------------------
+def clean_stale_builds(root: Path) -> list[str]:
+    """Remove build directories left by compiles that died (their process is gone)."""
+    removed = []
+    for path in root.glob(f"{_TEMP_PREFIX}*") if root.is_dir() else []:
+        pid = path.name[len(_TEMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_version(
+    root: Path, files: dict[str, Any], manifest: dict[str, Any], summary: dict[str, Any], activate: bool = True
+) -> Path:
+    """Write a new ``vN`` under ``root`` atomically and record it in versions.json.
+
+    ``files`` maps paths relative to the version dir to JSON-able data; the manifest
+    gets each file's sha256 (merged into ``manifest["files"][path]``).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    clean_stale_builds(root)
+    build = Path(tempfile.mkdtemp(dir=root, prefix=f"{_TEMP_PREFIX}{os.getpid()}-"))
+    try:
+        entries = manifest.setdefault("files", {})
+        for rel, data in files.items():
+            target = build / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(dump_json(data))
+            entries.setdefault(rel, {})["sha256"] = sha256_file(target)
+        with locked(root):
+            versions = read_versions(root) if (root / VERSIONS).exists() else _new_index(root)
+            taken = [version_number(n) or 0 for n in existing_versions(root)]
+            taken += [version_number(v["version"]) or 0 for v in versions["versions"]]
+            name = f"v{max(taken, default=0) + 1}"
+            manifest["version"] = name
+            (build / MANIFEST).write_bytes(dump_json(manifest))
+            os.chmod(build, 0o755)
+            os.rename(build, root / name)
+            versions["versions"].append({"version": name, **summary})
+            if activate or versions["active"] is None:
+                versions["active"] = name
+            _write_versions(root, versions)
+        return root / name
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+
+
+def _new_index(root: Path) -> dict[str, Any]:
+    if existing_versions(root):
+        raise BaeArtifactError(f"{root} has version directories but no versions.json: refusing to guess")
+    return {"format": FORMAT, "active": None, "versions": []}
+
+
+# -- reading and verifying a version ---------------------------------------------------
+def resolve_version_dir(path: Path) -> Path:
+    """A version dir from either a compiled root (its active version) or a version dir itself."""
+    if not path.exists():
+        raise BaeArtifactError(f"compiled directory not found: {path}")
+    if (path / MANIFEST).is_file():
+        return path
+    if (path / VERSIONS).is_file():
+        active = read_versions(path)["active"]
+        if active is None:
+            raise BaeArtifactError(f"{path} has no active version")
+        version_dir = path / active
+        if not (version_dir / MANIFEST).is_file():
+            raise BaeArtifactError(f"active version {active} of {path} is missing its manifest")
+        return version_dir
+    raise BaeArtifactError(f"{path} is not a compiled directory (no manifest.json or versions.json)")
+
+
+def read_manifest(version_dir: Path) -> dict[str, Any]:
+    manifest = read_json(version_dir / MANIFEST, "manifest")
+    if not isinstance(manifest, dict):
+        raise BaeArtifactError(f"manifest malformed: {version_dir / MANIFEST}")
+    if manifest.get("format") != FORMAT:
+        raise BaeArtifactError(
+            f"{version_dir / MANIFEST}: unknown format version {manifest.get('format')!r} (this bae reads {FORMAT})"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values()
+    ):
+        raise BaeArtifactError(f"{version_dir / MANIFEST}: 'files' must map paths to {{sha256, ...}}")
+    return manifest
+
+
+def safe_path(version_dir: Path, rel: str) -> Path:
+    """The file ``rel`` inside ``version_dir``, refusing absolute paths, ``..`` and escaping links."""
+    if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise BaeArtifactError(f"manifest names an unsafe path {rel!r}: refusing to load")
+    path = version_dir / rel
+    if path.is_symlink() or not path.resolve().is_relative_to(version_dir.resolve()):
+        raise BaeArtifactError(f"{rel} in {version_dir} is a link or leaves the version dir: refusing to load")
+    return path
+
+
+def read_verified(version_dir: Path, rel: str, manifest: dict[str, Any]) -> Any:
+    """A JSON file of the version, after its sha256 matched the manifest."""
+    path = safe_path(version_dir, rel)
+    if not path.is_file():
+        raise BaeArtifactError(f"manifest lists {rel} but it is missing from {version_dir}")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest["files"][rel]["sha256"]:
+        raise BaeArtifactError(f"checksum mismatch for {version_dir / rel}: the file changed since compile")
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BaeArtifactError(f"{version_dir / rel} is not valid JSON: {exc}") from exc
+
+
+def predictor_state(document: Any, where: str) -> dict[str, Any]:
+    """The DSPy predictor state of a node file, refusing anything that is not plain data."""
+    if not isinstance(document, dict) or not isinstance(document.get("predictor"), dict):
+        raise BaeArtifactError(f"{where}: not a bae node file (needs a 'predictor' object)")
+    state = document["predictor"]
+    unknown = set(state) - PREDICTOR_KEYS
+    if unknown:
+        raise BaeArtifactError(f"{where}: unexpected predictor keys {sorted(unknown)}: refusing to load")
+    if state.get("lm") is not None:
+        raise BaeArtifactError(f"{where}: carries an 'lm' block (endpoint or class): refusing to load")
+    if not isinstance(state.get("demos", []), list) or not isinstance(state.get("signature"), dict):
+        raise BaeArtifactError(f"{where}: predictor state malformed (demos must be a list, signature an object)")
+    return state
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """One file of a version as ``inspect`` sees it."""
+
+    path: str
+    ok: bool
+    problem: str | None = None
+
+
+def verify_files(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[FileCheck], list[str]]:
+    """Check every file the manifest lists, and list files it does not (reported, never loaded)."""
+    checks = []
+    for rel in manifest["files"]:
+        try:
+            read_verified(version_dir, rel, manifest)
+            checks.append(FileCheck(rel, True))
+        except BaeArtifactError as exc:
+            checks.append(FileCheck(rel, False, exc.message))
+    listed = set(manifest["files"]) | {MANIFEST}
+    extra = sorted(
+        str(p.relative_to(version_dir))
+        for p in version_dir.rglob("*")
+        if (p.is_file() or p.is_symlink()) and str(p.relative_to(version_dir)) not in listed
+    )
+    return checks, extra

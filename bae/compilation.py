@@ -1,0 +1,230 @@
+"""``compile_graph``: gold traces in, a new verified version directory out.
+
+The steps are the product's promise: optimize every predictor, score the naive and
+the optimized graph on the same dev traces, and write both scores next to the
+artifacts, so a version always says what it bought.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import dspy
+
+from bae import __version__, artifacts
+from bae.compiler import CHOICE, MAKE, NodePredict
+from bae.dataset import Dataset, GoldTrace, load_dataset, split
+from bae.dspy_backend import DSPyBackend
+from bae.evaluation import GraphScore, evaluate_graph
+from bae.lms import lm_name
+from bae.loader import LoadedGraph
+from bae.node import schema_fingerprint
+from bae.optimized_lm import OptimizedLM
+from bae.optimizer import OptimizeSettings, PredictorOutcome, collect_examples, optimize_predictors
+
+
+class Progress(Protocol):
+    """Where compile reports its stages; the CLI draws them, the library stays quiet."""
+
+    def stage(self, name: str, total: int) -> None: ...
+
+    def advance(self) -> None: ...
+
+
+class _Quiet:
+    def stage(self, name: str, total: int) -> None:
+        pass
+
+    def advance(self) -> None:
+        pass
+
+
+@dataclass
+class CompileOptions:
+    trainset: Path
+    out: Path
+    devset: Path | None = None
+    dev_split: float = 0.25
+    strict: bool = True
+    activate: bool = True
+    notes: str = ""
+    eval_threads: int = 4
+    settings: OptimizeSettings = field(default_factory=OptimizeSettings)
+
+
+@dataclass
+class CompileReport:
+    version_dir: Path
+    manifest: dict[str, Any]
+    outcomes: list[PredictorOutcome]
+    naive: GraphScore
+    optimized: GraphScore
+    invalid: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        rows = []
+        for o in self.outcomes:
+            key = (o.node, o.kind)
+            rows.append(
+                {
+                    "node": o.node,
+                    "kind": o.kind,
+                    "examples": o.examples,
+                    "demos": o.demos,
+                    "status": "optimized" if o.predictor is not None else "naive",
+                    "reason": o.reason,
+                    "naive_score": _round(self.naive.per_predictor.get(key)),
+                    "optimized_score": _round(self.optimized.per_predictor.get(key)),
+                }
+            )
+        return {
+            "version": self.manifest["version"],
+            "path": str(self.version_dir),
+            "scores": self.manifest["scores"],
+            "predictors": rows,
+            "invalid_lines": self.invalid,
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _dataset_split(loaded: LoadedGraph, options: CompileOptions) -> tuple[Dataset, list[GoldTrace], list[GoldTrace]]:
+    dataset = load_dataset(options.trainset, loaded.graph, strict=options.strict)
+    if options.devset is not None:
+        dev = load_dataset(options.devset, loaded.graph, strict=options.strict)
+        return dataset, dataset.traces, dev.traces
+    train, dev = split(dataset.traces, options.dev_split, options.settings.seed)
+    return dataset, train, dev
+
+
+def compile_graph(
+    loaded: LoadedGraph, lm: dspy.BaseLM, options: CompileOptions, progress: Progress | None = None
+) -> CompileReport:
+    """Optimize, score naive vs optimized on the dev traces, and write the next version."""
+    progress = progress or _Quiet()
+    graph = loaded.graph
+    dataset, train, dev = _dataset_split(loaded, options)
+    examples = collect_examples([t.nodes for t in train])
+
+    progress.stage("optimizing predictors", len(graph.predictor_keys()))
+    outcomes = optimize_predictors(graph, examples, lm, options.settings, on_done=lambda _: progress.advance())
+    predictors = {(o.node, o.kind): o.predictor for o in outcomes if o.predictor is not None}
+
+    progress.stage("scoring the naive graph on dev", len(dev))
+    naive = evaluate_graph(graph, dev, DSPyBackend(lm), loaded.deps, options.eval_threads, progress.advance)
+    progress.stage("scoring the optimized graph on dev", len(dev))
+    optimized = evaluate_graph(
+        graph, dev, OptimizedLM(predictors, lm=lm), loaded.deps, options.eval_threads, progress.advance
+    )
+
+    files, entries = _node_files(graph, outcomes)
+    files[artifacts.PROMPTS] = _prompts(predictors)
+    entries[artifacts.PROMPTS] = {"kind": "prompts"}
+    scores = {
+        "naive": round(naive.score, 4),
+        "optimized": round(optimized.score, 4),
+        "naive_path_accuracy": round(naive.path_accuracy, 4),
+        "optimized_path_accuracy": round(optimized.path_accuracy, 4),
+        "naive_errors": naive.errors,
+        "optimized_errors": optimized.errors,
+    }
+    manifest = {
+        "format": artifacts.FORMAT,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "bae_version": __version__,
+        "dspy_version": dspy.__version__,
+        "python_version": platform.python_version(),
+        "graph": {
+            "reference": loaded.reference,
+            "start": graph.start.__name__,
+            "fingerprint": graph_fingerprint(graph),
+            "nodes": {cls.__name__: schema_fingerprint(cls) for cls in graph.nodes},
+        },
+        "optimizer": {"name": options.settings.optimizer, "params": options.settings.params()},
+        "dataset": {
+            "path": str(options.trainset),
+            "sha256": dataset.sha256,
+            "traces": len(dataset.traces),
+            "invalid_skipped": len(dataset.invalid),
+            "train": len(train),
+            "dev": len(dev),
+            "devset": str(options.devset) if options.devset else None,
+        },
+        "seed": options.settings.seed,
+        "lm": {"model": lm_name(lm)},
+        "scores": scores,
+        "per_predictor": {"naive": naive.as_dict()["per_predictor"], "optimized": optimized.as_dict()["per_predictor"]},
+        "naive_predictors": [{"node": o.node, "kind": o.kind, "reason": o.reason} for o in outcomes if o.reason],
+        "notes": options.notes,
+        "files": entries,
+    }
+    summary = {
+        "created_at": manifest["created_at"],
+        "optimizer": options.settings.optimizer,
+        "dataset_size": len(dataset.traces),
+        "naive_score": scores["naive"],
+        "optimized_score": scores["optimized"],
+        "lm": manifest["lm"]["model"],
+        "notes": options.notes,
+    }
+    version_dir = artifacts.write_version(options.out, files, manifest, summary, activate=options.activate)
+    return CompileReport(version_dir, manifest, outcomes, naive, optimized, dataset.invalid)
+
+
+def graph_fingerprint(graph: Any) -> str:
+    import hashlib
+
+    joined = ",".join(f"{cls.__name__}={schema_fingerprint(cls)}" for cls in graph.nodes)
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
+def node_file_name(node: str, kind: str) -> str:
+    return f"nodes/{node}.json" if kind == MAKE else f"nodes/{node}.{CHOICE}.json"
+
+
+def _node_files(graph: Any, outcomes: list[PredictorOutcome]) -> tuple[dict[str, Any], dict[str, Any]]:
+    files: dict[str, Any] = {}
+    entries: dict[str, Any] = {}
+    for outcome in outcomes:
+        if outcome.predictor is None:
+            continue
+        cls = graph.node(outcome.node)
+        fingerprint = schema_fingerprint(cls)
+        state = outcome.predictor.dump_state()
+        state["lm"] = None  # never persist an LM, its endpoint or its key
+        rel = node_file_name(outcome.node, outcome.kind)
+        files[rel] = {
+            "bae": {"format": artifacts.FORMAT, "node": outcome.node, "kind": outcome.kind, "fingerprint": fingerprint},
+            "predictor": state,
+        }
+        entries[rel] = {
+            "node": outcome.node,
+            "kind": outcome.kind,
+            "fingerprint": fingerprint,
+            "demos": outcome.demos,
+            "examples": outcome.examples,
+        }
+    return files, entries
+
+
+def _prompts(predictors: dict[tuple[str, str], NodePredict]) -> dict[str, Any]:
+    """Each predictor's final prompt as chat messages, with ``{field}`` placeholders for the inputs."""
+    adapter = dspy.JSONAdapter()
+    prompts = {}
+    for (node, kind), predictor in sorted(predictors.items()):
+        signature = predictor.signature
+        placeholders = {name: "{" + name + "}" for name in signature.input_fields}
+        prompts[f"{node}.{kind}"] = {
+            "node": node,
+            "kind": kind,
+            "inputs": list(signature.input_fields),
+            "outputs": list(signature.output_fields),
+            "messages": adapter.format(signature, predictor.demos, placeholders),
+        }
+    return prompts

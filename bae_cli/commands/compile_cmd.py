@@ -1,0 +1,152 @@
+"""``bae compile``: gold traces in, a new version of optimized predictors out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bae.exceptions import BaeInputError
+from bae.loader import load_graph, split_reference
+from bae_cli.app import app
+from bae_cli.common import JsonFlag, LmOption, err, out, print_json
+
+OPTIMIZER_HELP = "bootstrap (BootstrapFewShot), labeled (LabeledFewShot), random-search, mipro (MIPROv2), gepa."
+
+
+class RichProgress:
+    """compile's stages as Rich progress bars on stderr, so stdout stays clean for --json."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: int | None = None
+
+    def stage(self, name: str, total: int) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=self.progress.tasks[self.task].total)
+        self.task = self.progress.add_task(name, total=total)
+
+    def advance(self) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+
+def default_trainset(graph_reference: str) -> Path:
+    target, _ = split_reference(graph_reference)
+    path = Path(target)
+    return path.with_name(f"{path.stem}.train.jsonl")
+
+
+@app.command("compile")
+def compile_(
+    graph: Annotated[str, typer.Argument(help="file.py (uses its `graph`), file.py:Name or package.module:Name.")],
+    trainset: Annotated[
+        Path | None, typer.Option("--trainset", help="Gold traces, JSONL. Default: <graph stem>.train.jsonl beside it.")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Compiled root; the new version is vN+1.")] = Path("compiled"),
+    lm: LmOption = None,
+    optimizer: Annotated[str, typer.Option("--optimizer", help=OPTIMIZER_HELP)] = "bootstrap",
+    max_demos: Annotated[int, typer.Option("--max-demos", min=0, help="Bootstrapped demos per predictor.")] = 4,
+    max_labeled_demos: Annotated[
+        int, typer.Option("--max-labeled-demos", min=0, help="Labeled demos per predictor.")
+    ] = 8,
+    min_examples: Annotated[
+        int, typer.Option("--min-examples", min=1, help="A predictor with fewer examples stays naive.")
+    ] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the train/dev split and the optimizers.")] = 0,
+    dev_split: Annotated[float, typer.Option("--dev-split", help="Fraction of traces held out for dev.")] = 0.25,
+    devset: Annotated[Path | None, typer.Option("--devset", help="Dev traces from a file instead of a split.")] = None,
+    metric: Annotated[
+        str | None, typer.Option("--metric", help="module:function(example, prediction, trace=None) -> float.")
+    ] = None,
+    reflection_lm: Annotated[str | None, typer.Option("--reflection-lm", help="The reflecting LM for gepa.")] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict/--skip-invalid", help="Stop at the first bad dataset line, or skip bad lines.")
+    ] = True,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Concurrent runs while scoring.")] = 4,
+    notes: Annotated[str, typer.Option("--notes", help="Free text recorded with the version.")] = "",
+    activate: Annotated[bool, typer.Option("--activate/--no-activate", help="Make the new version active.")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Optimize every predictor of GRAPH from gold traces and write a new compiled version.
+
+    Scores the naive and the optimized graph on the same dev traces and records both.
+    Writes atomically: an interrupted compile leaves no version behind.
+    """
+    from bae.compilation import CompileOptions, compile_graph
+    from bae.lms import resolve_lm
+    from bae.optimizer import OPTIMIZERS, OptimizeSettings, default_metric
+
+    if optimizer not in OPTIMIZERS:
+        raise BaeInputError(f"unknown --optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    loaded = load_graph(graph)
+    problems = loaded.graph.validate()
+    if problems:
+        raise BaeInputError(f"graph {graph} is invalid: " + "; ".join(str(p) for p in problems))
+    trainset = trainset or default_trainset(graph)
+    if metric:
+        from bae.loader import load_function
+
+        metric_fn = load_function(metric, "--metric")
+    else:
+        metric_fn = default_metric
+    settings = OptimizeSettings(
+        optimizer=optimizer,
+        max_demos=max_demos,
+        max_labeled_demos=max_labeled_demos,
+        min_examples=min_examples,
+        seed=seed,
+        num_threads=threads,
+        metric=metric_fn,
+        reflection_lm=resolve_lm(reflection_lm) if reflection_lm else None,
+    )
+    options = CompileOptions(
+        trainset=trainset,
+        out=out_dir,
+        devset=devset,
+        dev_split=dev_split,
+        strict=strict,
+        activate=activate,
+        notes=notes,
+        eval_threads=threads,
+        settings=settings,
+    )
+    model = resolve_lm(lm)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=as_json) as progress:
+        report = compile_graph(loaded, model, options, RichProgress(progress))
+    if as_json:
+        print_json(report.as_dict())
+        return
+    summary = report.as_dict()
+    table = Table(title=f"compiled {summary['version']} -> {summary['path']}", show_edge=False)
+    for column in ("predictor", "examples", "demos", "naive", "optimized", "status"):
+        table.add_column(column, justify="right" if column in ("examples", "demos", "naive", "optimized") else "left")
+    for row in summary["predictors"]:
+        status = row["status"] if not row["reason"] else f"naive: {row['reason']}"
+        table.add_row(
+            f"{row['node']}.{row['kind']}",
+            str(row["examples"]),
+            str(row["demos"]),
+            _score(row["naive_score"]),
+            _score(row["optimized_score"]),
+            status,
+        )
+    out.print(table)
+    scores = summary["scores"]
+    out.print(
+        f"dev score (whole graph, {report.manifest['dataset']['dev']} traces): naive {scores['naive']:.3f} -> "
+        f"optimized {scores['optimized']:.3f}   path accuracy {scores['naive_path_accuracy']:.3f} -> "
+        f"{scores['optimized_path_accuracy']:.3f}"
+    )
+    if summary["invalid_lines"]:
+        out.print(f"[yellow]skipped {len(summary['invalid_lines'])} invalid dataset lines[/]")
+    active = "active" if activate else "not active (--no-activate)"
+    out.print(f"new version [bold]{summary['version']}[/] at {summary['path']} ({active})")
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

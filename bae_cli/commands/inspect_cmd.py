@@ -1,0 +1,152 @@
+"""``bae inspect``: a CI gate over compiled artifacts, at the speed of reading JSON (no DSPy import)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from bae import artifacts
+from bae.exceptions import BaeArtifactError
+from bae.graph import Graph
+from bae.node import schema_fingerprint
+from bae_cli.app import app
+from bae_cli.common import JsonFlag, err, graph_from, out, print_json
+
+
+def node_rows(graph: Graph, manifest: dict[str, Any], checks: dict[str, artifacts.FileCheck]) -> list[dict[str, Any]]:
+    """One row per predictor: optimized, naive (no file), stale (schema changed) or missing (node gone)."""
+    files = {(e.get("node"), e.get("kind")): (rel, e) for rel, e in manifest["files"].items() if "node" in e}
+    reasons = {(n["node"], n["kind"]): n.get("reason") for n in manifest.get("naive_predictors", [])}
+    rows = []
+    for key in graph.predictor_keys():
+        cls = graph.node(key[0])
+        row: dict[str, Any] = {"node": key[0], "kind": key[1], "demos": 0, "file": None, "checksum_ok": None}
+        if key in files:
+            rel, entry = files.pop(key)
+            fresh = entry.get("fingerprint") == schema_fingerprint(cls)
+            row.update(status="optimized" if fresh else "stale", demos=entry.get("demos", 0), file=rel)
+            row["checksum_ok"] = checks[rel].ok
+            row["note"] = None if fresh else "schema changed since compile"
+        else:
+            row.update(status="naive", note=reasons.get(key) or "no compiled predictor")
+        rows.append(row)
+    for (node, kind), (rel, entry) in files.items():
+        rows.append(
+            {
+                "node": node,
+                "kind": kind,
+                "status": "missing",
+                "demos": entry.get("demos", 0),
+                "file": rel,
+                "checksum_ok": checks[rel].ok,
+                "note": "node no longer in the graph",
+            }
+        )
+    return rows
+
+
+@app.command("inspect")
+def inspect(
+    directory: Annotated[Path, typer.Argument(help="A compiled root (its active version) or a version dir.")] = Path(
+        "compiled"
+    ),
+    graph: Annotated[
+        str | None, typer.Option("--graph", help="Graph to check against (default: the one recorded at compile).")
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", help="Fail the gate if the optimized dev score is below this.")
+    ] = None,
+    prompts: Annotated[bool, typer.Option("--prompts", help="Also print each predictor's rendered prompt.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check compiled artifacts against the graph: a CI gate.
+
+    Exit 0 healthy; 1 gate failed (a stale, missing or naive predictor, or optimized score below
+    --min-score); 2 usage error or graph that does not load; 3 invalid artifacts (missing or malformed
+    manifest, checksum mismatch, unknown format, unsafe paths).
+    """
+    version_dir = artifacts.resolve_version_dir(directory)
+    manifest = artifacts.read_manifest(version_dir)
+    file_checks, extra = artifacts.verify_files(version_dir, manifest)
+    checks = {c.path: c for c in file_checks}
+    loaded = graph_from(graph, manifest, version_dir)
+    rows = node_rows(loaded.graph, manifest, checks)
+    scores = manifest.get("scores", {})
+    gate = [f"{r['node']}.{r['kind']}: {r['status']}" for r in rows if r["status"] != "optimized"]
+    optimized_score = scores.get("optimized")
+    if min_score is not None and (optimized_score is None or optimized_score < min_score):
+        gate.append(f"optimized dev score {optimized_score} is below --min-score {min_score}")
+    invalid = [c for c in file_checks if not c.ok]
+    prompt_doc = _prompts(version_dir, manifest) if prompts and not invalid else None
+
+    if as_json:
+        print_json(
+            {
+                "version": manifest.get("version"),
+                "path": str(version_dir),
+                "manifest": {
+                    k: manifest.get(k) for k in ("created_at", "graph", "optimizer", "dataset", "lm", "scores")
+                },
+                "nodes": rows,
+                "invalid_files": [{"path": c.path, "problem": c.problem} for c in invalid],
+                "unexpected_files": extra,
+                "gate_failures": gate,
+                "prompts": prompt_doc,
+                "healthy": not gate and not invalid,
+            }
+        )
+    else:
+        _print_report(version_dir, manifest, rows, invalid, extra, gate, prompt_doc)
+    if invalid:
+        raise BaeArtifactError(f"{len(invalid)} invalid artifact file(s): {invalid[0].problem}")
+    if gate:
+        raise typer.Exit(1)
+
+
+def _prompts(version_dir: Path, manifest: dict[str, Any]) -> Any:
+    if artifacts.PROMPTS not in manifest["files"]:
+        return None
+    return artifacts.read_verified(version_dir, artifacts.PROMPTS, manifest)
+
+
+def _print_report(
+    version_dir: Path,
+    manifest: dict[str, Any],
+    rows: list[dict[str, Any]],
+    invalid: list[artifacts.FileCheck],
+    extra: list[str],
+    gate: list[str],
+    prompt_doc: Any,
+) -> None:
+    scores = manifest.get("scores", {})
+    dataset = manifest.get("dataset", {})
+    out.print(
+        f"[bold]{manifest.get('version')}[/] {version_dir}  created {manifest.get('created_at')}  "
+        f"optimizer {manifest.get('optimizer', {}).get('name')}  lm {manifest.get('lm', {}).get('model')}"
+    )
+    out.print(
+        f"dataset {dataset.get('path')} ({dataset.get('train')} train / {dataset.get('dev')} dev)  "
+        f"dev score naive {scores.get('naive')} -> optimized {scores.get('optimized')}"
+    )
+    table = Table(show_edge=False)
+    for column in ("node", "kind", "status", "demos", "checksum", "note"):
+        table.add_column(column)
+    colors = {"optimized": "green", "naive": "yellow", "stale": "red", "missing": "red"}
+    for r in rows:
+        checksum = {True: "ok", False: "[red]MISMATCH[/]", None: "-"}[r["checksum_ok"]]
+        status = f"[{colors[r['status']]}]{r['status']}[/]"
+        table.add_row(r["node"], r["kind"], status, str(r["demos"]), checksum, r.get("note") or "")
+    out.print(table)
+    for check in invalid:
+        err.print(f"[red]invalid[/] {check.path}: {check.problem}")
+    for path in extra:
+        out.print(f"[yellow]unexpected file (not loaded)[/] {path}")
+    if prompt_doc:
+        for name, prompt in prompt_doc.items():
+            out.rule(name)
+            for message in prompt.get("messages", []):
+                out.print(f"{message.get('role')}: {message.get('content')}", markup=False)
+    out.print("[green]healthy[/]" if not gate and not invalid else "[red]gate failed[/]: " + "; ".join(gate))

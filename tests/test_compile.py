@@ -1,0 +1,289 @@
+"""Compile: examples from gold traces, optimizers, versioned artifacts, and the inspect gate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bae import artifacts
+from bae.compilation import CompileOptions, compile_graph
+from bae.compiler import CompiledGraph
+from bae.dataset import load_dataset
+from bae.loader import load_graph
+from bae.optimizer import OptimizeSettings, load_optimized, trace_to_examples
+from tests import lms
+from tests.cli import EXAMPLE, LMS, bae, bae_popen
+
+TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example compiled once with a model that only answers well given few-shot demos."""
+    out = tmp_path_factory.mktemp("compiled") / "compiled"
+    loaded = load_graph(EXAMPLE)
+    compile_graph(loaded, lms.fewshot(), CompileOptions(trainset=TRAIN, out=out, notes="first"))
+    return out
+
+
+def test_trace_to_examples_makes_one_example_per_step_and_choice() -> None:
+    loaded = load_graph(EXAMPLE)
+    trace = load_dataset(TRAIN, loaded.graph).traces[0].nodes
+    examples = trace_to_examples(trace)
+    queue = type(trace[2]).__name__
+    assert set(examples) == {("Triage", "choice"), (queue, "make")}
+    [choice] = examples[("Triage", "choice")]
+    assert set(choice.inputs()) == {"text", "plan"} and choice.next_step == queue
+    [make] = examples[(queue, "make")]
+    assert make.inputs().toDict() == {"text": trace[0].text, "plan": trace[1].plan}  # resolved as at run time
+    assert "priority" in make.labels()
+
+
+def test_layout_manifest_checksums_and_versions(compiled: Path) -> None:
+    version = compiled / "v1"
+    assert sorted(p.relative_to(version).as_posix() for p in version.rglob("*.json")) == [
+        "manifest.json",
+        "nodes/AccountIssue.json",
+        "nodes/BillingIssue.json",
+        "nodes/TechnicalIssue.json",
+        "nodes/Triage.choice.json",
+        "prompts.json",
+    ]
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["format"] == 1 and manifest["version"] == "v1"
+    for key in ("bae_version", "dspy_version", "python_version", "created_at", "seed", "notes"):
+        assert key in manifest
+    assert manifest["graph"]["start"] == "Ticket" and manifest["graph"]["fingerprint"]
+    assert manifest["optimizer"]["name"] == "bootstrap"
+    assert manifest["dataset"]["traces"] == manifest["dataset"]["train"] + manifest["dataset"]["dev"]
+    assert manifest["dataset"]["sha256"] == artifacts.sha256_file(TRAIN)
+    assert manifest["lm"] == {"model": "bae/scripted"}
+    for rel, entry in manifest["files"].items():
+        assert artifacts.sha256_file(version / rel) == entry["sha256"]
+    assert manifest["files"]["nodes/Triage.choice.json"]["kind"] == "choice"
+    versions = json.loads((compiled / "versions.json").read_text())
+    assert versions["active"] == "v1" and [v["version"] for v in versions["versions"]] == ["v1"]
+    assert versions["versions"][0]["notes"] == "first"
+
+
+def test_scores_show_what_demos_buy(compiled: Path) -> None:
+    scores = json.loads((compiled / "v1" / "manifest.json").read_text())["scores"]
+    # the scripted model answers right only with demos in the prompt: naive fails, optimized succeeds
+    assert scores["naive_path_accuracy"] < 0.5 and scores["naive"] < 0.7
+    assert scores["optimized"] == 1.0
+    assert scores["optimized_path_accuracy"] == 1.0
+
+
+def test_demos_reach_loaded_predictors_and_the_lm(compiled: Path) -> None:
+    loaded = load_graph(EXAMPLE)
+    version = load_optimized(loaded.graph, compiled)
+    assert set(version.predictors) == set(loaded.graph.predictor_keys())
+    assert all(len(p.demos) > 0 for p in version.predictors.values())
+    lm = lms.fewshot()
+    trace = load_dataset(TRAIN, loaded.graph).traces[5]
+    result = CompiledGraph.load(loaded.graph, compiled).run(trace.nodes[0], lm=lm, **loaded.deps)
+    assert result.path == trace.path
+    assert all(call.demos > 0 for call in lm.calls)
+    assert {c.source for c in result.calls} == {"optimized"}
+
+
+def test_prompts_json_is_plain_messages(compiled: Path) -> None:
+    prompts = json.loads((compiled / "v1" / "prompts.json").read_text())
+    choice = prompts["Triage.choice"]
+    assert choice["inputs"] == ["text", "plan"] and choice["outputs"] == ["next_step"]
+    assert choice["messages"][0]["role"] == "system"
+    assert choice["messages"][-1]["content"].count("{text}") == 1
+
+
+def test_inspect_healthy_json(compiled: Path) -> None:
+    result = bae("inspect", str(compiled), "--graph", EXAMPLE, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["healthy"] and report["version"] == "v1"
+    assert {(n["node"], n["status"]) for n in report["nodes"]} == {
+        ("Triage", "optimized"),
+        ("BillingIssue", "optimized"),
+        ("TechnicalIssue", "optimized"),
+        ("AccountIssue", "optimized"),
+    }
+    assert bae("inspect", str(compiled), "--min-score", "1.01").returncode == 1
+
+
+def copy_of(compiled: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "compiled"
+    shutil.copytree(compiled, target)
+    return target
+
+
+def drifted_graph(tmp_path: Path, old: str, new: str) -> str:
+    source = Path(EXAMPLE).read_text()
+    assert old in source
+    path = tmp_path / "support_triage.py"
+    path.write_text(source.replace(old, new))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("    refund_requested: bool", "    wants_refund: bool"),  # renamed
+        ("    refund_requested: bool", "    refund_requested: int"),  # retyped
+        ('    priority: Priority = Field(description="how fast the billing team must answer")\n',
+         '    priority: Priority = Field(description="how fast the billing team must answer")\n    note: str\n'),
+    ],
+    ids=["renamed", "retyped", "added"],
+)  # fmt: skip
+def test_drift_makes_the_node_stale(compiled: Path, tmp_path: Path, old: str, new: str) -> None:
+    graph = drifted_graph(tmp_path, old, new)
+    result = bae("inspect", str(compiled), "--graph", graph, "--json")
+    assert result.returncode == 1, result.stderr
+    statuses = {(n["node"], n["kind"]): n["status"] for n in json.loads(result.stdout)["nodes"]}
+    assert statuses[("BillingIssue", "make")] == "stale"
+    assert statuses[("TechnicalIssue", "make")] == "optimized"
+    loaded = load_optimized(load_graph(graph).graph, compiled)
+    assert ("BillingIssue", "make") in loaded.stale and ("BillingIssue", "make") not in loaded.predictors
+
+
+def test_flipped_byte_is_an_artifact_error(compiled: Path, tmp_path: Path) -> None:
+    root = copy_of(compiled, tmp_path)
+    node_file = root / "v1" / "nodes" / "BillingIssue.json"
+    data = bytearray(node_file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    node_file.write_bytes(bytes(data))
+    result = bae("inspect", str(root))
+    assert result.returncode == 3
+    assert "checksum mismatch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_truncated_manifest_is_an_artifact_error(compiled: Path, tmp_path: Path) -> None:
+    root = copy_of(compiled, tmp_path)
+    manifest = root / "v1" / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:100])
+    result = bae("inspect", str(root))
+    assert result.returncode == 3
+    assert result.stderr.startswith("bae: error: manifest unreadable") and "Traceback" not in result.stderr
+
+
+def test_missing_dir_and_node_no_longer_in_graph(compiled: Path, tmp_path: Path) -> None:
+    assert bae("inspect", str(tmp_path / "nope")).returncode == 3
+    graph = drifted_graph(tmp_path, "class AccountIssue(Node):", "class AccountRequest(Node):")
+    graph_text = Path(graph).read_text().replace("| AccountIssue:", "| AccountRequest:")
+    Path(graph).write_text(graph_text)
+    report = json.loads(bae("inspect", str(compiled), "--graph", graph, "--json").stdout)
+    statuses = {(n["node"], n["status"]) for n in report["nodes"]}
+    assert ("AccountIssue", "missing") in statuses and ("AccountRequest", "naive") in statuses
+
+
+def test_cli_compile_writes_the_next_version_and_reports_json(compiled: Path, tmp_path: Path) -> None:
+    root = copy_of(compiled, tmp_path)
+    result = bae("compile", EXAMPLE, "--out", str(root), "--lm", f"{LMS}:oracle", "--optimizer", "labeled", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["version"] == "v2" and Path(report["path"]) == root / "v2"
+    assert {r["status"] for r in report["predictors"]} == {"optimized"}
+    assert json.loads((root / "versions.json").read_text())["active"] == "v2"
+    result = bae("compile", EXAMPLE, "--out", str(root), "--lm", f"{LMS}:oracle", "--no-activate", "--json")
+    assert json.loads(result.stdout)["version"] == "v3"
+    assert json.loads((root / "versions.json").read_text())["active"] == "v2"
+
+
+def test_too_few_examples_stay_naive_and_say_so(tmp_path: Path) -> None:
+    lines = TRAIN.read_text().splitlines()
+    account = [line for line in lines if '"AccountIssue"' in line][:2]
+    others = [line for line in lines if '"AccountIssue"' not in line][:30]
+    small = tmp_path / "small.jsonl"
+    small.write_text("\n".join(others + account) + "\n")
+    result = bae("compile", EXAMPLE, "--trainset", str(small), "--out", str(tmp_path / "c"), "--lm",
+                 f"{LMS}:oracle", "--devset", str(small), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = {(r["node"], r["kind"]): r for r in json.loads(result.stdout)["predictors"]}
+    assert rows[("AccountIssue", "make")]["status"] == "naive"
+    assert "2 examples (< 3)" in rows[("AccountIssue", "make")]["reason"]
+    assert bae("inspect", str(tmp_path / "c"), "--graph", EXAMPLE).returncode == 1  # a naive node fails the gate
+
+
+def test_bad_dataset_lines_report_file_and_line(tmp_path: Path) -> None:
+    lines = TRAIN.read_text().splitlines()[:12]
+    lines[3] = lines[3].replace('"node": "Triage"', '"node": "Nope"')
+    lines[6] = "{not json"
+    lines[8] = lines[8].replace('"priority": "', '"priority": "ultra-')
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    result = bae("compile", EXAMPLE, "--trainset", str(bad), "--out", str(tmp_path / "c"), "--lm", f"{LMS}:oracle")
+    assert result.returncode == 2
+    assert f"{bad}:4: step 1: unknown node 'Nope'" in result.stderr
+    assert not (tmp_path / "c").exists()
+    result = bae("compile", EXAMPLE, "--trainset", str(bad), "--out", str(tmp_path / "c"), "--lm",
+                 f"{LMS}:oracle", "--skip-invalid", "--json", "--min-examples", "1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    invalid = json.loads(result.stdout)["invalid_lines"]
+    assert [line.split(": ")[0] for line in invalid] == [f"{bad}:4", f"{bad}:7", f"{bad}:9"]
+    assert "field priority" in invalid[2]
+
+
+def test_non_edge_step_is_reported(tmp_path: Path) -> None:
+    line = TRAIN.read_text().splitlines()[0]
+    record = json.loads(line)
+    record["trace"] = [record["trace"][0], record["trace"][2]]  # Ticket -> queue skips Triage
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(record) + "\n")
+    result = bae("compile", EXAMPLE, "--trainset", str(bad), "--out", str(tmp_path / "c"), "--lm", f"{LMS}:oracle")
+    assert result.returncode == 2 and "is not an edge of the graph" in result.stderr
+
+
+def test_interrupted_compile_leaves_no_version(tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    result = bae("compile", EXAMPLE, "--out", str(out), "--lm", f"{LMS}:interrupting")
+    assert result.returncode == 130, result.stderr
+    assert not list(out.glob("v*")) and not list(out.glob(".building-*"))
+
+
+def test_concurrent_compiles_get_distinct_versions(tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    args = ("compile", EXAMPLE, "--out", str(out), "--lm", f"{LMS}:slow", "--optimizer", "labeled", "--json")
+    first, second = bae_popen(*args), bae_popen(*args)
+    reports = []
+    for proc in (first, second):
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        reports.append(json.loads(stdout)["version"])
+    assert sorted(reports) == ["v1", "v2"]
+    versions = json.loads((out / "versions.json").read_text())
+    assert sorted(v["version"] for v in versions["versions"]) == ["v1", "v2"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--optimizer", "annealing"), "unknown --optimizer 'annealing'"),
+        (("--optimizer", "gepa"), "needs --reflection-lm"),
+        (("--dev-split", "1.5"), "--dev-split must be between 0 and 1"),
+        (("--metric", "nowhere"), "--metric must be given as module:function"),
+    ],
+)
+def test_bad_compile_flags_are_usage_errors(tmp_path: Path, flags: tuple[str, ...], message: str) -> None:
+    result = bae("compile", EXAMPLE, "--out", str(tmp_path / "c"), "--lm", f"{LMS}:oracle", *flags)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_mipro_without_optuna_says_how_to_install(tmp_path: Path) -> None:
+    pytest.importorskip("dspy")
+    try:
+        import optuna  # noqa: F401
+
+        pytest.skip("optuna is installed here")
+    except ImportError:
+        pass
+    result = bae("compile", EXAMPLE, "--out", str(tmp_path / "c"), "--lm", f"{LMS}:oracle", "--optimizer", "mipro")
+    assert result.returncode == 2 and "pip install optuna" in result.stderr
+
+
+def test_settings_are_recorded_without_secrets(compiled: Path) -> None:
+    text = (compiled / "v1" / "manifest.json").read_text()
+    params = json.loads(text)["optimizer"]["params"]
+    assert params["max_demos"] == OptimizeSettings().max_demos
+    assert "api_key" not in text and "api_base" not in text

@@ -1,0 +1,185 @@
+"""Fast, DSPy-free commands over logs and artifacts: ``stats``, ``versions``, ``promote``, ``graph``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.tree import Tree
+
+from bae import artifacts
+from bae.exceptions import BaeArtifactError
+from bae_cli.app import app
+from bae_cli.common import JsonFlag, graph_from, out, print_json
+
+CompiledRoot = Annotated[Path, typer.Argument(help="A compiled root (holds versions.json).")]
+
+
+def _history(root: Path) -> list[dict[str, Any]] | None:
+    if not (root / artifacts.VERSIONS).exists():
+        return None
+    data = artifacts.read_versions(root)
+    return [{**v, "active": v["version"] == data["active"]} for v in data["versions"]]
+
+
+def _pct(share: float) -> str:
+    return f"{share * 100:.0f}%"
+
+
+@app.command("stats")
+def stats(
+    compiled: Annotated[Path, typer.Option("--compiled", help="Compiled root whose version history to show.")] = Path(
+        "compiled"
+    ),
+    version: Annotated[str | None, typer.Option("--version", help="Only runs of this version (or 'naive').")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only runs since an ISO time or 30m/12h/1d/2w.")] = None,
+    log_db: Annotated[
+        Path | None, typer.Option("--log-db", envvar="BAE_LOG_DB", help="Run log (SQLite). Default .bae/runs.db.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Usage, latency, tokens, cost and errors per version and node, from the run log; plus
+    the version history (naive -> optimized dev scores) from versions.json."""
+    from bae.runlog import RunLog, default_log_path, parse_since
+
+    moment = parse_since(since) if since else None
+    path = log_db or default_log_path()
+    figures = RunLog(path, create=False).stats(version=version, since=moment) if path.exists() else None
+    history = _history(compiled)
+    if as_json:
+        print_json({"log": str(path), "runs": figures.as_dict() if figures else None, "versions": history})
+        return
+    if history:
+        table = Table(title=f"versions in {compiled}", show_edge=False)
+        for column in ("version", "created", "optimizer", "traces", "naive -> optimized", "lm", "notes"):
+            table.add_column(column)
+        for v in history:
+            mark = " [green](active)[/]" if v["active"] else ""
+            table.add_row(
+                v["version"] + mark,
+                str(v.get("created_at", "")),
+                str(v.get("optimizer", "")),
+                str(v.get("dataset_size", "")),
+                f"{v.get('naive_score')} -> {v.get('optimized_score')}",
+                str(v.get("lm", "")),
+                str(v.get("notes") or ""),
+            )
+        out.print(table)
+    if figures is None:
+        out.print(f"no run log at {path} yet: `bae run` writes one")
+        return
+    runs = Table(title=f"runs ({path})", show_edge=False)
+    for column in ("version", "runs", "ok", "errors", "interrupted", "mean duration"):
+        runs.add_column(column, justify="left" if column == "version" else "right")
+    for v in figures.versions:
+        runs.add_row(
+            v.version or "naive", str(v.runs), str(v.ok), str(v.errors), str(v.interrupted), f"{v.mean_duration_s:.2f}s"
+        )
+    out.print(runs)
+    nodes = Table(title="LM calls", show_edge=False)
+    nodes.add_column("version")
+    nodes.add_column("predictor", no_wrap=True)
+    for column in ("calls", "optimized", "naive", "stale", "p50", "p95", "tokens", "cost", "errors"):
+        nodes.add_column(column, justify="right")
+    for n in figures.nodes:
+        tokens = (n.prompt_tokens or 0) + (n.completion_tokens or 0)
+        nodes.add_row(
+            n.version or "naive",
+            f"{n.node}.{n.kind}",
+            str(n.calls),
+            _pct(n.optimized_share),
+            _pct(n.naive_share),
+            _pct(n.stale_share),
+            f"{n.p50_latency_s * 1000:.0f} ms",
+            f"{n.p95_latency_s * 1000:.0f} ms",
+            str(tokens),
+            "-" if n.cost is None else f"${n.cost:.4f}",
+            _pct(n.error_rate),
+        )
+    out.print(nodes)
+
+
+@app.command("versions")
+def versions(directory: CompiledRoot = Path("compiled"), as_json: JsonFlag = False) -> None:
+    """List compiled versions, the active one marked."""
+    history = _history(directory)
+    if history is None:
+        raise BaeArtifactError(f"no versions.json in {directory}: not a compiled root")
+    if as_json:
+        print_json(history)
+        return
+    for v in history:
+        mark = "*" if v["active"] else " "
+        out.print(
+            f"{mark} {v['version']:<5} {v.get('created_at', '')}  {v.get('optimizer', '')}  "
+            f"naive {v.get('naive_score')} -> optimized {v.get('optimized_score')}  {v.get('notes') or ''}",
+            markup=False,
+        )
+
+
+@app.command("promote")
+def promote(
+    directory: CompiledRoot,
+    version: Annotated[str, typer.Argument(help="The version to make active, e.g. v2 (an older one rolls back).")],
+) -> None:
+    """Make a version active; rolling back is promoting an older version."""
+    data = artifacts.promote(directory, version)
+    out.print(f"active version of {directory}: {data['active']}")
+
+
+@app.command("graph")
+def graph(
+    reference: Annotated[str, typer.Argument(help="file.py[:Name] or package.module:Name.")],
+    compiled: Annotated[
+        Path | None, typer.Option("--compiled", help="Mark which nodes that version optimized.")
+    ] = None,
+    mermaid: Annotated[bool, typer.Option("--mermaid", help="Print a Mermaid diagram instead of a tree.")] = False,
+) -> None:
+    """Show a graph's structure, and which nodes a compiled version optimized."""
+    loaded = graph_from(reference, None)
+    g = loaded.graph
+    optimized: set[tuple[str, str]] = set()
+    if compiled is not None:
+        manifest = artifacts.read_manifest(artifacts.resolve_version_dir(compiled))
+        optimized = {(e["node"], e["kind"]) for e in manifest["files"].values() if "node" in e}
+    if mermaid:
+        text = g.to_mermaid()
+        for node, _ in sorted(optimized):
+            text += f"\n    style {node} stroke:#2a2,stroke-width:3px"
+        out.print(text, markup=False)
+        return
+
+    def label(cls: type) -> str:
+        spec = g.specs[cls]
+        tags = []
+        if not spec.routed:
+            tags.append("custom")
+        elif spec.decides:
+            tags.append("decides")
+        for kind in ("make", "choice"):
+            if (cls.__name__, kind) in optimized:
+                tags.append(f"[green]{kind} optimized[/]")
+        if spec.may_end:
+            tags.append("may end")
+        return f"[bold]{cls.__name__}[/]" + (f"  ({', '.join(tags)})" if tags else "")
+
+    tree = Tree(label(g.start))
+    seen = {g.start}
+
+    def grow(branch: Tree, cls: type) -> None:
+        for successor in g.specs[cls].successors:
+            if successor in seen:
+                branch.add(f"{successor.__name__} (see above)")
+                continue
+            seen.add(successor)
+            grow(branch.add(label(successor)), successor)
+
+    grow(tree, g.start)
+    out.print(tree)
+    problems = g.validate()
+    for problem in problems:
+        out.print(f"[red]problem[/] {problem}")
+    if problems:
+        raise typer.Exit(1)

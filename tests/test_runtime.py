@@ -1,0 +1,203 @@
+"""Production runtime: OptimizedLM, bae run (single, batch, record), the run log, stats, versions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from bae.compilation import CompileOptions, compile_graph
+from bae.loader import load_graph
+from bae.optimized_lm import OptimizedLM, create_optimized_lm
+from bae.optimizer import OptimizeSettings, load_optimized
+from tests import lms
+from tests.cli import EXAMPLE, LMS, bae
+
+TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
+TICKET = {"customer_email": "ana@northwind.io", "text": "We were billed twice for the March renewal (invoice INV-20931 and INV-20958). Please refund the duplicate charge, our finance team is asking me about it today."}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A version where the Triage choice and Billing/Technical are optimized but AccountIssue is not."""
+    lines = TRAIN.read_text().splitlines()
+    train = tmp_path_factory.mktemp("data") / "train.jsonl"
+    train.write_text("\n".join([line for line in lines if '"AccountIssue"' not in line] + [lines[2]]) + "\n")
+    out = tmp_path_factory.mktemp("compiled") / "compiled"
+    options = CompileOptions(trainset=train, out=out, devset=train, settings=OptimizeSettings(optimizer="labeled"))
+    report = compile_graph(load_graph(EXAMPLE), lms.fewshot(), options)
+    assert {(o.node, o.predictor is None) for o in report.outcomes} >= {("AccountIssue", True)}
+    return out
+
+
+def account_ticket() -> dict[str, str]:
+    line = next(line for line in TRAIN.read_text().splitlines() if '"AccountIssue"' in line)
+    return json.loads(line)["trace"][0]["fields"]
+
+
+def test_table_and_json_count_optimized_and_naive_calls(partial: Path, tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    args = ("run", "--compiled", str(partial), "--lm", f"{LMS}:fewshot", "--log-db", str(db))
+    result = bae(*args, "--input", json.dumps(account_ticket()), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["node"] == "AccountIssue" and report["version"] == "v1"
+    usage = {(u["node"], u["kind"]): u for u in report["usage"]}
+    assert (usage[("Triage", "choice")]["optimized"], usage[("Triage", "choice")]["naive"]) == (1, 0)
+    assert (usage[("AccountIssue", "make")]["optimized"], usage[("AccountIssue", "make")]["naive"]) == (0, 1)
+    table = bae(*args, "--input", json.dumps(account_ticket()))
+    assert table.returncode == 0, table.stderr
+    assert "AccountIssue.make" in table.stdout and "Triage.choice" in table.stdout
+    assert "trace: Ticket -> Triage -> AccountIssue" in table.stdout
+
+
+def test_stale_node_falls_back_with_a_warning(partial: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    old_doc = '"""A problem with charges, invoices, payment methods or refunds."""'
+    source = Path(EXAMPLE).read_text().replace(old_doc, '"""Anything about money: charges, invoices, refunds."""')
+    drifted = tmp_path / "support_triage.py"
+    drifted.write_text(source)
+    loaded = load_graph(str(drifted))
+    lm = create_optimized_lm(loaded.graph, partial, lm=lms.oracle())
+    ticket = loaded.graph.start(**TICKET)
+    with caplog.at_level(logging.WARNING, logger="bae"):
+        result = loaded.graph.run(ticket, lm=lm, **loaded.deps)
+    assert ("BillingIssue", "make", "stale") in [(c.node, c.kind, c.source) for c in result.calls]
+    assert "BillingIssue (make): compiled predictor is stale" in caplog.text
+    assert lm.get_stats()["stale"] == 1 and lm.get_stats()["optimized"] == 1
+    cli = bae("run", str(drifted), "--compiled", str(partial), "--lm", f"{LMS}:oracle", "--no-log",
+              "--input", json.dumps(TICKET), "--json")  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert "BillingIssue (make) changed since compile" in cli.stderr
+    assert {u["node"]: u["stale"] for u in json.loads(cli.stdout)["usage"]}["BillingIssue"] == 1
+
+
+def test_lookup_by_name_survives_a_second_import_of_the_graph(partial: Path) -> None:
+    first = load_graph(EXAMPLE).graph
+    predictors = load_optimized(first, partial).predictors
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("support_triage_again", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules["support_triage_again"] = module
+    spec.loader.exec_module(module)
+    lm = OptimizedLM(predictors, lm=lms.oracle())
+    result = module.graph.run(module.Ticket(**TICKET), lm=lm, crm=module.CustomerDirectory())
+    assert {c.source for c in result.calls} == {"optimized"}
+
+
+def test_fifty_concurrent_runs_share_one_optimized_lm(partial: Path) -> None:
+    loaded = load_graph(EXAMPLE)
+    lm = create_optimized_lm(loaded.graph, partial, lm=lms.triage_lm(delay_s=0.005))
+    traces = [json.loads(line)["trace"] for line in TRAIN.read_text().splitlines()[:50]]
+    results: dict[int, object] = {}
+
+    def run(i: int) -> None:
+        results[i] = loaded.graph.run(loaded.graph.start(**traces[i][0]["fields"]), lm=lm, **loaded.deps)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, trace in enumerate(traces):
+        result = results[i]
+        assert result.path == [step["node"] for step in trace]
+        assert result.node.text == trace[0]["fields"]["text"]  # no cross-talk between runs
+        assert len(result.calls) == 2
+    assert lm.get_stats()["optimized"] + lm.get_stats()["naive"] == 100
+
+
+def test_batch_keeps_order_reports_failures_and_logs_every_run(partial: Path, tmp_path: Path) -> None:
+    lines = [json.dumps(json.loads(line)["trace"][0]["fields"]) for line in TRAIN.read_text().splitlines()[:12]]
+    lines.insert(4, '{"customer_email": "x@y.z"}')  # missing text
+    lines.insert(7, "{oops")
+    batch = tmp_path / "in.jsonl"
+    batch.write_text("\n".join(lines) + "\n")
+    out, db, rec = tmp_path / "out.jsonl", tmp_path / "runs.db", tmp_path / "rec.jsonl"
+    result = bae("run", "--compiled", str(partial), "--lm", f"{LMS}:slow", "--batch", str(batch), "--output",
+                 str(out), "--concurrency", "4", "--log-db", str(db), "--record", str(rec), "--json")  # fmt: skip
+    assert result.returncode == 1, result.stderr  # some lines failed
+    summary = json.loads(result.stdout)
+    assert (summary["ok"], summary["failed"]) == (12, 2)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in rows] == list(range(1, 15))
+    assert not rows[4]["ok"] and "text: Field required" in rows[4]["error"]
+    assert not rows[7]["ok"] and "invalid JSON" in rows[7]["error"]
+    assert sum(u["calls"] for u in summary["usage"]) == 24
+    stats = json.loads(bae("stats", "--log-db", str(db), "--compiled", str(partial), "--json").stdout)
+    assert stats["runs"]["versions"][0]["runs"] == 12
+    assert sum(n["calls"] for n in stats["runs"]["nodes"]) == 24
+    assert stats["versions"][0]["version"] == "v1" and stats["versions"][0]["active"]
+    recorded = rec.read_text().splitlines()
+    assert len(recorded) == 12
+    compile_again = bae("compile", EXAMPLE, "--trainset", str(rec), "--out", str(tmp_path / "c2"), "--lm",
+                        f"{LMS}:oracle", "--optimizer", "labeled", "--min-examples", "1", "--json")  # fmt: skip
+    assert compile_again.returncode == 0, compile_again.stderr  # recorded runs feed back into compile
+
+
+def test_stats_match_the_calls_made(partial: Path, tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    for _ in range(3):
+        r = bae("run", "--compiled", str(partial), "--lm", f"{LMS}:oracle", "--log-db", str(db),
+                "--input", json.dumps(TICKET))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    r = bae("run", "--lm", f"{LMS}:oracle", EXAMPLE, "--log-db", str(db), "--input", json.dumps(TICKET))
+    assert "running naive" in r.stderr
+    stats = json.loads(bae("stats", "--log-db", str(db), "--json").stdout)["runs"]
+    by_version = {v["version"]: v["runs"] for v in stats["versions"]}
+    assert by_version == {"v1": 3, None: 1}
+    nodes = {(n["version"], n["node"], n["kind"]): n for n in stats["nodes"]}
+    assert nodes[("v1", "Triage", "choice")]["calls"] == 3
+    assert nodes[("v1", "Triage", "choice")]["optimized_share"] == 1.0
+    assert nodes[(None, "Triage", "choice")]["naive_share"] == 1.0
+    only_v1 = json.loads(bae("stats", "--log-db", str(db), "--version", "v1", "--json").stdout)["runs"]
+    assert [v["version"] for v in only_v1["versions"]] == ["v1"]
+
+
+def test_promote_and_rollback_round_trip(partial: Path, tmp_path: Path) -> None:
+    root = tmp_path / "compiled"
+    shutil.copytree(partial, root)
+    r = bae("compile", EXAMPLE, "--out", str(root), "--lm", f"{LMS}:oracle", "--optimizer", "labeled", "--json")
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(bae("versions", str(root), "--json").stdout)
+    assert [(v["version"], v["active"]) for v in listed] == [("v1", False), ("v2", True)]
+    assert bae("promote", str(root), "v1").returncode == 0
+    assert json.loads((root / "versions.json").read_text())["active"] == "v1"
+    run = json.loads(bae("run", "--compiled", str(root), "--lm", f"{LMS}:oracle", "--no-log", "--input",
+                         json.dumps(TICKET), "--json").stdout)  # fmt: skip
+    assert run["version"] == "v1"
+    assert bae("promote", str(root), "v2").returncode == 0
+    assert json.loads((root / "versions.json").read_text())["active"] == "v2"
+    missing = bae("promote", str(root), "v9")
+    assert missing.returncode == 3 and "no version 'v9'" in missing.stderr
+
+
+def test_corrupt_versions_json_is_an_artifact_error(partial: Path, tmp_path: Path) -> None:
+    root = tmp_path / "compiled"
+    shutil.copytree(partial, root)
+    (root / "versions.json").write_text("{")
+    for args in (("versions", str(root)), ("run", "--compiled", str(root), "--input", "{}"), ("inspect", str(root))):
+        result = bae(*args)
+        assert result.returncode == 3, (args, result.stderr)
+        assert "versions.json unreadable" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_input_names_every_field(partial: Path) -> None:
+    result = bae("run", "--compiled", str(partial), "--lm", f"{LMS}:oracle", "--no-log", "--input",
+                 '{"customer_email": 3}')  # fmt: skip
+    assert result.returncode == 2
+    assert "customer_email: Input should be a valid string" in result.stderr and "text: Field required" in result.stderr
+
+
+def test_graph_command_marks_optimized_nodes(partial: Path) -> None:
+    tree = bae("graph", EXAMPLE, "--compiled", str(partial))
+    assert tree.returncode == 0, tree.stderr
+    assert "Triage" in tree.stdout and "choice optimized" in tree.stdout
+    mermaid = bae("graph", EXAMPLE, "--mermaid", "--compiled", str(partial)).stdout
+    assert "Triage --> BillingIssue" in mermaid and "style Triage" in mermaid and "style AccountIssue" not in mermaid

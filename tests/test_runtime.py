@@ -18,7 +18,11 @@ from tests import lms
 from tests.cli import EXAMPLE, LMS, bae
 
 TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
-TICKET = {"customer_email": "ana@northwind.io", "text": "We were billed twice for the March renewal (invoice INV-20931 and INV-20958). Please refund the duplicate charge, our finance team is asking me about it today."}  # fmt: skip
+TICKET = {
+    "customer_email": "ana@northwind.io",
+    "text": "We were billed twice for the March renewal (invoice INV-20931 and INV-20958). Please refund the "
+    "duplicate charge, our finance team is asking me about it today.",
+}
 
 
 @pytest.fixture(scope="module")

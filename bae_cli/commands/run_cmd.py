@@ -117,6 +117,14 @@ class Runner:
     def _log(self, outcome: Outcome, started_at: datetime, status: str) -> None:
         if self.log is None:
             return
+        from bae.runlog import RunLogError
+
+        try:
+            self._write_log(outcome, started_at, status)
+        except RunLogError as exc:  # a run that worked is not failed by its log
+            err.print(f"[yellow]warning:[/] run not logged: {escape(exc.message)}")
+
+    def _write_log(self, outcome: Outcome, started_at: datetime, status: str) -> None:
         self.log.log_run(
             started_at=started_at,
             duration_s=outcome.duration_s,

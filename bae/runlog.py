@@ -1,0 +1,442 @@
+"""The run log: one SQLite file every ``bae run`` appends to and ``bae stats`` reads.
+
+Kept to the stdlib so ``bae stats`` starts fast. Each write opens its own short-lived
+connection, so any number of threads and processes can append at once: WAL lets
+readers and the single writer overlap, and ``busy_timeout`` makes writers queue
+instead of failing. Only the fields below are stored; never keys or endpoints, and
+error text is scrubbed of anything that looks like either.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bae.exceptions import BaeInputError
+from bae.result import CallRecord
+
+SCHEMA_VERSION = 1
+NAIVE = "naive"  # the ``version`` filter value that selects runs without a compiled version
+RUN_STATUSES = frozenset({"ok", "error", "interrupted"})
+CALL_KINDS = frozenset({"make", "choice"})
+CALL_SOURCES = frozenset({"optimized", "naive", "stale"})
+BUSY_TIMEOUT_S = 30.0
+MAX_ERROR_CHARS = 2000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    duration_s REAL NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    graph TEXT NOT NULL,
+    start_node TEXT NOT NULL,
+    version TEXT,
+    compiled_dir TEXT,
+    lm TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_started_at ON runs (started_at);
+CREATE INDEX IF NOT EXISTS runs_version ON runs (version);
+CREATE TABLE IF NOT EXISTS calls (
+    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    latency_s REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    cost REAL,
+    error TEXT,
+    PRIMARY KEY (run_id, seq)
+);
+"""
+
+_SECRETS = re.compile(
+    r"[a-z][a-z0-9+.-]*://\S+"  # any URL: endpoints, and userinfo credentials inside them
+    r"|\bBearer\s+\S+"
+    r"|\b(?:sk-|pk-|rk-|gsk_|xai-|hf_|ghp_|github_pat_|AKIA)[A-Za-z0-9_-]{12,}"
+    r"|\b(?:api[-_]?key|token|secret|password|authorization)\b\s*[=:]\s*(?:Bearer\s+)?\S+",
+    re.IGNORECASE,
+)
+
+
+class RunLogError(BaeInputError):
+    """The run log file cannot be opened, read or written (corrupt, not ours, no permission)."""
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """One run as read back from the log, with its calls in the order they were made."""
+
+    id: int
+    started_at: datetime
+    duration_s: float
+    status: str
+    error: str | None
+    graph: str
+    start_node: str
+    version: str | None
+    compiled_dir: str | None
+    lm: str | None
+    calls: tuple[CallRecord, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "started_at": self.started_at.isoformat()}
+
+
+@dataclass(frozen=True)
+class NodeStats:
+    """How one predictor (version, node, kind) behaved across the selected runs.
+
+    Shares and ``error_rate`` are fractions of ``calls``. Token and cost totals sum the
+    calls that reported them and are ``None`` when none did, so "unknown" never reads as 0.
+    """
+
+    version: str | None
+    node: str
+    kind: str
+    calls: int
+    optimized_share: float
+    naive_share: float
+    stale_share: float
+    p50_latency_s: float
+    p95_latency_s: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost: float | None
+    error_rate: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """Run-level outcome of one compiled version (``None``: naive runs)."""
+
+    version: str | None
+    runs: int
+    ok: int
+    errors: int
+    interrupted: int
+    mean_duration_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Everything ``bae stats`` prints: per-version run summaries and per-predictor numbers."""
+
+    versions: tuple[VersionSummary, ...]
+    nodes: tuple[NodeStats, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_log_path() -> Path:
+    """``$BAE_LOG_DB`` if set, else ``.bae/runs.db`` under the current directory."""
+    env = os.environ.get("BAE_LOG_DB", "").strip()
+    return Path(env).expanduser() if env else Path.cwd() / ".bae" / "runs.db"
+
+
+def percentile(values: Sequence[float], p: int) -> float:
+    """Nearest-rank percentile: always an observed value, so p95 of few calls is honest."""
+    if not values or not 0 < p <= 100:
+        raise ValueError(f"percentile needs values and 0 < p <= 100, got {len(values)} values, p={p}")
+    ordered = sorted(values)
+    return ordered[-(-p * len(ordered) // 100) - 1]
+
+
+_RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> datetime:
+    """Read a ``--since`` value: an ISO date/datetime, or a span back from now (30m, 12h, 1d, 2w).
+
+    A date or datetime without an offset is local time, as a user typing it means. The
+    result is timezone-aware UTC so it compares directly with the log's timestamps.
+    """
+    value = text.strip().lower()
+    match = _RELATIVE.fullmatch(value)
+    try:
+        if match:
+            span = timedelta(**{_UNITS[match[2]]: int(match[1])})
+            return (now or datetime.now(UTC)).astimezone(UTC) - span
+        return datetime.fromisoformat(text.strip()).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise BaeInputError(
+            f"since {text!r} is neither a date (2024-05-01, 2024-05-01T12:00) "
+            "nor a span back from now (30m, 12h, 1d, 2w)",
+            cause=exc,
+        ) from exc
+
+
+def _utc_text(moment: datetime) -> str:
+    """One fixed ISO format, so SQL string comparison orders timestamps correctly."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _redact(text: str | None) -> str | None:
+    """Error text comes from LM clients and may quote keys or endpoints; keep neither."""
+    if text is None:
+        return None
+    scrubbed = _SECRETS.sub("[redacted]", text)
+    return scrubbed if len(scrubbed) <= MAX_ERROR_CHARS else scrubbed[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def _version_key(version: str | None) -> tuple[int, int, str]:
+    """Naive first, then v1 < v2 < v10, then any other names."""
+    if version is None:
+        return (0, 0, "")
+    if re.fullmatch(r"v\d+", version):
+        return (1, int(version[1:]), "")
+    return (2, 0, version)
+
+
+class RunLog:
+    """Append-only log of runs and their LM calls in one SQLite file.
+
+    Safe to share across threads and to open from many processes at once: no connection
+    outlives a single method call.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise RunLogError(f"no run log at {self.path} (nothing has been run with logging yet?)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunLogError(
+                f"cannot create the run log's folder {self.path.parent}: {exc}", cause=exc
+            ) from exc
+        self._init_schema()
+
+    @contextmanager
+    def _connect(self, action: str) -> Iterator[sqlite3.Connection]:
+        """A fresh connection; every sqlite failure leaves here as one readable line."""
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            yield conn
+        except sqlite3.DatabaseError as exc:
+            raise RunLogError(f"cannot {action} run log {self.path}: {exc}", cause=exc) from exc
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _init_schema(self) -> None:
+        """Create the schema once; an existing log is only checked, so reading takes no write lock."""
+        with self._connect("open") as conn:
+            if self._schema_version(conn) == SCHEMA_VERSION:
+                return
+            _ensure_wal(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            if self._schema_version(conn) == 0:  # re-read under the lock: another process may have won
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if tables - {"runs", "calls"}:
+                    raise RunLogError(f"{self.path} is a SQLite database but not a bae run log")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        found: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise RunLogError(
+                f"run log {self.path} has schema {found}, newer than this bae reads ({SCHEMA_VERSION})"
+            )
+        return found
+
+    def log_run(
+        self,
+        *,
+        started_at: datetime,
+        duration_s: float,
+        status: str,
+        error: str | None,
+        graph: str,
+        start_node: str,
+        version: str | None,
+        compiled_dir: str | os.PathLike[str] | None,
+        lm: str | None,
+        calls: Sequence[CallRecord],
+    ) -> int:
+        """Append one run and its calls atomically; returns the run's id.
+
+        ``lm`` is the model name only. A naive ``started_at`` is taken as local time.
+        """
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {sorted(RUN_STATUSES)}, got {status!r}")
+        for call in calls:
+            if call.kind not in CALL_KINDS or call.source not in CALL_SOURCES:
+                raise ValueError(f"bad call record kind={call.kind!r} source={call.source!r}")
+        run_row = (
+            _utc_text(started_at), float(duration_s), status, _redact(error), graph, start_node,
+            version, None if compiled_dir is None else str(compiled_dir), _redact(lm),
+        )  # fmt: skip
+        with self._connect("write to") as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            cursor = conn.execute(
+                "INSERT INTO runs (started_at, duration_s, status, error, graph, start_node, version,"
+                " compiled_dir, lm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                run_row,
+            )
+            run_id = cursor.lastrowid
+            assert run_id is not None
+            conn.executemany(
+                "INSERT INTO calls (run_id, seq, node, kind, source, latency_s, attempts, prompt_tokens,"
+                " completion_tokens, cost, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_call_row(run_id, seq, call) for seq, call in enumerate(calls)],
+            )
+            conn.execute("COMMIT")
+        return run_id
+
+    @staticmethod
+    def _where(version: str | None, since: datetime | None) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if version == NAIVE:
+            clauses.append("r.version IS NULL")
+        elif version is not None:
+            clauses.append("r.version = ?")
+            params.append(version)
+        if since is not None:
+            clauses.append("r.started_at >= ?")
+            params.append(_utc_text(since))
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def runs(
+        self, *, version: str | None = None, since: datetime | None = None, limit: int | None = None
+    ) -> list[LoggedRun]:
+        """Logged runs, newest first; ``version=NAIVE`` selects runs without a compiled version."""
+        where, params = self._where(version, since)
+        limit_sql = "" if limit is None else f" LIMIT {int(limit)}"
+        with self._connect("read") as conn:
+            rows = conn.execute(
+                "SELECT r.id, r.started_at, r.duration_s, r.status, r.error, r.graph, r.start_node,"
+                f" r.version, r.compiled_dir, r.lm FROM runs r{where}"
+                f" ORDER BY r.started_at DESC, r.id DESC{limit_sql}",
+                params,
+            ).fetchall()
+            calls: dict[int, list[CallRecord]] = {row[0]: [] for row in rows}
+            if rows:
+                marks = ",".join("?" * len(rows))
+                for row in conn.execute(
+                    "SELECT run_id, node, kind, source, latency_s, attempts, prompt_tokens,"
+                    f" completion_tokens, cost, error FROM calls WHERE run_id IN ({marks})"
+                    " ORDER BY run_id, seq",
+                    list(calls),
+                ):
+                    calls[row[0]].append(CallRecord(*row[1:]))
+        return [
+            LoggedRun(row[0], datetime.fromisoformat(row[1]), *row[2:], calls=tuple(calls[row[0]]))
+            for row in rows
+        ]
+
+    def stats(self, *, version: str | None = None, since: datetime | None = None) -> Stats:
+        """Per-version run outcomes and per-predictor call numbers for the selected runs."""
+        where, params = self._where(version, since)
+        with self._connect("read") as conn:
+            run_rows = conn.execute(
+                "SELECT r.version, COUNT(*), SUM(r.status = 'ok'), SUM(r.status = 'error'),"
+                f" SUM(r.status = 'interrupted'), AVG(r.duration_s) FROM runs r{where} GROUP BY r.version",
+                params,
+            ).fetchall()
+            call_rows = conn.execute(
+                "SELECT r.version, c.node, c.kind, c.source, c.latency_s, c.prompt_tokens,"
+                " c.completion_tokens, c.cost, c.error IS NOT NULL"
+                f" FROM calls c JOIN runs r ON r.id = c.run_id{where}",
+                params,
+            ).fetchall()
+        groups: dict[tuple[str | None, str, str], list[tuple[Any, ...]]] = {}
+        for row in call_rows:
+            groups.setdefault(row[:3], []).append(row[3:])
+        versions = tuple(
+            VersionSummary(v, n, ok, err, intr, avg)
+            for v, n, ok, err, intr, avg in sorted(run_rows, key=lambda r: _version_key(r[0]))
+        )
+        nodes = tuple(
+            _node_stats(key, groups[key])
+            for key in sorted(groups, key=lambda k: (_version_key(k[0]), k[1], k[2]))
+        )
+        return Stats(versions=versions, nodes=nodes)
+
+
+def _ensure_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL once; retried because SQLite does not wait for that lock.
+
+    Changing journal mode needs an exclusive lock that SQLite takes without calling the
+    busy handler, so processes racing to create the same log would otherwise fail.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode = WAL")  # returns the old mode if it could not switch
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() > deadline:
+                raise
+        time.sleep(random.uniform(0.005, 0.05))
+
+
+def _call_row(run_id: int, seq: int, c: CallRecord) -> tuple[Any, ...]:
+    return (
+        run_id, seq, c.node, c.kind, c.source, float(c.latency_s), c.attempts,
+        c.prompt_tokens, c.completion_tokens, c.cost, _redact(c.error),
+    )  # fmt: skip
+
+
+def _total(values: list[Any]) -> Any:
+    """Sum of the reported values, or ``None`` when nothing was reported."""
+    reported = [v for v in values if v is not None]
+    return sum(reported) if reported else None
+
+
+def _node_stats(key: tuple[str | None, str, str], rows: list[tuple[Any, ...]]) -> NodeStats:
+    n = len(rows)
+    sources = [r[0] for r in rows]
+    latencies = [r[1] for r in rows]
+    return NodeStats(
+        version=key[0],
+        node=key[1],
+        kind=key[2],
+        calls=n,
+        optimized_share=sources.count("optimized") / n,
+        naive_share=sources.count("naive") / n,
+        stale_share=sources.count("stale") / n,
+        p50_latency_s=percentile(latencies, 50),
+        p95_latency_s=percentile(latencies, 95),
+        prompt_tokens=_total([r[2] for r in rows]),
+        completion_tokens=_total([r[3] for r in rows]),
+        cost=_total([r[4] for r in rows]),
+        error_rate=sum(r[5] for r in rows) / n,
+    )
+
+
+__all__ = [
+    "NAIVE", "SCHEMA_VERSION", "LoggedRun", "NodeStats", "RunLog", "RunLogError", "Stats",
+    "VersionSummary", "default_log_path", "parse_since", "percentile",
+]  # fmt: skip

@@ -1,0 +1,75 @@
+"""The example graph on the real embedded model: make, decide, and a small compile end to end.
+
+These assert behaviour and parseability, never a particular answer of the 270M base model.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import pytest
+
+from bae.compilation import CompileOptions, compile_graph
+from bae.compiler import CompiledGraph
+from bae.dataset import load_dataset
+from bae.dspy_backend import DSPyBackend
+from bae.loader import load_graph
+from bae.optimizer import OptimizeSettings, load_optimized
+from tests.cli import EXAMPLE
+from tests.test_local_lm import HAS_LOCAL_EXTRA
+
+pytestmark = [
+    pytest.mark.local,
+    pytest.mark.skipif(not HAS_LOCAL_EXTRA, reason="needs the local extra: pip install -e '.[local]'"),
+]
+TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
+
+
+@pytest.fixture(scope="module")
+def lm():  # noqa: ANN201
+    from bae.local_lm import local_lm
+
+    return local_lm()
+
+
+@pytest.fixture(scope="module")
+def example():  # noqa: ANN201
+    return load_graph(EXAMPLE)
+
+
+def triage(example) -> object:  # noqa: ANN001
+    triage_cls = example.graph.node("Triage")
+    return triage_cls(text="The app crashes every time I open the camera screen on Android 14.", plan="pro")
+
+
+def test_make_one_node(lm, example) -> None:  # noqa: ANN001
+    billing = example.graph.node("BillingIssue")
+    made = DSPyBackend(lm).make(triage(example), billing)
+    assert isinstance(made, billing)
+    assert made.priority in typing.get_args(billing.model_fields["priority"].annotation)
+    assert isinstance(made.refund_requested, bool)
+    assert made.plan == "pro"  # Context carried from upstream, not generated
+
+
+def test_decide_once(lm, example) -> None:  # noqa: ANN001
+    made = DSPyBackend(lm).decide(triage(example))
+    assert type(made).__name__ in {"BillingIssue", "TechnicalIssue", "AccountIssue"}
+
+
+def test_small_compile_loads_and_runs_optimized(lm, example, tmp_path: Path) -> None:  # noqa: ANN001
+    traces = TRAIN.read_text().splitlines()
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    train.write_text("\n".join(traces[:24]) + "\n")
+    dev.write_text("\n".join(traces[-3:]) + "\n")
+    settings = OptimizeSettings(optimizer="labeled", max_labeled_demos=2, min_examples=2)
+    options = CompileOptions(trainset=train, devset=dev, out=tmp_path / "compiled", settings=settings)
+    report = compile_graph(example, lm, options)
+    assert 0.0 <= report.naive.score <= 1.0 and 0.0 <= report.optimized.score <= 1.0
+    assert report.manifest["lm"]["model"] == "local/gemma-3-270m"
+    loaded = load_optimized(example.graph, tmp_path / "compiled")
+    assert loaded.predictors and all(len(p.demos) == 2 for p in loaded.predictors.values())
+    start = load_dataset(dev, example.graph).traces[0].nodes[0]
+    result = CompiledGraph.load(example.graph, tmp_path / "compiled").run(start, lm=lm, **example.deps)
+    assert result.path[:2] == ["Ticket", "Triage"] and len(result.path) == 3
+    assert {c.source for c in result.calls} == {"optimized"}

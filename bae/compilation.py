@@ -24,7 +24,14 @@ from bae.lms import lm_name
 from bae.loader import LoadedGraph
 from bae.node import schema_fingerprint
 from bae.optimized_lm import OptimizedLM
-from bae.optimizer import OptimizeSettings, PredictorOutcome, collect_examples, optimize_predictors
+from bae.optimizer import (
+    OptimizeSettings,
+    PredictorOutcome,
+    build_optimizer,
+    collect_examples,
+    optimize_predictors,
+    quiet,
+)
 
 
 class Progress(Protocol):
@@ -108,6 +115,8 @@ def compile_graph(
 ) -> CompileReport:
     """Optimize, score naive vs optimized on the dev traces, and write the next version."""
     progress = progress or _Quiet()
+    with quiet("checking"):
+        build_optimizer(options.settings)  # a missing package or LM fails now, before any work
     graph = loaded.graph
     dataset, train, dev = _dataset_split(loaded, options)
     examples = collect_examples([t.nodes for t in train])

@@ -186,6 +186,13 @@ class Graph:
                 node = following
         raise BaeError(f"run exceeded max_steps={max_steps}: {_loop_of(state.trace)}")
 
+    async def arun(self, start_node: Node, lm: LM | None = None, max_steps: int = 100, **deps: Any) -> GraphResult:
+        """``run`` for asyncio code: the run happens in a worker thread, so many can be in flight at once
+        while the event loop stays free (LM calls are blocking I/O in DSPy's sync path)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.run, start_node, lm, max_steps, **deps)
+
     def _step(self, node: Node, lm: LM, state: RunState) -> Node | None:
         spec = self.specs.get(type(node)) or spec_of(type(node))
         if not spec.routed:

@@ -11,7 +11,7 @@ import contextlib
 import io
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,20 +209,24 @@ def optimize_predictors(
 def _optimize_one(
     predictor: NodePredict, train: list[dspy.Example], lm: dspy.BaseLM, settings: OptimizeSettings
 ) -> NodePredict:
-    teleprompter = build_optimizer(settings)
     kwargs: dict[str, Any] = {"trainset": train}
     if settings.optimizer == "gepa":
         kwargs["valset"] = train
-    # DSPy optimizers print to stdout and draw tqdm bars; bae draws its own progress instead.
-    chatter = io.StringIO()
-    with (
-        dspy.context(lm=lm, adapter=dspy.JSONAdapter()),
-        contextlib.redirect_stdout(chatter),
-        contextlib.redirect_stderr(chatter),
-    ):
-        compiled = teleprompter.compile(_Single(predictor), **kwargs)
-    logger.debug("%s %s optimizer output:\n%s", predictor.node_name, predictor.kind, chatter.getvalue())
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()), quiet(f"{predictor.node_name} {predictor.kind}"):
+        compiled = build_optimizer(settings).compile(_Single(predictor), **kwargs)
     return compiled.predictor
+
+
+@contextlib.contextmanager
+def quiet(what: str) -> Iterator[None]:
+    """Capture what DSPy optimizers print and draw (stdout, tqdm): bae draws its own progress,
+    and ``--json`` output must stay one clean object. The chatter goes to the debug log."""
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            yield
+    finally:
+        logger.debug("%s optimizer output:\n%s", what, chatter.getvalue())
 
 
 # -- loading compiled predictors -------------------------------------------------------

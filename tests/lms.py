@@ -77,3 +77,8 @@ def interrupting() -> ScriptedLM:
     lm = triage_lm()
     lm.faults["BillingIssue"] = [KeyboardInterrupt()]
     return lm
+
+
+def exact_metric(example: Any, prediction: Any, trace: Any = None) -> bool:
+    """A user metric for ``--metric``: every labelled field must match exactly."""
+    return all(getattr(prediction, name, None) == example[name] for name in example.labels())

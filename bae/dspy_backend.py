@@ -25,8 +25,7 @@ from bae.compiler import (
     FEEDBACK_FIELD,
     MAKE,
     NodePredict,
-    choice_predictor,
-    make_predictor,
+    new_predictor,
     with_feedback,
 )
 from bae.exceptions import BaeError, BaeLMError, BaeParseError
@@ -143,7 +142,7 @@ class DSPyBackend:
             with self._lock:
                 predictor = self._naive.get(key)
                 if predictor is None:
-                    predictor = make_predictor(cls) if kind == MAKE else choice_predictor(cls)
+                    predictor = new_predictor(cls, kind)
                     self._naive[key] = predictor
         return predictor
 

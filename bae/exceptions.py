@@ -7,6 +7,11 @@ exit code of its kind, which keeps one convention across every command.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bae.result import GraphResult
+
 
 class BaeError(Exception):
     """Base class: a failure bae understands and can explain in one line."""
@@ -16,6 +21,7 @@ class BaeError(Exception):
     def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.result: GraphResult | None = None  # a failed run's partial trace and LM calls, set by Graph.run
         if cause is not None:
             self.__cause__ = cause
 

@@ -177,14 +177,19 @@ class Graph:
         state = RunState(services=dict(deps))
         state.append(start_node)
         node = start_node
-        with running(state):
-            for _ in range(max_steps):
-                following = self._step(node, lm, state)
-                if following is None:
-                    return GraphResult(node=node, trace=state.trace, calls=state.calls)
-                state.append(following)
-                node = following
-        raise BaeError(f"run exceeded max_steps={max_steps}: {_loop_of(state.trace)}")
+        try:
+            with running(state):
+                for _ in range(max_steps):
+                    following = self._step(node, lm, state)
+                    if following is None:
+                        return GraphResult(node=node, trace=state.trace, calls=state.calls)
+                    state.append(following)
+                    node = following
+            raise BaeError(f"run exceeded max_steps={max_steps}: {_loop_of(state.trace)}")
+        except BaeError as exc:
+            # what ran before the failure is kept on the error, so callers can log and show it
+            exc.result = GraphResult(node=node, trace=state.trace, calls=state.calls)
+            raise
 
     async def arun(self, start_node: Node, lm: LM | None = None, max_steps: int = 100, **deps: Any) -> GraphResult:
         """``run`` for asyncio code: the run happens in a worker thread, so many can be in flight at once

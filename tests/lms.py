@@ -82,3 +82,10 @@ def interrupting() -> ScriptedLM:
 def exact_metric(example: Any, prediction: Any, trace: Any = None) -> bool:
     """A user metric for ``--metric``: every labelled field must match exactly."""
     return all(getattr(prediction, name, None) == example[name] for name in example.labels())
+
+
+def garbled_billing() -> ScriptedLM:
+    """Routes correctly, then never produces parseable BillingIssue fields."""
+    lm = triage_lm()
+    lm.faults["BillingIssue"] = ["not json"] * 10
+    return lm

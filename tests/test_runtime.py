@@ -223,3 +223,18 @@ def test_asyncio_runs_share_one_lm_and_keep_dspy_history_bounded(partial: Path) 
     assert [r.path for r in results] == [[s["node"] for s in t] for t in traces]
     assert model.history == []  # no per-call growth in a long-lived runtime
     assert all(p.history == [] for p in lm.optimized.values())
+
+
+def test_a_failed_run_logs_its_calls_and_the_error(partial: Path, tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    result = bae("run", "--compiled", str(partial), "--lm", f"{LMS}:garbled_billing", "--log-db", str(db),
+                 "--input", json.dumps(TICKET))  # fmt: skip
+    assert result.returncode == 1 and "BillingIssue (make)" in result.stderr
+    from bae.runlog import RunLog
+
+    [run] = RunLog(db).runs()
+    assert run.status == "error" and "did not parse" in run.error
+    assert [(c.node, c.kind, c.error is None) for c in run.calls] == [
+        ("Triage", "choice", True),
+        ("BillingIssue", "make", False),
+    ]

@@ -90,25 +90,21 @@ class Runner:
         return self.loaded.graph
 
     def run(self, line: int, start: Node, max_steps: int) -> Outcome:
-        from bae.resolve import RunState, running
-
         outcome = Outcome(line)
         started_at = datetime.now(UTC)
         began = time.perf_counter()
-        holder = RunState()
         status = "ok"
         try:
-            with running(holder):  # collects the calls of a run that fails midway
-                outcome.result = self.graph.run(start, lm=self.lm, max_steps=max_steps, **self.loaded.deps)
+            outcome.result = self.graph.run(start, lm=self.lm, max_steps=max_steps, **self.loaded.deps)
             outcome.calls = outcome.result.calls
         except BaeError as exc:
             outcome.error, status = exc, "error"
+            outcome.calls = exc.result.calls if exc.result is not None else []
         except KeyboardInterrupt:
             status = "interrupted"
             raise
         finally:
             outcome.duration_s = time.perf_counter() - began
-            outcome.calls = outcome.calls or holder.calls
             self._log(outcome, started_at, status)
         if outcome.result is not None and self.record is not None:
             self._record(outcome.result)

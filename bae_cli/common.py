@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bae.exceptions import BaeInputError
 from bae.loader import LoadedGraph, load_graph, split_reference
@@ -27,6 +28,16 @@ LmOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def warn_stale(stale: set[tuple[str, str]]) -> None:
+    """One line per compiled predictor that will not be used because its node changed since compile."""
+    for node, kind in sorted(stale):
+        warn(f"{node} ({kind}) changed since compile: using a naive predictor (stale)")
 
 
 def print_json(data: Any) -> None:

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,14 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bae import artifacts
-from bae.exceptions import BaeError, BaeInputError, BaeLMError
-from bae.graph import Graph
-from bae.loader import LoadedGraph
-from bae.node import Node, spec_of
-from bae.result import CallRecord, GraphResult
+from bae.exceptions import BaeInputError, BaeLMError
+from bae.node import Node
+from bae.result import CallRecord
+from bae.runner import Outcome, Runner, node_json, open_backend
 from bae.usage import usage_rows
 from bae_cli.app import app
-from bae_cli.common import JsonFlag, LmOption, err, graph_from, out, print_json
+from bae_cli.common import JsonFlag, LmOption, err, graph_from, out, print_json, warn, warn_stale
 
 
 def parse_input(text: str | bytes, start: type[Node], where: str) -> Node:
@@ -46,98 +41,6 @@ def parse_input(text: str | bytes, start: type[Node], where: str) -> Node:
         raise BaeInputError(f"{where}: not a valid {start.__name__}: {problems}") from None
 
 
-def node_json(node: Node) -> dict[str, Any]:
-    """A node as JSON: LM-visible fields only (``Bind`` values are services, not data)."""
-    bound = {f.name for f in spec_of(type(node)).bound}
-    return node.model_dump(mode="json", exclude=bound)
-
-
-def trace_json(result: GraphResult) -> list[dict[str, Any]]:
-    return [{"node": type(n).__name__, "fields": node_json(n)} for n in result.trace]
-
-
-@dataclass
-class Outcome:
-    """One run's result or failure, in the shape the CLI prints, logs and records."""
-
-    line: int
-    result: GraphResult | None = None
-    error: BaeError | None = None
-    calls: list[CallRecord] = field(default_factory=list)
-    duration_s: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        if self.result is None:
-            return {"line": self.line, "ok": False, "error": self.error.message if self.error else "interrupted"}
-        return {
-            "line": self.line,
-            "ok": True,
-            "node": type(self.result.node).__name__,
-            "result": node_json(self.result.node),
-            "trace": trace_json(self.result),
-        }
-
-
-class Runner:
-    """Runs inputs through one shared backend, logging each run and recording traces if asked."""
-
-    def __init__(self, loaded: LoadedGraph, lm: Any, log: Any, record: Path | None, meta: dict[str, Any]) -> None:
-        self.loaded, self.lm, self.log, self.record, self.meta = loaded, lm, log, record, meta
-        self._record_lock = threading.Lock()
-
-    @property
-    def graph(self) -> Graph:
-        return self.loaded.graph
-
-    def run(self, line: int, start: Node, max_steps: int) -> Outcome:
-        outcome = Outcome(line)
-        started_at = datetime.now(UTC)
-        began = time.perf_counter()
-        status = "ok"
-        try:
-            outcome.result = self.graph.run(start, lm=self.lm, max_steps=max_steps, **self.loaded.deps)
-            outcome.calls = outcome.result.calls
-        except BaeError as exc:
-            outcome.error, status = exc, "error"
-            outcome.calls = exc.result.calls if exc.result is not None else []
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
-        finally:
-            outcome.duration_s = time.perf_counter() - began
-            self._log(outcome, started_at, status)
-        if outcome.result is not None and self.record is not None:
-            self._record(outcome.result)
-        return outcome
-
-    def _log(self, outcome: Outcome, started_at: datetime, status: str) -> None:
-        if self.log is None:
-            return
-        from bae.runlog import RunLogError
-
-        try:
-            self._write_log(outcome, started_at, status)
-        except RunLogError as exc:  # a run that worked is not failed by its log
-            err.print(f"[yellow]warning:[/] run not logged: {escape(exc.message)}")
-
-    def _write_log(self, outcome: Outcome, started_at: datetime, status: str) -> None:
-        self.log.log_run(
-            started_at=started_at,
-            duration_s=outcome.duration_s,
-            status=status,
-            error=outcome.error.message if outcome.error else None,
-            graph=self.loaded.reference,
-            start_node=self.graph.start.__name__,
-            calls=outcome.calls,
-            **self.meta,
-        )
-
-    def _record(self, result: GraphResult) -> None:
-        line = json.dumps({"trace": trace_json(result)}, ensure_ascii=False) + "\n"
-        with self._record_lock, open(self.record, "a", encoding="utf-8") as handle:
-            handle.write(line)
-
-
 def _read_single(input_json: str | None, input_file: Path | None, stdin: bool) -> tuple[bytes, str]:
     given = [x for x in (input_json is not None, input_file is not None, stdin) if x]
     if len(given) != 1:
@@ -150,24 +53,6 @@ def _read_single(input_json: str | None, input_file: Path | None, stdin: bool) -
         except OSError as exc:
             raise BaeInputError(f"cannot read --input-file {input_file}: {exc.strerror}") from None
     return sys.stdin.buffer.read(), "stdin"
-
-
-def _backend(loaded: LoadedGraph, compiled: Path | None, lm_spec: str | None) -> tuple[Any, dict[str, Any]]:
-    from bae.lms import lm_name, resolve_lm
-    from bae.optimized_lm import OptimizedLM
-    from bae.optimizer import load_optimized
-
-    model = resolve_lm(lm_spec)
-    meta: dict[str, Any] = {"version": None, "compiled_dir": None, "lm": lm_name(model)}
-    if compiled is None:
-        err.print("[yellow]no --compiled: running naive (zero-shot) predictors[/]")
-        return OptimizedLM(lm=model), meta
-    loaded_version = load_optimized(loaded.graph, compiled)
-    for node, kind in sorted(loaded_version.stale):
-        err.print(f"[yellow]warning:[/] {node} ({kind}) changed since compile: using a naive predictor (stale)")
-    meta.update(version=loaded_version.version, compiled_dir=str(loaded_version.version_dir))
-    backend = OptimizedLM(loaded_version.predictors, stale=loaded_version.stale, version=meta["version"], lm=model)
-    return backend, meta
 
 
 @app.command("run")
@@ -214,9 +99,13 @@ def run(
     else:
         raw, where = _read_single(input_json, input_file, stdin)
         inputs = [(1, parse_input(raw, loaded.graph.start, where))]
-    backend, meta = _backend(loaded, compiled, lm)
-    log = None if no_log else RunLog(log_db or default_log_path())
-    runner = Runner(loaded, backend, log, record, meta)
+    if compiled is None:
+        err.print("[yellow]no --compiled: running naive (zero-shot) predictors[/]")
+    backend = open_backend(loaded, compiled, lm)
+    warn_stale(backend.stale)
+    meta = backend.meta
+    logs = [] if no_log else [RunLog(log_db or default_log_path())]
+    runner = Runner(loaded, backend.lm, logs, record, meta, warn=warn)
     if batch is None:
         outcome = runner.run(1, inputs[0][1], max_steps)
         _report_single(outcome, meta, verbose, as_json)

@@ -1,0 +1,157 @@
+"""Production runs of a loaded graph: one shared backend, every run logged. ``bae run`` and ``bae serve`` share it.
+
+Kept free of CLI and HTTP concerns so both front ends log, record and count runs the
+same way; DSPy is imported only when a backend is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bae.exceptions import BaeError
+from bae.graph import Graph
+from bae.loader import LoadedGraph
+from bae.node import Node, spec_of
+from bae.result import CallRecord, GraphResult
+
+if TYPE_CHECKING:
+    from bae.optimized_lm import OptimizedLM
+    from bae.runlog import RunLog
+
+logger = logging.getLogger("bae")
+
+
+def node_json(node: Node) -> dict[str, Any]:
+    """A node as JSON: LM-visible fields only (``Bind`` values are services, not data)."""
+    bound = {f.name for f in spec_of(type(node)).bound}
+    return node.model_dump(mode="json", exclude=bound)
+
+
+def trace_json(result: GraphResult) -> list[dict[str, Any]]:
+    return [{"node": type(n).__name__, "fields": node_json(n)} for n in result.trace]
+
+
+@dataclass
+class Outcome:
+    """One run's result or failure, in the shape the CLI prints, logs and records."""
+
+    line: int
+    result: GraphResult | None = None
+    error: BaeError | None = None
+    calls: list[CallRecord] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.result is None:
+            return {"line": self.line, "ok": False, "error": self.error.message if self.error else "interrupted"}
+        return {
+            "line": self.line,
+            "ok": True,
+            "node": type(self.result.node).__name__,
+            "result": node_json(self.result.node),
+            "trace": trace_json(self.result),
+        }
+
+
+@dataclass
+class Backend:
+    """The LM backend a process serves with, what the run log records about it, and its stale predictors."""
+
+    lm: OptimizedLM
+    meta: dict[str, Any]
+    stale: set[tuple[str, str]] = field(default_factory=set)
+
+
+def open_backend(loaded: LoadedGraph, compiled: Path | None, lm_spec: str | None) -> Backend:
+    """Resolve the LM and load the compiled version (verified) once; ``compiled=None`` runs naive predictors."""
+    from bae.lms import lm_name, resolve_lm
+    from bae.optimized_lm import OptimizedLM
+    from bae.optimizer import load_optimized
+
+    model = resolve_lm(lm_spec)
+    meta: dict[str, Any] = {"version": None, "compiled_dir": None, "lm": lm_name(model)}
+    if compiled is None:
+        return Backend(OptimizedLM(lm=model), meta)
+    version = load_optimized(loaded.graph, compiled)
+    meta.update(version=version.version, compiled_dir=str(version.version_dir))
+    backend = OptimizedLM(version.predictors, stale=version.stale, version=version.version, lm=model)
+    return Backend(backend, meta, set(version.stale))
+
+
+class Runner:
+    """Runs inputs through one shared backend, logging each run and recording traces if asked.
+
+    Thread-safe: ``bae run --batch`` and ``bae serve`` call ``run`` from many worker threads.
+    ``warn`` reports a run-log write that failed (the run itself still counts).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedGraph,
+        lm: Any,
+        logs: Sequence[RunLog],
+        record: Path | None,
+        meta: dict[str, Any],
+        warn: Callable[[str], None] = logger.warning,
+    ) -> None:
+        self.loaded, self.lm, self.logs, self.record, self.meta, self.warn = loaded, lm, logs, record, meta, warn
+        self._record_lock = threading.Lock()
+
+    @property
+    def graph(self) -> Graph:
+        return self.loaded.graph
+
+    def run(self, line: int, start: Node, max_steps: int) -> Outcome:
+        outcome = Outcome(line)
+        started_at = datetime.now(UTC)
+        began = time.perf_counter()
+        status, error = "ok", None
+        try:
+            outcome.result = self.graph.run(start, lm=self.lm, max_steps=max_steps, **self.loaded.deps)
+            outcome.calls = outcome.result.calls
+        except BaeError as exc:
+            outcome.error, status, error = exc, "error", exc.message
+            outcome.calls = exc.result.calls if exc.result is not None else []
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        except Exception as exc:  # a bug in user code or bae: still logged as a failed run, then raised
+            status, error = "error", f"unexpected {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            outcome.duration_s = time.perf_counter() - began
+            self._log(outcome, started_at, status, error)
+        if outcome.result is not None and self.record is not None:
+            self._record(self.record, outcome.result)
+        return outcome
+
+    def _log(self, outcome: Outcome, started_at: datetime, status: str, error: str | None) -> None:
+        from bae.runlog import RunLogError
+
+        for log in self.logs:
+            try:
+                log.log_run(
+                    started_at=started_at,
+                    duration_s=outcome.duration_s,
+                    status=status,
+                    error=error,
+                    graph=self.loaded.reference,
+                    start_node=self.graph.start.__name__,
+                    calls=outcome.calls,
+                    **self.meta,
+                )
+            except RunLogError as exc:  # a run that worked is not failed by its log
+                self.warn(f"run not logged: {exc.message}")
+
+    def _record(self, path: Path, result: GraphResult) -> None:
+        line = json.dumps({"trace": trace_json(result)}, ensure_ascii=False) + "\n"
+        with self._record_lock, open(path, "a", encoding="utf-8") as handle:
+            handle.write(line)

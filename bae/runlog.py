@@ -192,7 +192,7 @@ def _utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def _redact(text: str | None) -> str | None:
+def redact(text: str | None) -> str | None:
     """Error text comes from LM clients and may quote keys or endpoints; keep neither."""
     if text is None:
         return None
@@ -288,8 +288,8 @@ class RunLog:
             if call.kind not in CALL_KINDS or call.source not in CALL_SOURCES:
                 raise ValueError(f"bad call record kind={call.kind!r} source={call.source!r}")
         run_row = (
-            _utc_text(started_at), float(duration_s), status, _redact(error), graph, start_node,
-            version, None if compiled_dir is None else str(compiled_dir), _redact(lm),
+            _utc_text(started_at), float(duration_s), status, redact(error), graph, start_node,
+            version, None if compiled_dir is None else str(compiled_dir), redact(lm),
         )  # fmt: skip
         with self._connect("write to") as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -397,7 +397,7 @@ def _ensure_wal(conn: sqlite3.Connection) -> None:
 def _call_row(run_id: int, seq: int, c: CallRecord) -> tuple[Any, ...]:
     return (
         run_id, seq, c.node, c.kind, c.source, float(c.latency_s), c.attempts,
-        c.prompt_tokens, c.completion_tokens, c.cost, _redact(c.error),
+        c.prompt_tokens, c.completion_tokens, c.cost, redact(c.error),
     )  # fmt: skip
 
 
@@ -430,5 +430,5 @@ def _node_stats(key: tuple[str | None, str, str], rows: list[tuple[Any, ...]]) -
 
 __all__ = [
     "NAIVE", "SCHEMA_VERSION", "LoggedRun", "NodeStats", "RunLog", "RunLogError", "Stats",
-    "VersionSummary", "default_log_path", "parse_since", "percentile",
+    "VersionSummary", "default_log_path", "parse_since", "percentile", "redact",
 ]  # fmt: skip

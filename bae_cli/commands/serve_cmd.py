@@ -1,0 +1,112 @@
+"""``bae serve``: the compiled graph behind an HTTP API (FastAPI + uvicorn, the ``serve`` extra).
+
+FastAPI, uvicorn and DSPy are imported inside the command, so no other command pays for them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bae import artifacts
+from bae.exceptions import BaeArtifactError, BaeInputError
+from bae_cli.app import app
+from bae_cli.common import LmOption, err, graph_from, warn, warn_stale
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind before starting uvicorn: a taken port is one clear line (exit 2), and port 0 gets a real number."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family)
+    except (OSError, OverflowError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise BaeInputError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@app.command("serve")
+def serve(
+    compiled: Annotated[Path, typer.Option("--compiled", help="Compiled root (active version) or version dir.")],
+    graph: Annotated[
+        str | None, typer.Argument(help="file.py[:Name] or package.module:Name (default: the manifest's).")
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback unless you say so).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 8000,
+    lm: LmOption = None,
+    max_concurrency: Annotated[
+        int, typer.Option("--max-concurrency", min=1, help="Runs in flight at once; more requests wait.")
+    ] = 8,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.001, help="Seconds per request, waiting included: then 504.")
+    ] = 60.0,
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Stop a run after this many steps.")] = 100,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="BAE_TOKEN",
+            help="Require 'Authorization: Bearer TOKEN' (all but /health and /ready). Prefer $BAE_TOKEN.",
+            show_default=False,
+        ),
+    ] = None,
+    log_db: Annotated[
+        Path | None, typer.Option("--log-db", envvar="BAE_LOG_DB", help="Run log (SQLite). Default .bae/runs.db.")
+    ] = None,
+    no_log: Annotated[bool, typer.Option("--no-log", help="Do not write the run log.")] = False,
+) -> None:
+    """Serve GRAPH with a compiled version over HTTP until stopped (Ctrl-C or SIGTERM finish in-flight runs).
+
+    POST /run takes the start node's fields as JSON and returns the final node, the trace and
+    the LM usage per node. GET /health, /ready, /version, /stats; OpenAPI docs at /docs.
+    """
+    try:
+        import uvicorn
+
+        from bae.serving import ServeSettings, create_app
+    except ImportError as exc:
+        raise BaeInputError(f"bae serve needs the serve extra: pip install 'bae[serve]' ({exc.name} missing)") from None
+    from bae.runlog import RunLog, default_log_path
+    from bae.runner import open_backend
+
+    version_dir = artifacts.resolve_version_dir(compiled)
+    manifest = artifacts.read_manifest(version_dir)
+    invalid = [check for check in artifacts.verify_files(version_dir, manifest)[0] if not check.ok]
+    if invalid:
+        raise BaeArtifactError(f"{len(invalid)} invalid artifact file(s): {invalid[0].problem}")
+    loaded = graph_from(graph, manifest, version_dir)
+    backend = open_backend(loaded, compiled, lm)
+    warn_stale(backend.stale)
+    logs = [] if no_log else [RunLog(log_db or default_log_path())]
+    settings = ServeSettings(max_concurrency, timeout, max_steps, token or None)
+    api = create_app(loaded, backend, manifest, logs, settings)
+    listener = _listen(host, port)
+    if not token and not _loopback(host):
+        warn(f"listening on {host} without a token: anyone who can reach this port can run the graph")
+    bound = listener.getsockname()[1]
+    where = f"[{host}]" if ":" in host else host
+    err.print(
+        f"bae serve: {backend.meta['version']} of {loaded.reference} on http://{where}:{bound} "
+        f"(max concurrency {max_concurrency}, timeout {timeout:g}s, auth {'on' if token else 'off'}); docs at /docs",
+        markup=False,
+        soft_wrap=True,
+    )
+    config = uvicorn.Config(api, log_level="info", timeout_graceful_shutdown=math.ceil(timeout) + 5)
+    try:
+        uvicorn.Server(config).run(sockets=[listener])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after finishing the in-flight requests
+        err.print("bae serve: stopped")
+        raise typer.Exit(130) from None

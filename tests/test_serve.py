@@ -1,0 +1,323 @@
+"""``bae serve``: the real server on a free loopback port, called over HTTP with httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+from bae import Bind, Node  # noqa: E402
+from bae.compiler import PredictorCall  # noqa: E402
+from bae.exceptions import BaeGraphError, BaeInputError, BaeLMError, BaeParseError  # noqa: E402
+from bae.runlog import RunLog  # noqa: E402
+from bae.serving import error_status, input_model  # noqa: E402
+from bae.testing import ScriptedLM  # noqa: E402
+from tests import lms  # noqa: E402
+from tests.cli import EXAMPLE, ROOT, bae  # noqa: E402
+
+COMPILED = ROOT / "compiled"
+HERE = Path(__file__).resolve()
+CALL_DELAY_S = 0.2  # per LM call; a run of the example makes two
+BILLING = {  # a gold ticket of the example dataset: the oracle routes it to BillingIssue
+    "customer_email": "ana@northwind.io",
+    "text": json.loads(lms.DATASET.read_text().splitlines()[0])["trace"][0]["fields"]["text"],
+}
+
+
+def serving_lm() -> ScriptedLM:
+    """Gold answers after CALL_DELAY_S per call; 'EXPLODE' in a ticket breaks the LM, 'STALL' hangs it for 2 s."""
+    lm = lms.triage_lm(delay_s=CALL_DELAY_S)
+    gold_choice = lm.script["Triage.choice"]
+
+    def choose(call: PredictorCall) -> Any:
+        text = call.inputs.get("text", "")
+        if "EXPLODE" in text:
+            raise ValueError("the model exploded")
+        if "STALL" in text:
+            time.sleep(2)
+        return gold_choice(call)  # type: ignore[operator]
+
+    lm.script["Triage.choice"] = choose
+    return lm
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    output: Path
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace")
+
+
+def start_server(*args: str, out: Path, env: dict[str, str] | None = None) -> Server:
+    """``bae serve`` on port 0 in a subprocess; returns once /health answers."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "BAE_DEBUG": "", **(env or {})}
+    handle = open(out, "wb")  # noqa: SIM115  (the server writes here until it stops)
+    command = [sys.executable, "-m", "bae_cli", "serve", "--port", "0", "--lm", f"{HERE}:serving_lm", *args]
+    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment, cwd=out.parent)
+    handle.close()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"bae serve exited {process.returncode}:\n{out.read_text()}")
+        found = re.search(r"on (http://127\.0\.0\.1:\d+)", out.read_text(errors="replace"))
+        if found:
+            try:
+                if httpx.get(found[1] + "/health", timeout=1).status_code == 200:
+                    return Server(found[1], process, out)
+            except httpx.TransportError:
+                pass
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"bae serve did not come up:\n{out.read_text()}")
+
+
+def stop(server: Server) -> int:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+    return server.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    """No token, four runs at a time, its own run log."""
+    where = tmp_path_factory.mktemp("open")
+    db = where / "runs.db"
+    server = start_server("--compiled", str(COMPILED), "--max-concurrency", "4", "--log-db", str(db), out=where / "log")
+    yield server, db
+    stop(server)
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A bearer token from $BAE_TOKEN and a 1 s deadline per request."""
+    where = tmp_path_factory.mktemp("guarded")
+    args = ("--compiled", str(COMPILED), "--timeout", "1", "--max-concurrency", "2", "--no-log")
+    server = start_server(*args, out=where / "log", env={"BAE_TOKEN": "s3cret-token"})
+    yield server
+    stop(server)
+
+
+def run(server: Server, body: Any, **kwargs: Any) -> httpx.Response:
+    return httpx.post(server.url + "/run", json=body, timeout=30, **kwargs)
+
+
+def test_run_returns_the_final_node_trace_and_usage(open_server: tuple[Server, Path]) -> None:
+    server, db = open_server
+    response = run(server, BILLING)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["node"] == "BillingIssue" and body["version"] == "v1"
+    assert [step["node"] for step in body["trace"]] == ["Ticket", "Triage", "BillingIssue"]
+    assert body["trace"][0]["fields"] == BILLING
+    assert body["result"]["plan"] == "enterprise" and body["result"]["refund_requested"] is True
+    usage = {(u["node"], u["kind"]): (u["optimized"], u["naive"]) for u in body["usage"]}
+    assert usage == {("Triage", "choice"): (1, 0), ("BillingIssue", "make"): (1, 0)}
+    logged = [r for r in RunLog(db).runs() if r.status == "ok"]
+    assert logged and logged[0].version == "v1" and [c.node for c in logged[0].calls] == ["Triage", "BillingIssue"]
+
+
+def test_openapi_request_schema_is_the_start_nodes_fields(open_server: tuple[Server, Path]) -> None:
+    schema = httpx.get(open_server[0].url + "/openapi.json").json()
+    request = schema["paths"]["/run"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    model = schema["components"]["schemas"][request["$ref"].rsplit("/", 1)[1]]
+    assert set(model["properties"]) == {"customer_email", "text"}
+    assert sorted(model["required"]) == ["customer_email", "text"] and model["additionalProperties"] is False
+
+
+def test_bad_input_is_422_naming_each_field_and_runs_nothing(open_server: tuple[Server, Path]) -> None:
+    server, db = open_server
+    before = len(RunLog(db).runs())
+    response = run(server, {"customer_email": 5, "txt": "typo"})
+    assert response.status_code == 422
+    problems = {(tuple(e["loc"]), e["type"]) for e in response.json()["detail"]}
+    assert problems == {
+        (("body", "customer_email"), "string_type"),
+        (("body", "text"), "missing"),
+        (("body", "txt"), "extra_forbidden"),
+    }
+    garbage = httpx.post(server.url + "/run", content=b"{not json", headers={"content-type": "application/json"})
+    assert garbage.status_code == 422 and "Traceback" not in garbage.text
+    assert len(RunLog(db).runs()) == before
+
+
+def test_concurrent_requests_share_the_lm_within_the_limit(open_server: tuple[Server, Path]) -> None:
+    """Eight runs of two 0.2 s calls at four at a time take two waves: ~0.8 s, not 0.4 s (unbounded) or 3.2 s."""
+    server, _ = open_server
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/run", json=BILLING) for _ in range(8)))
+
+    began = time.perf_counter()
+    responses = asyncio.run(burst())
+    elapsed = time.perf_counter() - began
+    assert [r.status_code for r in responses] == [200] * 8
+    assert all(r.json()["node"] == "BillingIssue" for r in responses)
+    assert 4 * CALL_DELAY_S * 0.95 <= elapsed < 4 * CALL_DELAY_S * 3, elapsed
+
+
+def test_failing_lm_is_502_with_one_short_line(open_server: tuple[Server, Path]) -> None:
+    server, db = open_server
+    response = run(server, {**BILLING, "text": "EXPLODE please"})
+    assert response.status_code == 502
+    detail = response.json()["detail"]
+    assert "Triage (choice)" in detail and "the model exploded" in detail and "Traceback" not in response.text
+    assert any(r.status == "error" and "the model exploded" in (r.error or "") for r in RunLog(db).runs())
+    assert run(server, BILLING).status_code == 200  # the server carries on
+
+
+def test_health_ready_version_and_stats(open_server: tuple[Server, Path]) -> None:
+    server, _ = open_server
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    assert httpx.get(server.url + "/ready").json() == {"ready": True, "version": "v1"}
+    manifest = json.loads((COMPILED / "v1" / "manifest.json").read_text())
+    version = httpx.get(server.url + "/version").json()
+    assert version["version"] == "v1" and version["stale"] == []
+    assert version["graph_fingerprint"] == version["compiled_fingerprint"] == manifest["graph"]["fingerprint"]
+    assert version["bae"] and version["dspy"] == manifest["dspy_version"]
+
+    def figures() -> tuple[int, int]:
+        stats = httpx.get(server.url + "/stats").json()
+        runs = sum(v["runs"] for v in stats["versions"])
+        return runs, sum(n["calls"] for n in stats["nodes"])
+
+    runs, calls = figures()
+    assert run(server, BILLING).status_code == 200
+    assert figures() == (runs + 1, calls + 2)
+
+
+def test_token_guards_everything_but_liveness_and_readiness(guarded: Server) -> None:
+    for token in (None, "wrong-token"):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = run(guarded, BILLING, headers=headers)
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+        for path in ("/version", "/stats"):
+            assert httpx.get(guarded.url + path, headers=headers).status_code == 401
+    assert httpx.get(guarded.url + "/health").status_code == 200
+    assert httpx.get(guarded.url + "/ready").status_code == 200
+    good = {"Authorization": "Bearer s3cret-token"}
+    assert run(guarded, BILLING, headers=good).json()["node"] == "BillingIssue"
+    assert httpx.get(guarded.url + "/stats", headers=good).status_code == 200
+
+
+def test_a_run_past_its_deadline_is_504(guarded: Server) -> None:
+    good = {"Authorization": "Bearer s3cret-token"}
+    began = time.perf_counter()
+    response = run(guarded, {**BILLING, "text": "STALL here"}, headers=good)
+    assert response.status_code == 504 and "timed out after 1s" in response.json()["detail"]
+    assert time.perf_counter() - began < 1.9  # answered at the deadline, not when the stalled run ended
+
+
+def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
+    server = start_server("--compiled", str(COMPILED), "--no-log", out=tmp_path / "log")
+    answers: list[httpx.Response] = []
+    request = threading.Thread(target=lambda: answers.append(run(server, BILLING)))
+    request.start()
+    time.sleep(CALL_DELAY_S)  # the run is in its first LM call
+    server.process.send_signal(signal.SIGTERM)
+    request.join(timeout=30)
+    assert answers and answers[0].status_code == 200, server.log()
+    assert stop(server) in (0, -signal.SIGTERM)
+    assert "Finished server process" in server.log()
+
+
+def test_a_tampered_version_is_refused_before_listening(tmp_path: Path) -> None:
+    compiled = tmp_path / "compiled"
+    shutil.copytree(COMPILED, compiled)
+    node_file = compiled / "v1" / "nodes" / "BillingIssue.json"
+    node_file.write_text(node_file.read_text().replace("refund", "REFUND", 1))
+    result = bae("serve", EXAMPLE, "--compiled", str(compiled), "--port", "0", "--lm", f"{HERE}:serving_lm")
+    assert result.returncode == 3
+    assert result.stderr.startswith("bae: error: ") and "checksum mismatch" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_taken_port_is_one_line_exit_2(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        result = bae("serve", "--compiled", str(COMPILED), "--port", port, "--lm", f"{HERE}:serving_lm", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"bae: error: cannot listen on 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (BaeLMError("Triage (choice): LM still failing", cause=TimeoutError("read timed out")), 504),
+        (BaeLMError("Triage (choice): LM call failed", cause=ValueError("bad request")), 502),
+        (BaeParseError("BillingIssue (make): did not parse"), 502),
+        (BaeInputError("bad field"), 422),
+        (BaeGraphError("cannot fill Context field"), 500),
+    ],
+)
+def test_errors_map_to_http_statuses(error: Exception, status: int) -> None:
+    assert error_status(error) == status  # type: ignore[arg-type]
+
+
+class Service:
+    pass
+
+
+def test_a_start_node_needing_a_service_cannot_be_served() -> None:
+    class NeedsService(Node):
+        question: str
+        service: Annotated[Service, Bind()]
+
+    with pytest.raises(BaeGraphError, match="NeedsService requires Bind field"):
+        input_model(NeedsService)
+
+    class TakesService(Node):
+        question: str
+        service: Service
+
+    with pytest.raises(BaeGraphError, match="no JSON form"):
+        input_model(TakesService)
+
+
+class Crash(Node):
+    """Custom logic with a bug in it."""
+
+    question: str
+
+    def __call__(self, lm: Any) -> None:
+        raise RuntimeError("bug in user code")
+
+
+def test_a_crashing_run_is_logged_as_an_error_then_raised(tmp_path: Path) -> None:
+    """What a 500 from /run leaves behind: the run log says error, not ok."""
+    from bae.graph import Graph
+    from bae.loader import LoadedGraph
+    from bae.runner import Runner
+
+    log = RunLog(tmp_path / "runs.db")
+    runner = Runner(
+        LoadedGraph(Graph(Crash), "crash"),
+        ScriptedLM(),
+        [log],
+        None,
+        {"version": None, "compiled_dir": None, "lm": "x"},
+    )
+    with pytest.raises(RuntimeError, match="bug in user code"):
+        runner.run(1, Crash(question="q"), max_steps=5)
+    (logged,) = log.runs()
+    assert logged.status == "error" and logged.error == "unexpected RuntimeError: bug in user code"

@@ -9,10 +9,14 @@ service's: bae retries the same request with backoff and jitter.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import dspy
@@ -37,6 +41,7 @@ logger = logging.getLogger("bae")
 
 T = TypeVar("T", bound=Node)
 Listener = Callable[[CallRecord], None]
+MAX_DELAY_S = 30.0  # no single wait is longer, whatever the backoff or the service asks
 
 _TRANSIENT_NAMES = {
     "TimeoutError", "Timeout", "APITimeoutError", "RateLimitError", "ServerError", "ServiceUnavailableError",
@@ -67,12 +72,49 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _retry_after(exc: BaseException) -> float | None:
+def retry_after(exc: BaseException) -> float | None:
+    """The wait the service asked for: a ``retry_after`` attribute (DSPy's LM errors) or a
+    ``Retry-After`` header (seconds or an HTTP date) on the exception or its response."""
     for link in _chain(exc):
         value = getattr(link, "retry_after", None)
-        if isinstance(value, int | float) and value >= 0:
-            return float(value)
+        if value is None:
+            headers = getattr(link, "headers", None) or getattr(getattr(link, "response", None), "headers", None)
+            value = _header(headers, "retry-after")
+        seconds = _seconds(value)
+        if seconds is not None:
+            return seconds
     return None
+
+
+def _header(headers: Any, name: str) -> Any:
+    try:
+        items = headers.items() if hasattr(headers, "items") else ()
+        return next((v for k, v in items if str(k).lower() == name), None)
+    except Exception:  # a header object of an unknown shape is no hint
+        return None
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+        seconds = max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def backoff_delay(attempt: int, backoff_s: float, hint: float | None = None, cap_s: float = MAX_DELAY_S) -> float:
+    """Seconds to wait before retry ``attempt + 1``: exponential backoff with +-20% jitter, or the
+    service's ``Retry-After`` hint plus up to 20% (never sooner than asked), capped at ``cap_s``."""
+    if hint is not None:
+        return min(hint, cap_s) * random.uniform(1.0, 1.2)
+    return min(backoff_s * 2**attempt, cap_s) * random.uniform(0.8, 1.2)
 
 
 def _usage(prediction: dspy.Prediction) -> tuple[int | None, int | None, float | None]:
@@ -83,6 +125,15 @@ def _usage(prediction: dspy.Prediction) -> tuple[int | None, int | None, float |
     completion = sum(int(u.get("completion_tokens") or 0) for u in usage.values())
     costs = [u["cost"] for u in usage.values() if isinstance(u.get("cost"), int | float)]
     return prompt, completion, (sum(costs) if costs else None)
+
+
+@dataclass
+class _Attempts:
+    """One call's tally: answers parsed (self-correction) and requests sent (those plus transient retries).
+    The record keeps ``requests``, so a failure that a retry recovered still shows in the run log."""
+
+    answers: int = 0
+    requests: int = 0
 
 
 class DSPyBackend:
@@ -156,15 +207,15 @@ class DSPyBackend:
     ) -> Any:
         """Call ``predictor`` and ``build`` the result, self-correcting parse failures."""
         feedback: str | None = None
-        attempts = 0
+        count = _Attempts()
         started = time.perf_counter()
         tokens: list[tuple[int | None, int | None, float | None]] = []
         error: BaseException | None = None
         try:
             for _ in range(self.max_retries + 1):
-                attempts += 1
+                count.answers += 1
                 try:
-                    prediction = self._call(predictor, inputs, feedback)
+                    prediction = self._call(predictor, inputs, feedback, count)
                     tokens.append(_usage(prediction))
                     outputs = {name: prediction[name] for name in predictor.signature.output_fields}
                     built = build(outputs)
@@ -175,7 +226,7 @@ class DSPyBackend:
                     feedback = _short(exc)
                     logger.debug("%s %s: rejected answer (%s); retrying", predictor.node_name, predictor.kind, feedback)
             raise BaeParseError(
-                f"{predictor.node_name} ({predictor.kind}): the LM's answer did not parse after {attempts} "
+                f"{predictor.node_name} ({predictor.kind}): the LM's answer did not parse after {count.answers} "
                 f"attempts: {feedback}",
                 cause=error,
             )
@@ -183,10 +234,12 @@ class DSPyBackend:
             error = exc
             raise
         finally:
-            self._record(predictor, source, started, attempts, tokens, error)
+            self._record(predictor, source, started, count.requests, tokens, error)
 
-    def _call(self, predictor: NodePredict, inputs: dict[str, Any], feedback: str | None) -> dspy.Prediction:
-        """One request, retried with backoff and jitter while the LM fails transiently."""
+    def _call(
+        self, predictor: NodePredict, inputs: dict[str, Any], feedback: str | None, count: _Attempts
+    ) -> dspy.Prediction:
+        """One answer, its request retried with backoff and jitter while the LM fails transiently."""
         kwargs = dict(inputs)
         if feedback is not None:
             kwargs.update(signature=with_feedback(predictor.signature), **{FEEDBACK_FIELD: feedback})
@@ -197,6 +250,7 @@ class DSPyBackend:
         elif dspy.settings.lm is None:
             raise BaeLMError("no LM configured: pass lm= to DSPyBackend or call dspy.configure(lm=...)")
         for attempt in range(self.max_transient_retries + 1):
+            count.requests += 1
             try:
                 with dspy.context(**overrides):
                     return predictor(**kwargs)
@@ -213,8 +267,7 @@ class DSPyBackend:
                         f"{attempt + 1} attempts: {_short(exc)}",
                         cause=exc,
                     ) from exc
-                delay = _retry_after(exc) or self.backoff_s * (2**attempt)
-                delay = min(delay, 30.0) * random.uniform(0.8, 1.2)
+                delay = backoff_delay(attempt, self.backoff_s, retry_after(exc))
                 logger.debug(
                     "%s %s: transient %s; retry in %.2fs",
                     predictor.node_name,

@@ -26,7 +26,8 @@ class CallRecord:
     """One LM call as bae saw it: which predictor, where it came from, what it cost.
 
     ``source`` is ``optimized`` (a compiled predictor), ``naive`` (none compiled) or
-    ``stale`` (compiled for a schema that has since changed, so not used).
+    ``stale`` (compiled for a schema that has since changed, so not used). ``attempts``
+    counts every request sent for the call: self-corrections and transient retries alike.
     """
 
     node: str

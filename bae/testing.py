@@ -12,7 +12,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
@@ -34,6 +34,7 @@ class ScriptedCall:
     demos: int
     output: str | None
     fault: str | None = None
+    at: float = field(default_factory=time.monotonic)  # when it was answered, to measure backoff between retries
 
 
 class ScriptedLM(dspy.LM):

@@ -15,7 +15,7 @@ from bae.exceptions import BaeInputError
 from bae.loader import LoadedGraph, load_graph, split_reference
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one greppable line
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 LmOption = Annotated[

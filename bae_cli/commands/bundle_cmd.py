@@ -1,0 +1,59 @@
+"""``bae bundle``: a self-contained deployment folder for one compiled version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bae import artifacts
+from bae_cli.app import app
+from bae_cli.common import JsonFlag, graph_from, out, print_json
+
+
+@app.command("bundle")
+def bundle(
+    compiled: Annotated[Path, typer.Option("--compiled", help="Compiled root (active version) or version dir.")],
+    output: Annotated[Path, typer.Option("--out", help="The folder to write; must not exist yet.")],
+    graph: Annotated[
+        str | None, typer.Argument(help="file.py[:Name] or package.module:Name (default: the manifest's).")
+    ] = None,
+    lm: Annotated[
+        str | None,
+        typer.Option(
+            "--lm",
+            envvar="BAE_LM",
+            help="The LM the bundle will run with (its name and settings go to config.json, never keys or "
+            "endpoints). Default: the one the version was compiled with.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write a deployment folder: the verified version, the graph module, pinned requirements,
+    config.json, prompts.json and a README on running it with bae run and bae serve.
+
+    Refuses a version whose files were tampered with (exit 3) or that no longer matches the
+    graph (stale or missing predictors, exit 3). Nothing is pickled; no key or endpoint is written.
+    """
+    from bae.bundle import write_bundle
+
+    version_dir = artifacts.resolve_version_dir(compiled)
+    loaded = graph_from(graph, artifacts.read_manifest(version_dir), version_dir)
+    model = None
+    if lm is not None:
+        from bae.lms import resolve_lm
+
+        model = resolve_lm(lm)
+    made = write_bundle(loaded, version_dir, output, model)
+    if as_json:
+        print_json({"path": str(made.path), "version": made.version, "graph": made.graph, "lm": made.lm})
+        return
+    out.print(
+        f"bundle of {made.version} written to {made.path} ({made.requirements} pinned requirements)", markup=False
+    )
+    out.print(
+        f"  cd {made.path} && bae run {made.graph} --compiled compiled --lm {made.lm} --input '{{...}}'", markup=False
+    )
+    out.print(f"  cd {made.path} && bae serve {made.graph} --compiled compiled --lm {made.lm}", markup=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,13 @@ def down() -> ScriptedLM:
 def sluggish() -> ScriptedLM:
     """A slow model (50 ms a call), so a batch is still running when the test interrupts it."""
     return triage_lm(delay_s=0.05)
+
+
+def stuck() -> ScriptedLM:
+    """A hung model: its first request creates ``stuck.mark`` in the working directory, then no answer comes."""
+
+    def hang(call: PredictorCall) -> Any:
+        Path("stuck.mark").touch()
+        time.sleep(3600)
+
+    return ScriptedLM(make=dict.fromkeys(QUEUES, hang), choose={"Triage": hang})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -185,6 +185,7 @@ def _run_batch(
     pending = [(line, item) for line, item in inputs if isinstance(item, Node)]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     pool = ThreadPoolExecutor(max_workers=concurrency)
+    futures: dict[Future[Outcome], int] = {}
     interrupted = False
     try:
         with Progress(*columns, console=err, transient=as_json) as progress:
@@ -195,7 +196,7 @@ def _run_batch(
                 progress.advance(task)
     except KeyboardInterrupt:
         interrupted = True
-        pool.shutdown(wait=False, cancel_futures=True)
+        _finish_in_flight(pool, futures, outcomes)
     finally:
         pool.shutdown(wait=not interrupted, cancel_futures=True)
         _write_results(output, outcomes)
@@ -226,6 +227,21 @@ def _run_batch(
     if failed:
         lm_errors = all(isinstance(outcomes[line].error, BaeLMError) for line in failed)
         raise typer.Exit(4 if lm_errors else 1)
+
+
+def _finish_in_flight(
+    pool: ThreadPoolExecutor, futures: dict[Future[Outcome], int], outcomes: dict[int, Outcome]
+) -> None:
+    """On Ctrl-C: start nothing new, and keep the runs already under way. Python waits for their
+    threads before it exits anyway, so waiting here costs nothing and their results (logged and
+    recorded by then) also reach --output and the summary. A second Ctrl-C abandons them."""
+    in_flight = sum(1 for future in futures if future.running())
+    if in_flight:
+        err.print(f"interrupted: finishing {in_flight} run(s) in flight (Ctrl-C again to abandon them)")
+    pool.shutdown(wait=True, cancel_futures=True)
+    for future, line in futures.items():
+        if future.done() and not future.cancelled() and future.exception() is None:
+            outcomes.setdefault(line, future.result())
 
 
 def _write_results(output: Path | None, outcomes: dict[int, Outcome]) -> None:

@@ -1,24 +1,30 @@
 """bae: type-driven agent graphs, compiled with DSPy.
 
-The light names (nodes, markers, graphs, results, errors) import eagerly; names that
-need DSPy load on first use, so ``import bae`` and the CLI's fast paths stay fast.
+Errors, markers and results import eagerly; graphs and nodes (Pydantic) and the names
+that need DSPy load on first use, so ``import bae`` and the CLI's fast paths stay fast.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bae.exceptions import BaeArtifactError, BaeError, BaeGraphError, BaeInputError, BaeLMError, BaeParseError
-from bae.graph import Graph, Problem
 from bae.lm import LM
 from bae.markers import Bind, Context, Dep
-from bae.node import Node
 from bae.result import CallRecord, GraphResult
+
+if TYPE_CHECKING:  # for type checkers: at run time these load on first use, below
+    from bae.graph import Graph as Graph
+    from bae.graph import Problem as Problem
+    from bae.node import Node as Node
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Graph": "bae.graph",
+    "Problem": "bae.graph",
+    "Node": "bae.node",
     "DSPyBackend": "bae.dspy_backend",
     "node_to_signature": "bae.compiler",
     "CompiledGraph": "bae.compiler",
@@ -35,6 +41,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "LM", "Bind", "BaeArtifactError", "BaeError", "BaeGraphError", "BaeInputError", "BaeLMError",
-    "BaeParseError", "CallRecord", "Context", "Dep", "Graph", "GraphResult", "Node", "Problem",
-    "__version__", *_LAZY,
+    "BaeParseError", "CallRecord", "Context", "Dep", "GraphResult", "__version__", *_LAZY,
 ]  # fmt: skip

@@ -61,7 +61,9 @@ def main() -> None:
     Typer already maps usage errors to 2 and Ctrl-C to 130; bae's own errors carry
     their exit code, and anything unexpected is exit 1 with a hint to use --debug.
     """
-    from bae_cli import commands  # noqa: F401  (registers the commands)
+    from bae_cli.commands import register
+
+    register(sys.argv[1:])
 
     try:
         app()

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from bae.exceptions import BaeInputError
-from bae.loader import LoadedGraph, load_graph, split_reference
+
+if TYPE_CHECKING:
+    from bae.loader import LoadedGraph
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one greppable line
@@ -50,6 +52,8 @@ def graph_from(reference: str | None, manifest: dict[str, Any] | None, version_d
     A recorded file path is tried from the current directory, then from the project the
     compiled root sits in (``<project>/compiled/vN``), so artifacts work from either place.
     """
+    from bae.loader import load_graph, split_reference  # imports the graph machinery: only when a graph is used
+
     if reference:
         return load_graph(reference)
     recorded = (manifest or {}).get("graph", {}).get("reference")

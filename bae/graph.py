@@ -167,9 +167,10 @@ class Graph:
         """Run from ``start_node`` until a node ends the run; services for ``Dep`` come from ``deps``."""
         if not isinstance(start_node, self.start):
             raise BaeGraphError(f"this graph starts at {self.start.__name__}, got {type(start_node).__name__}")
-        unresolved = [p for p in self.validate() if p.kind == "annotation"]
+        # only unresolved annotations stop a run: the rest of validate() walks the whole graph, on every run
+        unresolved = [text for spec in self.specs.values() for text in spec.problems]
         if unresolved:
-            raise BaeGraphError("; ".join(str(p) for p in unresolved))
+            raise BaeGraphError("; ".join(unresolved))
         if lm is None:
             from bae.dspy_backend import DSPyBackend
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bae.exceptions import BaeError
 from bae.graph import Graph
@@ -27,6 +28,53 @@ if TYPE_CHECKING:
     from bae.runlog import RunLog
 
 logger = logging.getLogger("bae")
+
+
+class RunSink(Protocol):
+    """Where a finished run is logged: a ``RunLog``, or a ``BackgroundLog`` in front of one."""
+
+    def log_run(self, **run: Any) -> object: ...
+
+
+class BackgroundLog:
+    """A run log written by one background thread, so a run never waits on SQLite.
+
+    A write is a transaction with an fsync, and writers to one file take turns: done
+    inline, that time is spent holding one of a server's concurrency slots. Here runs
+    queue (bounded: a log that cannot keep up slows runs down rather than filling
+    memory) and one thread writes them in order. ``flush`` waits for the queue to drain;
+    ``close`` flushes and stops the thread.
+    """
+
+    def __init__(self, log: RunLog, max_pending: int = 10_000) -> None:
+        self.log = log
+        self._pending: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_pending)
+        self._thread = threading.Thread(target=self._write, name="bae-runlog", daemon=True)
+        self._thread.start()
+
+    def log_run(self, **run: Any) -> None:
+        self._pending.put(run)
+
+    def flush(self) -> None:
+        self._pending.join()
+
+    def close(self) -> None:
+        self._pending.put(None)
+        self._thread.join()
+
+    def _write(self) -> None:
+        from bae.runlog import RunLogError
+
+        while True:
+            run = self._pending.get()
+            try:
+                if run is None:
+                    return
+                self.log.log_run(**run)
+            except RunLogError as exc:  # a run that worked is not failed by its log
+                logger.warning("run not logged: %s", exc.message)
+            finally:
+                self._pending.task_done()
 
 
 def node_json(node: Node) -> dict[str, Any]:
@@ -97,7 +145,7 @@ class Runner:
         self,
         loaded: LoadedGraph,
         lm: Any,
-        logs: Sequence[RunLog],
+        logs: Sequence[RunSink],
         record: Path | None,
         meta: dict[str, Any],
         warn: Callable[[str], None] = logger.warning,

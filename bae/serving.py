@@ -35,7 +35,7 @@ from bae.loader import LoadedGraph
 from bae.markers import Bind, Context
 from bae.node import Node, spec_of
 from bae.runlog import RunLog, redact
-from bae.runner import Backend, Outcome, Runner, node_json, trace_json
+from bae.runner import Backend, BackgroundLog, Outcome, Runner, node_json, trace_json
 from bae.usage import usage_rows
 
 logger = logging.getLogger("bae")
@@ -238,12 +238,14 @@ def create_app(
 
     The private log (a temporary SQLite file, removed at shutdown) holds this process's
     runs only, so ``GET /stats`` is ``bae stats`` computed by the same code, for this server.
+    Logs are written by background threads, off the runs' concurrency slots.
     """
     start = loaded.graph.start
     request_model = input_model(start)
     scratch = tempfile.TemporaryDirectory(prefix="bae-serve-")
-    own_log = RunLog(Path(scratch.name) / "runs.db")
-    runner = Runner(loaded, backend.lm, [*logs, own_log], None, backend.meta)
+    own_log = BackgroundLog(RunLog(Path(scratch.name) / "runs.db"))
+    sinks = [*(BackgroundLog(log) for log in logs), own_log]
+    runner = Runner(loaded, backend.lm, sinks, None, backend.meta)
     service = Service(runner, settings)
     info = version_info(loaded, manifest, backend)
     version = backend.meta["version"]
@@ -257,6 +259,8 @@ def create_app(
         finally:
             service.ready = False
             service.pool.shutdown(wait=True)  # runs past their deadline still finish and are logged
+            for sink in sinks:
+                sink.close()
             scratch.cleanup()
 
     app = FastAPI(
@@ -311,7 +315,8 @@ def create_app(
 
     @app.get("/stats", dependencies=protected, summary="bae stats for the runs this process served")
     async def stats() -> dict[str, Any]:
-        figures = await asyncio.to_thread(own_log.stats)
+        await asyncio.to_thread(own_log.flush)
+        figures = await asyncio.to_thread(own_log.log.stats)
         return figures.as_dict()
 
     return app

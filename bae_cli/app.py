@@ -55,18 +55,33 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _usage_error(exc: typer.TyperException) -> int:
+    """A usage error (bad flag, value, command) as one line pointing at the right --help."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # bare `bae`: the help is already printed
+        return exc.exit_code
+    context = getattr(exc, "ctx", None)
+    where = context.command_path if context is not None else "bae"
+    return _fail(f"{exc.format_message().rstrip('.')} (see `{where} --help`)", exc.exit_code)
+
+
 def main() -> None:
     """Run the app, turning every failure bae understands into one line and its exit code.
 
-    Typer already maps usage errors to 2 and Ctrl-C to 130; bae's own errors carry
-    their exit code, and anything unexpected is exit 1 with a hint to use --debug.
+    Click runs outside its standalone mode so its usage errors come back here and print as
+    one line (exit 2) like bae's own; Typer maps Ctrl-C to 130; bae's errors carry their
+    exit code, and anything unexpected is exit 1 with a hint to use --debug.
     """
     from bae_cli.commands import register
 
     register(sys.argv[1:])
 
     try:
-        app()
+        code = app(prog_name="bae", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.TyperException as exc:  # Click's usage errors (Typer vendors Click)
+        sys.exit(_usage_error(exc))
+    except typer.Abort:
+        sys.exit(_fail("aborted", 1))
     except BaeError as exc:
         if _debugging():
             raise

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bae.exceptions import BaeArtifactError
+from bae.exceptions import BaeArtifactError, BaeInputError
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -41,6 +41,9 @@ _VERSION_RE = re.compile(r"^v(\d+)$")
 _TEMP_PREFIX = ".building-"
 # Keys DSPy's Predict.dump_state writes; anything else in a node file is refused.
 PREDICTOR_KEYS = {"traces", "train", "demos", "signature", "fields", "lm", "metadata"}
+NODE_FILE_KEYS = {"bae", "predictor"}
+# What to do about a damaged or tampered version: every such error ends with it.
+RESTORE = "restore it from version control or recompile (`bae compile GRAPH`)"
 
 
 def sha256_file(path: Path) -> str:
@@ -51,14 +54,14 @@ def dump_json(data: Any) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False, default=str) + "\n").encode()
 
 
-def read_json(path: Path, what: str) -> Any:
-    """Parse a JSON artifact or raise one clear artifact error naming the file."""
+def read_json(path: Path, what: str, hint: str = RESTORE) -> Any:
+    """Parse a JSON artifact or raise one clear artifact error naming the file and what to do."""
     try:
         return json.loads(path.read_bytes())
     except FileNotFoundError:
-        raise BaeArtifactError(f"{what} missing: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BaeArtifactError(f"{what} unreadable: {path}: {exc}") from exc
+        raise BaeArtifactError(f"{what} missing: {path}: {hint}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BaeArtifactError(f"{what} unreadable: {path}: {exc}: {hint}") from exc
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -78,8 +81,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 @contextlib.contextmanager
 def locked(root: Path) -> Iterator[None]:
-    """An exclusive lock on a compiled root, held while versions are allocated or promoted."""
-    root.mkdir(parents=True, exist_ok=True)
+    """An exclusive lock on a compiled root (which must exist), held while versions are allocated or promoted."""
     with open(root / ".lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -103,14 +105,23 @@ def existing_versions(root: Path) -> list[str]:
 # -- versions.json ---------------------------------------------------------------------
 def read_versions(root: Path) -> dict[str, Any]:
     """The version index of a compiled root; missing or corrupt is an error, never a silent reset."""
-    data = read_json(root / VERSIONS, "versions.json")
+    if not root.is_dir():
+        raise BaeArtifactError(f"compiled directory not found: {root}: check the path")
+    hint = "restore it from version control"
+    data = read_json(root / VERSIONS, "versions.json", hint)
     if not (isinstance(data, dict) and isinstance(data.get("versions"), list) and "active" in data):
-        raise BaeArtifactError(f"versions.json malformed: {root / VERSIONS}: needs 'active' and 'versions'")
+        raise BaeArtifactError(f"versions.json malformed: {root / VERSIONS}: needs 'active' and 'versions': {hint}")
     if data.get("format") != FORMAT:
-        raise BaeArtifactError(f"versions.json has unknown format {data.get('format')!r} (this bae reads {FORMAT})")
+        raise BaeArtifactError(
+            f"{root / VERSIONS} has unknown format {data.get('format')!r} (this bae reads {FORMAT}): "
+            "use the bae version that wrote it"
+        )
     names = [v.get("version") for v in data["versions"] if isinstance(v, dict)]
     if data["active"] is not None and data["active"] not in names:
-        raise BaeArtifactError(f"versions.json names active version {data['active']!r}, which it does not list")
+        raise BaeArtifactError(
+            f"{root / VERSIONS} names active version {data['active']!r}, which it does not list: "
+            f"set 'active' to one of {', '.join(map(str, names)) or '(none)'}, or {hint}"
+        )
     return data
 
 
@@ -119,16 +130,30 @@ def _write_versions(root: Path, data: dict[str, Any]) -> None:
 
 
 def promote(root: Path, version: str) -> dict[str, Any]:
-    """Make ``version`` the active one (a rollback is promoting an older version)."""
+    """Make ``version`` the active one (a rollback is promoting an older version).
+
+    Checked before the lock is taken as well as under it, so a refused promote writes nothing.
+    """
+    _check_promotable(root, read_versions(root), version)
     with locked(root):
         data = read_versions(root)
-        if version not in [v["version"] for v in data["versions"]]:
-            raise BaeArtifactError(f"no version {version!r} in {root} (have: {', '.join(existing_versions(root))})")
-        if not (root / version / MANIFEST).is_file():
-            raise BaeArtifactError(f"version {version} is listed but {root / version / MANIFEST} is missing")
+        _check_promotable(root, data, version)
         data["active"] = version
         _write_versions(root, data)
         return data
+
+
+def _check_promotable(root: Path, data: dict[str, Any], version: str) -> None:
+    listed = [v.get("version") for v in data["versions"] if isinstance(v, dict)]
+    if version not in listed:
+        raise BaeArtifactError(
+            f"no version {version!r} in {root}: promote one of {', '.join(map(str, listed)) or '(none)'}"
+        )
+    if not (root / version / MANIFEST).is_file():
+        raise BaeArtifactError(
+            f"version {version} is listed but {root / version / MANIFEST} is missing: "
+            f"restore {root / version} from version control or promote another version"
+        )
 
 
 # -- writing a version -----------------------------------------------------------------
@@ -190,9 +215,21 @@ def write_version(
         raise
 
 
+def check_root(root: Path) -> None:
+    """Fail before any work if ``root`` cannot take a new version: a file, or a damaged version index."""
+    if root.exists() and not root.is_dir():
+        raise BaeInputError(f"compiled root {root} is a file, not a directory: pass a directory to --out")
+    if (root / VERSIONS).exists():
+        read_versions(root)
+    else:
+        _new_index(root)
+
+
 def _new_index(root: Path) -> dict[str, Any]:
     if existing_versions(root):
-        raise BaeArtifactError(f"{root} has version directories but no versions.json: refusing to guess")
+        raise BaeArtifactError(
+            f"{root} has version directories but no versions.json: refusing to guess; restore it from version control"
+        )
     return {"format": FORMAT, "active": None, "versions": []}
 
 
@@ -200,43 +237,59 @@ def _new_index(root: Path) -> dict[str, Any]:
 def resolve_version_dir(path: Path) -> Path:
     """A version dir from either a compiled root (its active version) or a version dir itself."""
     if not path.exists():
-        raise BaeArtifactError(f"compiled directory not found: {path}")
+        raise BaeArtifactError(
+            f"compiled directory not found: {path}: check the path, or compile with `bae compile GRAPH`"
+        )
     if (path / MANIFEST).is_file():
         return path
     if (path / VERSIONS).is_file():
         active = read_versions(path)["active"]
         if active is None:
-            raise BaeArtifactError(f"{path} has no active version")
+            raise BaeArtifactError(f"{path} has no active version: make one active with `bae promote {path} vN`")
         version_dir = path / active
         if not (version_dir / MANIFEST).is_file():
-            raise BaeArtifactError(f"active version {active} of {path} is missing its manifest")
+            raise BaeArtifactError(
+                f"active version {active} of {path} is missing its manifest: restore {version_dir} from version "
+                f"control or make another version active (`bae promote {path} vN`)"
+            )
         return version_dir
-    raise BaeArtifactError(f"{path} is not a compiled directory (no manifest.json or versions.json)")
+    raise BaeArtifactError(
+        f"{path} is not a compiled directory (no manifest.json or versions.json): pass the --out of `bae compile` "
+        "or one of its vN directories"
+    )
 
 
 def read_manifest(version_dir: Path) -> dict[str, Any]:
     manifest = read_json(version_dir / MANIFEST, "manifest")
     if not isinstance(manifest, dict):
-        raise BaeArtifactError(f"manifest malformed: {version_dir / MANIFEST}")
+        raise BaeArtifactError(f"manifest malformed: {version_dir / MANIFEST}: {RESTORE}")
     if manifest.get("format") != FORMAT:
         raise BaeArtifactError(
-            f"{version_dir / MANIFEST}: unknown format version {manifest.get('format')!r} (this bae reads {FORMAT})"
+            f"{version_dir / MANIFEST}: unknown format version {manifest.get('format')!r} (this bae reads {FORMAT}): "
+            "use the bae version that wrote it, or recompile"
         )
     files = manifest.get("files")
     if not isinstance(files, dict) or not all(
         isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values()
     ):
-        raise BaeArtifactError(f"{version_dir / MANIFEST}: 'files' must map paths to {{sha256, ...}}")
+        raise BaeArtifactError(f"{version_dir / MANIFEST}: 'files' must map paths to {{sha256, ...}}: {RESTORE}")
     return manifest
 
 
 def safe_path(version_dir: Path, rel: str) -> Path:
     """The file ``rel`` inside ``version_dir``, refusing absolute paths, ``..`` and escaping links."""
     if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
-        raise BaeArtifactError(f"manifest names an unsafe path {rel!r}: refusing to load")
+        raise BaeArtifactError(f"{version_dir / MANIFEST} names an unsafe path {rel!r}: refusing to load; {RESTORE}")
     path = version_dir / rel
-    if path.is_symlink() or not path.resolve().is_relative_to(version_dir.resolve()):
-        raise BaeArtifactError(f"{rel} in {version_dir} is a link or leaves the version dir: refusing to load")
+    try:
+        escapes = path.is_symlink() or not path.resolve().is_relative_to(version_dir.resolve())
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the file system
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise BaeArtifactError(f"{version_dir / MANIFEST} names a path no file can have: {rel!r} ({reason})") from None
+    if escapes:
+        raise BaeArtifactError(
+            f"{rel} in {version_dir} is a link or leaves the version dir: refusing to load; {RESTORE}"
+        )
     return path
 
 
@@ -244,28 +297,40 @@ def read_verified(version_dir: Path, rel: str, manifest: dict[str, Any]) -> Any:
     """A JSON file of the version, after its sha256 matched the manifest."""
     path = safe_path(version_dir, rel)
     if not path.is_file():
-        raise BaeArtifactError(f"manifest lists {rel} but it is missing from {version_dir}")
-    data = path.read_bytes()
+        raise BaeArtifactError(f"manifest lists {rel} but it is missing from {version_dir}: {RESTORE}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BaeArtifactError(f"cannot read {path}: {exc.strerror}") from None
     if hashlib.sha256(data).hexdigest() != manifest["files"][rel]["sha256"]:
-        raise BaeArtifactError(f"checksum mismatch for {version_dir / rel}: the file changed since compile")
+        raise BaeArtifactError(f"checksum mismatch for {version_dir / rel}: the file changed since compile; {RESTORE}")
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BaeArtifactError(f"{version_dir / rel} is not valid JSON: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BaeArtifactError(f"{version_dir / rel} is not valid JSON: {exc}: {RESTORE}") from exc
 
 
 def predictor_state(document: Any, where: str) -> dict[str, Any]:
     """The DSPy predictor state of a node file, refusing anything that is not plain data."""
     if not isinstance(document, dict) or not isinstance(document.get("predictor"), dict):
-        raise BaeArtifactError(f"{where}: not a bae node file (needs a 'predictor' object)")
+        raise BaeArtifactError(f"{where}: not a bae node file (needs a 'predictor' object): {RESTORE}")
+    if set(document) - NODE_FILE_KEYS:
+        extra = sorted(set(document) - NODE_FILE_KEYS)
+        raise BaeArtifactError(
+            f"{where}: unexpected keys {extra} beside 'bae' and 'predictor': refusing to load; {RESTORE}"
+        )
     state = document["predictor"]
     unknown = set(state) - PREDICTOR_KEYS
     if unknown:
-        raise BaeArtifactError(f"{where}: unexpected predictor keys {sorted(unknown)}: refusing to load")
+        raise BaeArtifactError(f"{where}: unexpected predictor keys {sorted(unknown)}: refusing to load; {RESTORE}")
     if state.get("lm") is not None:
-        raise BaeArtifactError(f"{where}: carries an 'lm' block (endpoint or class): refusing to load")
+        raise BaeArtifactError(
+            f"{where}: carries an 'lm' block (endpoint or class): refusing to load; pass the LM with --lm and {RESTORE}"
+        )
     if not isinstance(state.get("demos", []), list) or not isinstance(state.get("signature"), dict):
-        raise BaeArtifactError(f"{where}: predictor state malformed (demos must be a list, signature an object)")
+        raise BaeArtifactError(
+            f"{where}: predictor state malformed (demos must be a list, signature an object): {RESTORE}"
+        )
     return state
 
 
@@ -279,11 +344,14 @@ class FileCheck:
 
 
 def verify_files(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[FileCheck], list[str]]:
-    """Check every file the manifest lists, and list files it does not (reported, never loaded)."""
+    """Check every file the manifest lists (node files as loading would), and list files it does not
+    (reported, never loaded)."""
     checks = []
-    for rel in manifest["files"]:
+    for rel, entry in manifest["files"].items():
         try:
-            read_verified(version_dir, rel, manifest)
+            document = read_verified(version_dir, rel, manifest)
+            if "node" in entry:
+                predictor_state(document, str(version_dir / rel))
             checks.append(FileCheck(rel, True))
         except BaeArtifactError as exc:
             checks.append(FileCheck(rel, False, exc.message))

@@ -115,6 +115,7 @@ def compile_graph(
 ) -> CompileReport:
     """Optimize, score naive vs optimized on the dev traces, and write the next version."""
     progress = progress or _Quiet()
+    artifacts.check_root(options.out)  # a bad --out fails now, not after the optimizing
     with quiet("checking"):
         build_optimizer(options.settings)  # a missing package or LM fails now, before any work
     graph = loaded.graph

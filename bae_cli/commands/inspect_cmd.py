@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bae import artifacts
@@ -13,7 +14,7 @@ from bae.exceptions import BaeArtifactError
 from bae.graph import Graph
 from bae.node import schema_fingerprint
 from bae_cli.app import app
-from bae_cli.common import JsonFlag, err, graph_from, out, print_json
+from bae_cli.common import JsonFlag, graph_from, out, print_json
 
 
 def node_rows(graph: Graph, manifest: dict[str, Any], checks: dict[str, artifacts.FileCheck]) -> list[dict[str, Any]]:
@@ -140,8 +141,8 @@ def _print_report(
         status = f"[{colors[r['status']]}]{r['status']}[/]"
         table.add_row(r["node"], r["kind"], status, str(r["demos"]), checksum, r.get("note") or "")
     out.print(table)
-    for check in invalid:
-        err.print(f"[red]invalid[/] {check.path}: {check.problem}")
+    for check in invalid:  # part of the report (stdout); the one-line error follows on stderr
+        out.print(f"[red]invalid[/] {check.path}: {escape(check.problem or '')}")
     for path in extra:
         out.print(f"[yellow]unexpected file (not loaded)[/] {path}")
     if prompt_doc:

@@ -106,7 +106,9 @@ def versions(directory: CompiledRoot = Path("compiled"), as_json: JsonFlag = Fal
     """List compiled versions, the active one marked."""
     history = _history(directory)
     if history is None:
-        raise BaeArtifactError(f"no versions.json in {directory}: not a compiled root")
+        raise BaeArtifactError(
+            f"no versions.json in {directory}: not a compiled root; pass the --out directory of `bae compile`"
+        )
     if as_json:
         print_json(history)
         return

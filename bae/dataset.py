@@ -94,9 +94,11 @@ def load_dataset(path: Path, graph: Graph, strict: bool = True) -> Dataset:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise BaeInputError(f"dataset not found: {path}") from None
+        raise BaeInputError(
+            f"dataset not found: {path}: check the path (gold traces, one JSON trace per line)"
+        ) from None
     except OSError as exc:
-        raise BaeInputError(f"dataset unreadable: {path}: {exc}") from exc
+        raise BaeInputError(f"dataset unreadable: {path}: {exc.strerror}: check the path and its permissions") from exc
     traces: list[GoldTrace] = []
     invalid: list[str] = []
     for number, line in enumerate(raw.split(b"\n"), start=1):
@@ -106,13 +108,16 @@ def load_dataset(path: Path, graph: Graph, strict: bool = True) -> Dataset:
         try:
             record = json.loads(line.decode("utf-8"))
             traces.append(GoldTrace(parse_trace(graph, record), where))
-        except (UnicodeDecodeError, json.JSONDecodeError, TraceError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, TraceError) as exc:
             reason = f"{where}: {_reason(exc)}"
             if strict:
                 raise BaeInputError(f"{reason} (use --skip-invalid to skip bad lines)") from exc
             invalid.append(reason)
     if not traces:
-        raise BaeInputError(f"dataset {path} has no valid traces" + (f" ({len(invalid)} invalid)" if invalid else ""))
+        found = f" ({len(invalid)} invalid)" if invalid else ""
+        raise BaeInputError(
+            f'dataset {path} has no valid traces{found}: add gold traces, one {{"trace": [...]}} per line'
+        )
     return Dataset(path=path, traces=traces, invalid=invalid, sha256=hashlib.sha256(raw).hexdigest())
 
 
@@ -121,15 +126,19 @@ def _reason(exc: Exception) -> str:
         return "not UTF-8 text"
     if isinstance(exc, json.JSONDecodeError):
         return f"invalid JSON ({exc.msg} at column {exc.colno})"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
     return str(exc)
 
 
 def split(traces: list[GoldTrace], dev_fraction: float, seed: int) -> tuple[list[GoldTrace], list[GoldTrace]]:
     """A seeded train/dev split; at least one trace on each side when there are two or more."""
     if not 0.0 < dev_fraction < 1.0:
-        raise BaeInputError(f"--dev-split must be between 0 and 1 (exclusive), got {dev_fraction}")
+        raise BaeInputError(f"--dev-split must be between 0 and 1 (exclusive), got {dev_fraction}: use e.g. 0.25")
     if len(traces) < 2:
-        raise BaeInputError(f"need at least 2 traces to split train/dev, have {len(traces)}")
+        raise BaeInputError(
+            f"need at least 2 traces to split train/dev, have {len(traces)}: add traces or pass --devset"
+        )
     order = list(traces)
     random.Random(seed).shuffle(order)
     dev_size = min(max(1, round(len(order) * dev_fraction)), len(order) - 1)

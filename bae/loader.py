@@ -20,6 +20,9 @@ from bae.exceptions import BaeInputError
 from bae.graph import Graph
 from bae.node import Node
 
+TRACEBACK_HINT = "rerun with --debug for the traceback"
+REFERENCE_FORMS = "file.py, file.py:Name or package.module:Name"
+
 
 @dataclass
 class LoadedGraph:
@@ -50,14 +53,16 @@ def import_target(target: str) -> ModuleType:
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
-        raise BaeInputError(f"cannot import module {target!r}: {exc}") from exc
+        raise BaeInputError(
+            f"cannot import module {target!r}: {exc}: check the name, and that it is installed or on PYTHONPATH"
+        ) from exc
     except Exception as exc:
-        raise BaeInputError(f"importing {target} failed: {_describe(exc)}") from exc
+        raise BaeInputError(f"importing {target} failed: {_describe(exc)} ({TRACEBACK_HINT})") from exc
 
 
 def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
-        raise BaeInputError(f"graph file not found: {path}")
+        raise BaeInputError(f"graph file not found: {path}: check the path (a graph is {REFERENCE_FORMS})")
     resolved = path.resolve()
     name = resolved.stem if resolved.stem.isidentifier() else "bae_user_module"
     existing = sys.modules.get(name)
@@ -65,7 +70,7 @@ def _import_file(path: Path) -> ModuleType:
         return existing
     spec = importlib.util.spec_from_file_location(name, resolved)
     if spec is None or spec.loader is None:
-        raise BaeInputError(f"cannot import {path}: not a Python file")
+        raise BaeInputError(f"cannot import {path}: not a Python file (a graph is {REFERENCE_FORMS})")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # forward references resolve against the module's namespace
     sys.path.insert(0, str(resolved.parent))
@@ -75,7 +80,7 @@ def _import_file(path: Path) -> ModuleType:
         sys.modules.pop(name, None)
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
-        raise BaeInputError(f"importing {path} failed: {_describe(exc)}") from exc
+        raise BaeInputError(f"importing {path} failed: {_describe(exc)} ({TRACEBACK_HINT})") from exc
     finally:
         sys.path.remove(str(resolved.parent))
     return module
@@ -97,18 +102,34 @@ def load_graph(reference: str) -> LoadedGraph:
     module = import_target(target)
     name = attribute or "graph"
     if not hasattr(module, name):
-        hint = "" if attribute else " (or name one: file.py:Name)"
-        raise BaeInputError(f"{target} has no {name!r}{hint}")
-    graph = _as_graph(getattr(module, name), f"{target}:{name}")
+        raise BaeInputError(f"{target} has no {name!r}: {_name_one(module, target)}")
+    graph = _as_graph(getattr(module, name), f"{target}:{name}", module)
     services = getattr(module, "deps", None)
     try:
         provided = list(services()) if callable(services) else []
     except Exception as exc:
-        raise BaeInputError(f"{target}: deps() failed: {_describe(exc)}") from exc
+        raise BaeInputError(f"{target}: deps() failed: {_describe(exc)} ({TRACEBACK_HINT})") from exc
     return LoadedGraph(graph=graph, reference=reference, services=provided)
 
 
-def _as_graph(obj: Any, where: str) -> Graph:
+def _defined_here(module: ModuleType, value: Any) -> bool:
+    return getattr(value, "__module__", None) == module.__name__
+
+
+def _name_one(module: ModuleType, target: str) -> str:
+    """What to pass instead: the graphs and node classes the module defines."""
+    graphs = [name for name, value in vars(module).items() if isinstance(value, Graph)]
+    nodes = [
+        name
+        for name, value in vars(module).items()
+        if isinstance(value, type) and issubclass(value, Node) and _defined_here(module, value)
+    ]
+    found = [name for name in graphs + nodes if not name.startswith("_")]
+    listing = f" (it defines: {', '.join(found)})" if found else ""
+    return f"name a Graph, a Graph factory or a start Node class as {target}:Name{listing}"
+
+
+def _as_graph(obj: Any, where: str, module: ModuleType) -> Graph:
     if isinstance(obj, Graph):
         return obj
     if isinstance(obj, type) and issubclass(obj, Node):
@@ -117,11 +138,12 @@ def _as_graph(obj: Any, where: str) -> Graph:
         try:
             made = obj()
         except Exception as exc:
-            raise BaeInputError(f"{where}() failed: {_describe(exc)}") from exc
+            raise BaeInputError(f"{where}() failed: {_describe(exc)} ({TRACEBACK_HINT})") from exc
         if isinstance(made, Graph):
             return made
-        raise BaeInputError(f"{where}() returned {type(made).__name__}, not a Graph")
-    raise BaeInputError(f"{where} is {type(obj).__name__}, not a Graph, a Graph factory or a Node class")
+        raise BaeInputError(f"{where}() returned {type(made).__name__}, not a Graph: return a bae Graph from it")
+    target = where.rpartition(":")[0]
+    raise BaeInputError(f"{where} is {type(obj).__name__}, not a Graph: {_name_one(module, target)}")
 
 
 def load_function(reference: str, what: str) -> Callable[..., Any]:
@@ -132,5 +154,13 @@ def load_function(reference: str, what: str) -> Callable[..., Any]:
     module = import_target(target)
     fn = getattr(module, attribute, None)
     if not callable(fn):
-        raise BaeInputError(f"{what} {reference!r}: {target} has no function {attribute!r}")
+        functions = [
+            name
+            for name, value in vars(module).items()
+            if callable(value) and not isinstance(value, type) and _defined_here(module, value) and name[0] != "_"
+        ]
+        raise BaeInputError(
+            f"{what} {reference!r}: {target} has no function {attribute!r}"
+            + (f" (it defines: {', '.join(functions[:12])})" if functions else "")
+        )
     return fn

@@ -13,6 +13,7 @@ import os
 import random
 import re
 import sqlite3
+import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
@@ -71,6 +72,9 @@ _SECRETS = re.compile(
     r"|\b(?:api[-_]?key|token|secret|password|authorization)\b\s*[=:]\s*(?:Bearer\s+)?\S+",
     re.IGNORECASE,
 )
+
+_SECRET_NAMES = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+MIN_SECRET_CHARS = 8  # shorter values ("1", "true") are settings, and replacing them would garble messages
 
 
 class RunLogError(BaeInputError):
@@ -182,7 +186,7 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
         return datetime.fromisoformat(text.strip()).astimezone(UTC)
     except (ValueError, OverflowError) as exc:
         raise BaeInputError(
-            f"since {text!r} is neither a date (2024-05-01, 2024-05-01T12:00) "
+            f"--since {text!r} is neither a date (2024-05-01, 2024-05-01T12:00) "
             "nor a span back from now (30m, 12h, 1d, 2w)",
             cause=exc,
         ) from exc
@@ -193,10 +197,19 @@ def _utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+def _environment_secrets() -> list[str]:
+    """Values of secret-named environment variables, longest first: a key without a telltale prefix
+    (Azure's are bare hex) is recognisable only by being the value the process was given."""
+    values = {v for k, v in os.environ.items() if _SECRET_NAMES.search(k) and len(v) >= MIN_SECRET_CHARS}
+    return sorted(values, key=len, reverse=True)
+
+
 def redact(text: str | None) -> str | None:
     """Error text comes from LM clients and may quote keys or endpoints; keep neither."""
     if text is None:
         return None
+    for secret in _environment_secrets():
+        text = text.replace(secret, "[redacted]")
     scrubbed = _SECRETS.sub("[redacted]", text)
     return scrubbed if len(scrubbed) <= MAX_ERROR_CHARS else scrubbed[: MAX_ERROR_CHARS - 1] + "…"
 
@@ -231,6 +244,9 @@ class RunLog:
         except OSError as exc:
             raise RunLogError(f"cannot create the run log's folder {self.path.parent}: {exc}", cause=exc) from exc
         self._init_schema()
+        # Threads of one process take turns here: SQLite's busy handler would make them sleep in
+        # growing steps (up to 100 ms) while another thread commits, stalling a batch's workers.
+        self._write_lock = threading.Lock()
         if create:
             self._keep_wal()
 
@@ -250,7 +266,10 @@ class RunLog:
             conn.execute("PRAGMA synchronous = NORMAL")
             yield conn
         except sqlite3.DatabaseError as exc:
-            raise RunLogError(f"cannot {action} run log {self.path}: {exc}", cause=exc) from exc
+            raise RunLogError(
+                f"cannot {action} run log {self.path}: {exc}: check --log-db / $BAE_LOG_DB, or move the file aside",
+                cause=exc,
+            ) from exc
         finally:
             if conn is not None:
                 conn.close()
@@ -265,7 +284,9 @@ class RunLog:
             if self._schema_version(conn) == 0:  # re-read under the lock: another process may have won
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
                 if tables - {"runs", "calls"}:
-                    raise RunLogError(f"{self.path} is a SQLite database but not a bae run log")
+                    raise RunLogError(
+                        f"{self.path} is a SQLite database but not a bae run log: point --log-db elsewhere"
+                    )
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
@@ -305,7 +326,7 @@ class RunLog:
             _utc_text(started_at), float(duration_s), status, redact(error), graph, start_node,
             version, None if compiled_dir is None else str(compiled_dir), redact(lm),
         )  # fmt: skip
-        with self._connect("write to") as conn:
+        with self._write_lock, self._connect("write to") as conn:
             conn.execute("BEGIN IMMEDIATE")
             cursor = conn.execute(
                 "INSERT INTO runs (started_at, duration_s, status, error, graph, start_node, version,"

@@ -18,14 +18,20 @@ OPTIMIZER_HELP = "bootstrap (BootstrapFewShot), labeled (LabeledFewShot), random
 
 
 class RichProgress:
-    """compile's stages as Rich progress bars on stderr, so stdout stays clean for --json."""
+    """compile's stages as Rich progress bars on stderr, so stdout stays clean for --json.
+
+    The display starts with the first stage, so an input error found before any work
+    (a bad dataset line, a bad --dev-split) stays the only line on stderr.
+    """
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.task: int | None = None
 
     def stage(self, name: str, total: int) -> None:
-        if self.task is not None:
+        if self.task is None:
+            self.progress.start()
+        else:
             self.progress.update(self.task, completed=self.progress.tasks[self.task].total)
         self.task = self.progress.add_task(name, total=total)
 
@@ -85,7 +91,8 @@ def compile_(
     loaded = load_graph(graph)
     problems = loaded.graph.validate()
     if problems:
-        raise BaeInputError(f"graph {graph} is invalid: " + "; ".join(str(p) for p in problems))
+        listed = "; ".join(str(p) for p in problems)
+        raise BaeInputError(f"graph {graph} is invalid: {listed}: fix it (`bae graph {graph}` shows its structure)")
     trainset = trainset or default_trainset(graph)
     if metric:
         from bae.loader import load_function
@@ -116,8 +123,11 @@ def compile_(
     )
     model = resolve_lm(lm)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=as_json) as progress:
+    progress = Progress(*columns, console=err, transient=as_json)
+    try:
         report = compile_graph(loaded, model, options, RichProgress(progress))
+    finally:
+        progress.stop()
     if as_json:
         print_json(report.as_dict())
         return

@@ -23,25 +23,45 @@ from bae.usage import usage_rows
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, LmOption, err, graph_from, out, print_json, warn, warn_stale
 
+MAX_INPUT_BYTES = 1024 * 1024  # far beyond any prompt; a bigger input is a mistake, not a ticket
+
 
 def parse_input(text: str | bytes, start: type[Node], where: str) -> Node:
-    """The start node from JSON, with every bad field named in one line."""
+    """The start node from JSON, with every bad field named in one line and the expected shape shown."""
+    raw = text.encode() if isinstance(text, str) else text
+    expected = f"give {start.__name__}'s fields as a JSON object, e.g. {_shape(start)}"
+    if len(raw) > MAX_INPUT_BYTES:
+        raise BaeInputError(
+            f"{where}: input is over {MAX_INPUT_BYTES // 1024 // 1024} MB: pass large documents by reference "
+            "(a path or id that a Dep service loads)"
+        )
+    if not raw.strip():
+        raise BaeInputError(f"{where}: input is empty: {expected}")
     try:
-        data = json.loads(text)
+        data = json.loads(raw)
     except UnicodeDecodeError:
-        raise BaeInputError(f"{where}: input is not UTF-8 text") from None
+        raise BaeInputError(f"{where}: input is not UTF-8 text: save it as UTF-8") from None
     except json.JSONDecodeError as exc:
-        raise BaeInputError(f"{where}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise BaeInputError(
+            f"{where}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {expected}"
+        ) from None
+    except RecursionError:
+        raise BaeInputError(f"{where}: JSON nested too deeply: {expected}") from None
     if not isinstance(data, dict):
-        raise BaeInputError(f"{where}: expected a JSON object with the fields of {start.__name__}")
+        raise BaeInputError(f"{where}: expected a JSON object, got {type(data).__name__}: {expected}")
     try:
         return start.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in exc.errors())
-        raise BaeInputError(f"{where}: not a valid {start.__name__}: {problems}") from None
+        raise BaeInputError(f"{where}: not a valid {start.__name__}: {problems}: {expected}") from None
+
+
+def _shape(start: type[Node]) -> str:
+    return "{" + ", ".join(f'"{name}": ...' for name in start.model_fields) + "}"
 
 
 def _read_single(input_json: str | None, input_file: Path | None, stdin: bool) -> tuple[bytes, str]:
+    """The one input's bytes, read no further than just past the size limit."""
     given = [x for x in (input_json is not None, input_file is not None, stdin) if x]
     if len(given) != 1:
         raise BaeInputError("give exactly one input: --input JSON, --input-file F, or - (stdin); or --batch F.jsonl")
@@ -49,16 +69,20 @@ def _read_single(input_json: str | None, input_file: Path | None, stdin: bool) -
         return input_json.encode(), "--input"
     if input_file is not None:
         try:
-            return input_file.read_bytes(), str(input_file)
+            with input_file.open("rb") as handle:
+                return handle.read(MAX_INPUT_BYTES + 1), str(input_file)
         except OSError as exc:
-            raise BaeInputError(f"cannot read --input-file {input_file}: {exc.strerror}") from None
-    return sys.stdin.buffer.read(), "stdin"
+            raise BaeInputError(f"cannot read --input-file {input_file}: {exc.strerror}: check the path") from None
+    return sys.stdin.buffer.read(MAX_INPUT_BYTES + 1), "stdin"
 
 
 @app.command("run")
 def run(
     graph: Annotated[
         str | None, typer.Argument(help="file.py[:Name] or package.module:Name (default: the manifest's).")
+    ] = None,
+    dash: Annotated[
+        str | None, typer.Argument(metavar="[-]", help="- reads the input JSON from stdin.", show_default=False)
     ] = None,
     compiled: Annotated[
         Path | None, typer.Option("--compiled", help="Compiled root (active version) or version dir.")
@@ -82,15 +106,14 @@ def run(
 ) -> None:
     """Run GRAPH with compiled predictors (or naive ones without --compiled).
 
-    Input is the start node's fields as JSON: --input '{...}', --input-file F, or GRAPH - to read
-    stdin. Prints the result, the trace and which nodes used optimized prompts.
+    Input is the start node's fields as JSON: --input '{...}', --input-file F, or - to read stdin
+    (after GRAPH, if given). Prints the result, the trace and which nodes used optimized prompts.
     """
     from bae.runlog import RunLog, default_log_path
 
-    stdin = graph == "-"
-    graph = None if stdin else graph
+    graph, stdin = _stdin_marker(graph, dash)
     if batch is None and output is not None:
-        raise BaeInputError("--output goes with --batch")
+        raise BaeInputError("--output goes with --batch: add --batch F.jsonl, or drop --output")
     version_dir = artifacts.resolve_version_dir(compiled) if compiled is not None else None
     manifest = artifacts.read_manifest(version_dir) if version_dir is not None else None
     loaded = graph_from(graph, manifest, version_dir)
@@ -99,9 +122,9 @@ def run(
     else:
         raw, where = _read_single(input_json, input_file, stdin)
         inputs = [(1, parse_input(raw, loaded.graph.start, where))]
+    backend = open_backend(loaded, compiled, lm)
     if compiled is None:
         err.print("[yellow]no --compiled: running naive (zero-shot) predictors[/]")
-    backend = open_backend(loaded, compiled, lm)
     warn_stale(backend.stale)
     meta = backend.meta
     logs = [] if no_log else [RunLog(log_db or default_log_path())]
@@ -113,11 +136,20 @@ def run(
         _run_batch(runner, inputs, output, concurrency, max_steps, meta, as_json)
 
 
+def _stdin_marker(graph: str | None, dash: str | None) -> tuple[str | None, bool]:
+    """``bae run -`` and ``bae run GRAPH -`` both read stdin; anything else after GRAPH is a mistake."""
+    if dash is not None and (dash != "-" or graph == "-"):
+        raise BaeInputError(f"unexpected argument {dash!r}: after GRAPH only - (read stdin) is allowed")
+    if graph == "-":
+        return None, True
+    return graph, dash == "-"
+
+
 def _batch_inputs(path: Path, start: type[Node]) -> list[tuple[int, Node | BaeInputError]]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise BaeInputError(f"cannot read --batch {path}: {exc.strerror}") from None
+        raise BaeInputError(f"cannot read --batch {path}: {exc.strerror}: check the path") from None
     inputs: list[tuple[int, Node | BaeInputError]] = []
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if line.strip():
@@ -126,7 +158,7 @@ def _batch_inputs(path: Path, start: type[Node]) -> list[tuple[int, Node | BaeIn
             except BaeInputError as exc:
                 inputs.append((number, exc))
     if not inputs:
-        raise BaeInputError(f"--batch {path} has no inputs")
+        raise BaeInputError(f"--batch {path} has no inputs: put one JSON object per line")
     return inputs
 
 

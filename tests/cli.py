@@ -12,7 +12,13 @@ EXAMPLE = str(ROOT / "examples" / "support_triage.py")
 LMS = str(ROOT / "tests" / "lms.py")
 
 
-def bae(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300):
+def bae(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    input: str | None = None,
+):
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "BAE_DEBUG": "", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "bae_cli", *args],
@@ -21,6 +27,7 @@ def bae(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, 
         timeout=timeout,
         cwd=cwd,
         env=environment,
+        input=input,
     )
 
 

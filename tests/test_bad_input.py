@@ -259,6 +259,15 @@ CASES = [
          ("v2 is listed but", "promote another version"),
          edit_json("versions.json", lambda d: d["versions"].append({"version": "v2"}))),
     Case("promote-dir-missing", ("promote", "nowhere", "v1"), 3, ("compiled directory not found: nowhere",)),
+    # -- serve and bundle ----------------------------------------------------------------------------------
+    Case("serve-compiled-missing", ("serve", GRAPH, "--compiled", "nowhere", "--lm", ORACLE), 3,
+         ("compiled directory not found: nowhere", "check the path")),
+    Case("serve-port-out-of-range", ("serve", GRAPH, "--compiled", "compiled", "--port", "70000"), 2,
+         ("'--port'", "65535", "`bae serve --help`")),
+    Case("bundle-out-exists", ("bundle", GRAPH, "--compiled", "compiled", "--out", "examples", "--lm", ORACLE), 2,
+         ("--out examples already exists", "give a new folder")),
+    Case("bundle-compiled-missing", ("bundle", GRAPH, "--compiled", "nowhere", "--out", "b", "--lm", ORACLE), 3,
+         ("compiled directory not found: nowhere",)),
     # -- stats and flags ----------------------------------------------------------------------------------
     Case("stats-since-garbage", ("stats", "--since", "yesterday-ish"), 2, ("--since 'yesterday-ish'", "30m, 12h")),
     Case("stats-log-not-sqlite", ("stats", "--log-db", "runs.db"), 2, ("runs.db: file is not a database", "--log-db"),
@@ -294,5 +303,5 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 
 def test_the_table_covers_every_command() -> None:
     commands = {c.args[0] for c in CASES}
-    assert commands >= {"compile", "run", "inspect", "stats", "versions", "promote", "graph"}
+    assert commands >= {"compile", "run", "inspect", "stats", "versions", "promote", "graph", "serve", "bundle"}
     assert len(CASES) >= 40

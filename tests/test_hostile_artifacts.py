@@ -2,7 +2,7 @@
 
 Each hostile version is the committed ``compiled/v1`` copied into ``tmp_path`` and doctored the
 way an attacker (or a bad merge) would, checksums forged to match where that gets further. Both
-``bae run`` and ``bae inspect`` must refuse it: exit 3, one clear line, nothing written.
+``bae run``, ``inspect``, ``serve`` and ``bundle`` must refuse it: exit 3, one clear line, nothing written.
 """
 
 from __future__ import annotations
@@ -134,7 +134,15 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("command", ["run", "inspect"])
+COMMANDS = {  # every command that loads a version's files
+    "run": ("run", GRAPH, "--compiled", "compiled", "--input", GOOD_INPUT, "--lm", ORACLE),
+    "inspect": ("inspect", "compiled"),
+    "serve": ("serve", GRAPH, "--compiled", "compiled", "--port", "0", "--lm", ORACLE),  # must refuse, not listen
+    "bundle": ("bundle", GRAPH, "--compiled", "compiled", "--out", "bundle", "--lm", ORACLE),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("hostile", HOSTILE, ids=[h.id for h in HOSTILE])
 def test_hostile_version_is_refused(hostile: Hostile, command: str, tmp_path: Path) -> None:
     ws = workspace(tmp_path)
@@ -142,11 +150,7 @@ def test_hostile_version_is_refused(hostile: Hostile, command: str, tmp_path: Pa
     outside.mkdir()
     hostile.doctor(ws, outside)
     before = snapshot(tmp_path)
-    args = {
-        "run": ("run", GRAPH, "--compiled", "compiled", "--input", GOOD_INPUT, "--lm", ORACLE),
-        "inspect": ("inspect", "compiled"),
-    }[command]
-    result = bae(*args, cwd=ws, env={"BAE_LOG_DB": str(ws / ".bae" / "runs.db")})
+    result = bae(*COMMANDS[command], cwd=ws, env={"BAE_LOG_DB": str(ws / ".bae" / "runs.db")}, timeout=60)
     assert_refused(result, 3, *hostile.says)
     assert snapshot(tmp_path) == before  # nothing written, and nothing unpickled (no marker file)
 

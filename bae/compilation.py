@@ -133,7 +133,7 @@ def compile_graph(
         graph, dev, OptimizedLM(predictors, lm=lm), loaded.deps, options.eval_threads, progress.advance
     )
 
-    files, entries = _node_files(graph, outcomes)
+    files, entries = node_files(graph, outcomes)
     files[artifacts.PROMPTS] = _prompts(predictors)
     entries[artifacts.PROMPTS] = {"kind": "prompts"}
     scores = {
@@ -198,7 +198,9 @@ def node_file_name(node: str, kind: str) -> str:
     return f"nodes/{node}.json" if kind == MAKE else f"nodes/{node}.{CHOICE}.json"
 
 
-def _node_files(graph: Any, outcomes: list[PredictorOutcome]) -> tuple[dict[str, Any], dict[str, Any]]:
+def node_files(graph: Any, outcomes: list[PredictorOutcome]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The node files of a version (path -> JSON document) and their manifest entries: the one save path,
+    which ``load_optimized`` reverses."""
     files: dict[str, Any] = {}
     entries: dict[str, Any] = {}
     for outcome in outcomes:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import dspy
+from dspy.utils.usage_tracker import UsageTracker
 
 from bae import __version__, artifacts
 from bae.compiler import CHOICE, MAKE, NodePredict
@@ -32,6 +33,8 @@ from bae.optimizer import (
     optimize_predictors,
     quiet,
 )
+from bae.result import CallRecord
+from bae.usage import lm_usage
 
 
 class Progress(Protocol):
@@ -92,6 +95,7 @@ class CompileReport:
             "version": self.manifest["version"],
             "path": str(self.version_dir),
             "scores": self.manifest["scores"],
+            "usage": self.manifest["usage"],
             "predictors": rows,
             "invalid_lines": self.invalid,
         }
@@ -99,6 +103,22 @@ class CompileReport:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+class _SharedUsage(UsageTracker):
+    """DSPy's usage tracker, one for every thread: DSPy's parallel optimizers give each worker
+    thread a deep copy and drop it, which would leave those threads' LM calls uncounted."""
+
+    def __deepcopy__(self, memo: Any) -> _SharedUsage:
+        return self
+
+    def as_dict(self) -> dict[str, int]:
+        entries = [entry for per_lm in self.usage_data.values() for entry in per_lm]
+        return {
+            "calls": len(entries),
+            "prompt_tokens": sum(int(e.get("prompt_tokens") or 0) for e in entries),
+            "completion_tokens": sum(int(e.get("completion_tokens") or 0) for e in entries),
+        }
 
 
 def _dataset_split(loaded: LoadedGraph, options: CompileOptions) -> tuple[Dataset, list[GoldTrace], list[GoldTrace]]:
@@ -123,15 +143,24 @@ def compile_graph(
     examples = collect_examples([t.nodes for t in train])
 
     progress.stage("optimizing predictors", len(graph.predictor_keys()))
-    outcomes = optimize_predictors(graph, examples, lm, options.settings, on_done=lambda _: progress.advance())
+    spent = _SharedUsage()  # what the compile cost, recorded with the version: LM calls and tokens per stage
+    with dspy.context(usage_tracker=spent):
+        outcomes = optimize_predictors(graph, examples, lm, options.settings, on_done=lambda _: progress.advance())
     predictors = {(o.node, o.kind): o.predictor for o in outcomes if o.predictor is not None}
 
     progress.stage("scoring the naive graph on dev", len(dev))
-    naive = evaluate_graph(graph, dev, DSPyBackend(lm), loaded.deps, options.eval_threads, progress.advance)
+    naive_calls: list[CallRecord] = []
+    naive_lm = DSPyBackend(lm, listeners=[naive_calls.append])
+    naive = evaluate_graph(graph, dev, naive_lm, loaded.deps, options.eval_threads, progress.advance)
     progress.stage("scoring the optimized graph on dev", len(dev))
-    optimized = evaluate_graph(
-        graph, dev, OptimizedLM(predictors, lm=lm), loaded.deps, options.eval_threads, progress.advance
-    )
+    optimized_calls: list[CallRecord] = []
+    optimized_lm = OptimizedLM(predictors, lm=lm, listeners=[optimized_calls.append])
+    optimized = evaluate_graph(graph, dev, optimized_lm, loaded.deps, options.eval_threads, progress.advance)
+    usage = {
+        "optimize": spent.as_dict(),
+        "naive_dev": lm_usage(naive_calls),
+        "optimized_dev": lm_usage(optimized_calls),
+    }
 
     files, entries = node_files(graph, outcomes)
     files[artifacts.PROMPTS] = _prompts(predictors)
@@ -169,6 +198,7 @@ def compile_graph(
         "seed": options.settings.seed,
         "lm": {"model": lm_name(lm)},
         "scores": scores,
+        "usage": usage,
         "per_predictor": {"naive": naive.as_dict()["per_predictor"], "optimized": optimized.as_dict()["per_predictor"]},
         "naive_predictors": [{"node": o.node, "kind": o.kind, "reason": o.reason} for o in outcomes if o.reason],
         "notes": options.notes,

@@ -32,6 +32,16 @@ class UsageRow:
         return data
 
 
+def lm_usage(calls: Iterable[CallRecord]) -> dict[str, int]:
+    """LM requests (retries included) and tokens of a set of calls: what a stage of work cost."""
+    calls = list(calls)
+    return {
+        "calls": sum(c.attempts for c in calls),
+        "prompt_tokens": sum(c.prompt_tokens or 0 for c in calls),
+        "completion_tokens": sum(c.completion_tokens or 0 for c in calls),
+    }
+
+
 def usage_rows(calls: Iterable[CallRecord]) -> list[UsageRow]:
     """Calls summed per (node, kind), in first-seen order."""
     rows: dict[tuple[str, str], UsageRow] = {}

@@ -309,3 +309,17 @@ def test_inspect_prompts_shows_rendered_messages(compiled: Path) -> None:
     result = bae("inspect", str(compiled), "--prompts")
     assert result.returncode == 0, result.stderr
     assert "Triage.choice" in result.stdout and "{text}" in result.stdout
+
+
+@pytest.mark.parametrize("optimizer", ["bootstrap", "random-search"])  # random-search calls from worker threads
+def test_the_manifest_records_every_lm_call_and_its_tokens(tmp_path: Path, optimizer: str) -> None:
+    lm = lms.oracle()
+    settings = OptimizeSettings(optimizer=optimizer, num_threads=2, candidates=2)
+    report = compile_graph(load_graph(EXAMPLE), lm, CompileOptions(trainset=TRAIN, out=tmp_path, settings=settings))
+    usage = json.loads((report.version_dir / "manifest.json").read_text())["usage"]
+    dev = report.manifest["dataset"]["dev"]
+    assert usage["naive_dev"]["calls"] == usage["optimized_dev"]["calls"] == 2 * dev  # a choice and a make per run
+    assert usage["optimize"]["calls"] > 0
+    assert sum(stage["calls"] for stage in usage.values()) == len(lm.calls)
+    assert all(stage["prompt_tokens"] > stage["completion_tokens"] > 0 for stage in usage.values())
+    assert report.as_dict()["usage"] == usage

@@ -152,6 +152,12 @@ def compile_(
         f"optimized {scores['optimized']:.3f}   path accuracy {scores['naive_path_accuracy']:.3f} -> "
         f"{scores['optimized_path_accuracy']:.3f}"
     )
+    usage = summary["usage"]
+    tokens = sum(stage["prompt_tokens"] + stage["completion_tokens"] for stage in usage.values())
+    out.print(
+        f"LM calls: {usage['optimize']['calls']} optimizing, {usage['naive_dev']['calls']} + "
+        f"{usage['optimized_dev']['calls']} scoring dev ({tokens:,} tokens)"
+    )
     if summary["invalid_lines"]:
         out.print(f"[yellow]skipped {len(summary['invalid_lines'])} invalid dataset lines[/]")
     active = "active" if activate else "not active (--no-activate)"

@@ -1,0 +1,39 @@
+"""The benchmarks keep working: each one's smoke mode runs and writes a well-formed results file.
+
+Nothing here asserts speed (other work shares the machine); ``bench/results`` holds the
+real figures, written by the full runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = ["overhead", "startup", "batch", "load", "compile_quality", "serve"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_smoke_run_writes_its_results(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = importlib.import_module(f"bench.{name}")
+    assert bench.main(["--smoke", "--out", str(tmp_path)]) == 0
+
+    results = json.loads((tmp_path / f"{name}.json").read_text())
+    assert results["benchmark"] == name and results["smoke"] is True
+    assert results["command"] == f"python -m bench.{name} --smoke --out {tmp_path}"
+    assert results["machine"]["cpus"] >= 1 and results["machine"]["python"]
+    assert results["parameters"] and results["figures"]
+    table = results["table"]
+    assert table["rows"] and all(len(row) == len(table["columns"]) for row in table["rows"])
+    assert table["markdown"] in capsys.readouterr().out
+    for target in results["targets"]:
+        assert isinstance(target["value"], float) and target["op"] in ("<=", ">=") and isinstance(target["met"], bool)
+    assert list(tmp_path.iterdir()) == [tmp_path / f"{name}.json"]  # nothing else left behind
+
+
+def test_every_benchmark_is_tested() -> None:
+    shared = {"__init__", "common", "scripted", "typer_floor"}
+    scripts = {p.stem for p in Path(__file__).resolve().parent.parent.joinpath("bench").glob("*.py")} - shared
+    assert scripts == set(SCRIPTS)

@@ -74,24 +74,33 @@ def is_transient(exc: BaseException) -> bool:
 
 def retry_after(exc: BaseException) -> float | None:
     """The wait the service asked for: a ``retry_after`` attribute (DSPy's LM errors) or a
-    ``Retry-After`` header (seconds or an HTTP date) on the exception or its response."""
+    ``Retry-After`` header (seconds or an HTTP date) on the exception or its response.
+
+    LiteLLM keeps the real response headers of some errors (503s among them) only in
+    ``litellm_response_headers``, where DSPy's own mapping does not look.
+    """
     for link in _chain(exc):
         value = getattr(link, "retry_after", None)
         if value is None:
-            headers = getattr(link, "headers", None) or getattr(getattr(link, "response", None), "headers", None)
-            value = _header(headers, "retry-after")
+            value = _retry_after_header(link)
         seconds = _seconds(value)
         if seconds is not None:
             return seconds
     return None
 
 
-def _header(headers: Any, name: str) -> Any:
-    try:
-        items = headers.items() if hasattr(headers, "items") else ()
-        return next((v for k, v in items if str(k).lower() == name), None)
-    except Exception:  # a header object of an unknown shape is no hint
-        return None
+def _retry_after_header(exc: BaseException) -> Any:
+    response = getattr(exc, "response", None)
+    for headers in (getattr(exc, "headers", None), getattr(response, "headers", None),
+                    getattr(exc, "litellm_response_headers", None)):  # fmt: skip
+        try:
+            items = headers.items() if hasattr(headers, "items") else ()
+            value = next((v for k, v in items if str(k).lower() == "retry-after"), None)
+        except Exception:  # a header object of an unknown shape is no hint
+            value = None
+        if value is not None:
+            return value
+    return None
 
 
 def _seconds(value: Any) -> float | None:

@@ -60,7 +60,10 @@ def resolve_lm(spec: str | None) -> dspy.BaseLM:
     import dspy
 
     try:
-        return dspy.LM(spec, num_retries=0)  # bae owns retries, so each failure is seen and logged
+        # bae owns retries, so each failure is seen and logged; and no disk cache, so each call really
+        # reaches the model (an answer replayed from ~/.dspy_cache would hide an outage, log zero tokens
+        # and keep every customer's text on disk).
+        return dspy.LM(spec, num_retries=0, cache=False)
     except Exception as exc:
         raise BaeLMError(f"--lm {spec}: {type(exc).__name__}: {exc}") from exc
 

@@ -7,10 +7,11 @@ code path while the "model" stays deterministic.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from dspy.utils.exceptions import LMRateLimitError, LMServerError, LMTimeoutError
 
 from bae.compiler import PredictorCall
 from bae.testing import ScriptedLM
@@ -93,27 +94,7 @@ def garbled_billing() -> ScriptedLM:
     return lm
 
 
-# -- faults as a hosted LM raises them (LiteLLM's exception types), for the fault tests --------
-def http_fault(kind: str, retry_after: str | None = None) -> Exception:
-    """A LiteLLM exception of ``kind`` carrying a real HTTP response (and ``Retry-After`` if given)."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # importing litellm must not go online
-    import httpx
-    import litellm
-
-    status = {"RateLimitError": 429, "InternalServerError": 500, "BadGatewayError": 502}
-    status |= {"ServiceUnavailableError": 503, "AuthenticationError": 401, "BadRequestError": 400}
-    if kind == "Timeout":
-        return litellm.Timeout("Request timed out after 600 s", model="gpt-x", llm_provider="openai")
-    if kind == "APIConnectionError":
-        return litellm.APIConnectionError("Connection reset by peer", llm_provider="openai", model="gpt-x")
-    headers = {"retry-after": retry_after} if retry_after is not None else {}
-    request = httpx.Request("POST", "https://lm.invalid/v1/chat/completions")
-    response = httpx.Response(status[kind], headers=headers, request=request)
-    if kind == "BadRequestError":
-        return litellm.BadRequestError("invalid request", model="gpt-x", llm_provider="openai", response=response)
-    return getattr(litellm, kind)(f"HTTP {status[kind]}", llm_provider="openai", model="gpt-x", response=response)
-
-
+# -- faults as DSPy raises them for a hosted model (its canonical LM errors), for the fault tests --
 def faulty() -> ScriptedLM:
     """Run with --concurrency 1 on the batch of test_faults: faults land on inputs in order.
 
@@ -122,16 +103,17 @@ def faulty() -> ScriptedLM:
     a 503, then answers (recovers). The rest: clean.
     """
     lm = triage_lm()
-    lm.faults["Triage.choice"] = [http_fault("RateLimitError", retry_after="0.01") for _ in range(4)]
+    lm.faults["Triage.choice"] = [LMRateLimitError("rate limited", status=429, retry_after=0.01) for _ in range(4)]
     lm.faults["BillingIssue"] = ["", "<html><body>502 Bad Gateway</body></html>", "Sure! Here is the JSON:"]
-    lm.faults["TechnicalIssue"] = [http_fault("Timeout"), http_fault("ServiceUnavailableError", retry_after="0.01")]
+    timeout, unavailable = LMTimeoutError("timed out"), LMServerError("unavailable", status=503, retry_after=0.01)
+    lm.faults["TechnicalIssue"] = [timeout, unavailable]
     return lm
 
 
 def down() -> ScriptedLM:
     """Every request gets 503 Service Unavailable (Retry-After: 0): the LM is down."""
     lm = triage_lm()
-    lm.faults["Triage.choice"] = [http_fault("ServiceUnavailableError", retry_after="0") for _ in range(400)]
+    lm.faults["Triage.choice"] = [LMServerError("unavailable", status=503, retry_after=0) for _ in range(400)]
     return lm
 
 

@@ -17,18 +17,39 @@ from email.utils import format_datetime
 from itertools import pairwise
 from pathlib import Path
 
+import dspy
+import httpx
+import litellm
 import pytest
 from dspy.utils.exceptions import LMAuthError, LMRateLimitError, LMServerError, LMTimeoutError, LMTransportError
 
 from bae import BaeLMError, BaeParseError, Graph
 from bae.compiler import FEEDBACK_FIELD
 from bae.dspy_backend import MAX_DELAY_S, DSPyBackend, backoff_delay, retry_after
+from bae.loader import load_graph
 from bae.result import CallRecord, GraphResult
 from bae.runlog import RunLog
 from bae.testing import ScriptedLM
 from tests import graphs as g
 from tests.cli import EXAMPLE, LMS, bae
-from tests.lms import http_fault
+from tests.fake_openai import Fail, Say, Stall, fake_openai
+
+
+def http_fault(kind: str, retry_after: str | None = None) -> Exception:
+    """A LiteLLM exception of ``kind`` carrying a real HTTP response (and ``Retry-After`` if given)."""
+    status = {"RateLimitError": 429, "InternalServerError": 500, "BadGatewayError": 502}
+    status |= {"ServiceUnavailableError": 503, "AuthenticationError": 401, "BadRequestError": 400}
+    if kind == "Timeout":
+        return litellm.Timeout("Request timed out after 600 s", model="gpt-x", llm_provider="openai")
+    if kind == "APIConnectionError":
+        return litellm.APIConnectionError("Connection reset by peer", llm_provider="openai", model="gpt-x")
+    headers = {"retry-after": retry_after} if retry_after is not None else {}
+    request = httpx.Request("POST", "https://lm.invalid/v1/chat/completions")
+    response = httpx.Response(status[kind], headers=headers, request=request)
+    if kind == "BadRequestError":
+        return litellm.BadRequestError("invalid request", model="gpt-x", llm_provider="openai", response=response)
+    return getattr(litellm, kind)(f"HTTP {status[kind]}", llm_provider="openai", model="gpt-x", response=response)
+
 
 # What a LiteLLM model raises through DSPy (the raw SDK error, wrapped by DSPy's engine boundary)
 # and what DSPy raises once it has classified one (its canonical LM errors).
@@ -284,10 +305,67 @@ def test_lm_down_is_exit_4_with_one_line_and_every_run_logged(batch: Path, tmp_p
     [line] = [line for line in single.stderr.splitlines() if line.startswith("bae: error")]
     assert single.stderr.strip().endswith(line) and "Traceback" not in single.stderr
     assert line.startswith("bae: error: Triage (choice): LM still failing after 4 attempts: ")
-    assert "503" in line
+    assert "unavailable" in line
     batched = bae("run", EXAMPLE, "--lm", f"{LMS}:down", "--log-db", str(db), "--batch", str(batch), "--json")
     assert batched.returncode == 4, batched.stderr  # every failure was the LM's
     assert (json.loads(batched.stdout)["ok"], json.loads(batched.stdout)["failed"]) == (0, 6)
     runs = RunLog(db).runs()
     assert len(runs) == 7 and {r.status for r in runs} == {"error"}
     assert all([(c.node, c.attempts) for c in r.calls] == [("Triage", 4)] for r in runs)
+
+
+# -- a hosted model over HTTP: LiteLLM and DSPy's own error mapping, end to end ----------------------
+def triage_answer(body: dict[str, object]) -> str:
+    """The example graph's answers: route to billing, then fill the billing fields."""
+    routing = "next_step" in json.dumps(body["messages"])
+    return json.dumps({"next_step": "BillingIssue"} if routing else {"priority": "high", "refund_requested": True})
+
+
+TICKET = {"customer_email": "ana@northwind.io", "text": "I was charged twice, please refund."}
+
+
+def test_hosted_lm_faults_over_http_are_retried_and_counted() -> None:
+    loaded = load_graph(EXAMPLE)
+    wait = {"retry-after": "0.3"}
+    script = [Fail(429, wait), Fail(503, wait), Fail(500), Stall(1.0), Say(""), Say("<html>502</html>")]
+    records: list[CallRecord] = []
+    with fake_openai(triage_answer, script) as fake:
+        lm = dspy.LM("openai/fake-model", api_base=fake.url, api_key="sk-test", num_retries=0, cache=False, timeout=0.3)
+        backend = DSPyBackend(lm, backoff_s=0.05, max_transient_retries=4, listeners=[records.append])
+        result = loaded.graph.run(loaded.graph.start(**TICKET), lm=backend, **loaded.deps)
+    assert result.path == ["Ticket", "Triage", "BillingIssue"] and result.node.priority == "high"
+    assert [(r.node, r.attempts, r.error) for r in records] == [("Triage", 7, None), ("BillingIssue", 1, None)]
+    assert len(fake.requests) == 8  # no retries hidden inside DSPy or LiteLLM: each one is bae's, and counted
+    # Retry-After honoured on the 429 and on the 503 (LiteLLM keeps a 503's headers where DSPy does not look)
+    assert fake.requests[1] - fake.requests[0] >= 0.3 and fake.requests[2] - fake.requests[1] >= 0.3
+
+
+def test_cli_batch_against_a_hosted_lm_that_recovers_then_goes_down(tmp_path: Path) -> None:
+    """One ``bae run --batch`` on ``--lm openai/...``: input 1 meets a 429, a 503 and an empty answer and
+    recovers; then the service stays down and input 2 fails after its retries."""
+    routed, filled = triage_answer({"messages": "next_step"}), triage_answer({"messages": ""})
+    recovers = [
+        Fail(429, {"retry-after": "0.05"}),
+        Fail(503, {"retry-after": "0.05"}),
+        Say(""),
+        Say(routed),
+        Say(filled),
+    ]
+    batch, db = tmp_path / "in.jsonl", tmp_path / "runs.db"
+    batch.write_text(json.dumps(TICKET) + "\n" + json.dumps({**TICKET, "text": "Refund the duplicate."}) + "\n")
+    secret = "sk-bae-test-secret-123456"
+    with fake_openai(triage_answer, [*recovers, *[Fail(503, {"retry-after": "0"})] * 10]) as fake:
+        env = {"OPENAI_API_BASE": fake.url, "OPENAI_API_KEY": secret}
+        result = bae("run", EXAMPLE, "--lm", "openai/fake-model", "--batch", str(batch), "--concurrency", "1",
+                     "--log-db", str(db), "--json", env=env)  # fmt: skip
+    assert result.returncode == 4, result.stderr  # the only failure is the LM's
+    assert len(fake.requests) == 5 + 4
+    summary = json.loads(result.stdout)
+    assert (summary["ok"], summary["failed"]) == (1, 1)
+    assert summary["results"][1]["error"].startswith("Triage (choice): LM still failing after 4 attempts: ")
+    first, second = sorted(RunLog(db).runs(), key=lambda r: r.id)
+    assert [(c.node, c.attempts, c.error) for c in first.calls] == [("Triage", 4, None), ("BillingIssue", 1, None)]
+    assert (second.status, [(c.node, c.attempts) for c in second.calls]) == ("error", [("Triage", 4)])
+    stored = b"".join(path.read_bytes() for path in tmp_path.glob("runs.db*"))
+    assert secret.encode() not in stored and b"127.0.0.1" not in stored  # no key, no endpoint
+    assert secret not in result.stdout + result.stderr

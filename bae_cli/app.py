@@ -11,6 +11,7 @@ import typer
 from bae import __version__
 from bae.exceptions import BaeError
 
+INTERRUPTED = 130
 EXIT_CODES = (
     "Exit codes (every command): 0 ok; 1 a check failed (inspect gate) or a run failed; "
     "2 usage or bad input (flags, graph file, JSON input, dataset); "
@@ -77,6 +78,8 @@ def main() -> None:
 
     try:
         code = app(prog_name="bae", standalone_mode=False)
+        if code == INTERRUPTED:  # Typer turns Ctrl-C into a silent exit 130: say why the command stopped
+            sys.exit(_fail("interrupted", INTERRUPTED))
         sys.exit(code if isinstance(code, int) else 0)
     except typer.TyperException as exc:  # Click's usage errors (Typer vendors Click)
         sys.exit(_usage_error(exc))
@@ -87,7 +90,7 @@ def main() -> None:
             raise
         sys.exit(_fail(exc.message, exc.exit_code))
     except KeyboardInterrupt:
-        sys.exit(_fail("interrupted", 130))
+        sys.exit(_fail("interrupted", INTERRUPTED))
     except Exception as exc:
         if _debugging():
             raise

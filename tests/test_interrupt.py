@@ -69,7 +69,7 @@ def test_ctrl_c_during_a_batch_keeps_finished_results(tmp_path: Path) -> None:
     output = tmp_path / "out.jsonl"
     result, db, record = interrupted_batch(tmp_path, "--output", str(output))
     assert result.returncode == 130, result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == "bae: error: interrupted" and "Traceback" not in result.stderr
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert_finished_runs_kept(rows, db, record)
     assert f"{len(rows)} ok, 0 failed, {len(GOLD) - len(rows)} not run (interrupted)" in result.stdout
@@ -77,7 +77,7 @@ def test_ctrl_c_during_a_batch_keeps_finished_results(tmp_path: Path) -> None:
 
 def test_ctrl_c_during_a_json_batch_reports_the_unfinished(tmp_path: Path) -> None:
     result, db, record = interrupted_batch(tmp_path, "--json")
-    assert result.returncode == 130, result.stderr
+    assert result.returncode == 130 and result.stderr.endswith("bae: error: interrupted\n"), result.stderr
     summary = json.loads(result.stdout)
     assert_finished_runs_kept(summary["results"], db, record)
     assert (summary["ok"], summary["failed"]) == (len(summary["results"]), 0)

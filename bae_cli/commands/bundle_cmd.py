@@ -31,11 +31,12 @@ def bundle(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Write a deployment folder: the verified version, the graph module, pinned requirements,
-    config.json, prompts.json and a README on running it with bae run and bae serve.
+    """Write a self-contained deployment folder for one compiled version.
 
-    Refuses a version whose files were tampered with (exit 3) or that no longer matches the
-    graph (stale or missing predictors, exit 3). Nothing is pickled; no key or endpoint is written.
+    The folder holds the verified version, the graph module, pinned requirements, config.json,
+    prompts.json and a README on running it with bae run and bae serve. Refuses a version whose
+    files were tampered with, or that no longer matches the graph (stale or missing predictors):
+    exit 3. Nothing is pickled; no key or endpoint is written.
     """
     from bae.bundle import write_bundle
 

@@ -84,6 +84,23 @@ def test_ctrl_c_during_a_json_batch_reports_the_unfinished(tmp_path: Path) -> No
     assert summary["unfinished"] == len(GOLD) - summary["ok"]
 
 
+def test_a_second_ctrl_c_abandons_runs_stuck_on_a_hung_model(tmp_path: Path) -> None:
+    batch, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    batch.write_text("".join(json.dumps(trace[0]["fields"]) + "\n" for trace in GOLD[:4]))
+    proc = bae_popen("run", EXAMPLE, "--lm", f"{LMS}:stuck", "--batch", str(batch), "--concurrency", "2",
+                     "--no-log", "--output", str(output), cwd=tmp_path)  # fmt: skip
+    wait_for(lambda: (tmp_path / "stuck.mark").exists(), proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    assert proc.poll() is None  # waiting for the runs in flight, as the first Ctrl-C says
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "finishing 2 run(s) in flight (Ctrl-C again to abandon them)" in stderr
+    assert stderr.splitlines()[-1] == "bae: error: interrupted; runs in flight abandoned"
+    assert "Traceback" not in stderr and output.read_text() == ""  # written, and nothing finished
+
+
 # -- SIGKILL during compile ---------------------------------------------------------------------
 COMPILE = ("compile", EXAMPLE, "--optimizer", "labeled", "--json")
 

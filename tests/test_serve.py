@@ -247,9 +247,9 @@ def test_a_run_past_its_deadline_is_504(guarded: Server) -> None:
 def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
     server = start_server("--compiled", str(COMPILED), "--no-log", out=tmp_path / "log")
     answers: list[httpx.Response] = []
-    request = threading.Thread(target=lambda: answers.append(run(server, BILLING)))
+    request = threading.Thread(target=lambda: answers.append(run(server, {**BILLING, "text": "STALL, then answer"})))
     request.start()
-    time.sleep(CALL_DELAY_S)  # the run is in its first LM call
+    time.sleep(0.7)  # the run is in its first LM call, which takes 2.2 s
     server.process.send_signal(signal.SIGTERM)
     request.join(timeout=30)
     assert answers and answers[0].status_code == 200, server.log()

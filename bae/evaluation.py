@@ -108,8 +108,13 @@ def evaluate_graph(
             on_done()
         return scored
 
-    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, num_threads))
+    try:
         results = list(pool.map(one, traces))
+    except BaseException:  # Ctrl-C or an unavailable LM: the rest is cancelled; do not wait for traces under way
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     sums: dict[Key, list[float]] = defaultdict(list)
     for result in results:
         for key, value in result.per_predictor.items():

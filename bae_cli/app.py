@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+import threading
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -65,6 +66,19 @@ def _usage_error(exc: typer.TyperException) -> int:
     return _fail(f"{exc.format_message().rstrip('.')} (see `{where} --help`)", exc.exit_code)
 
 
+def _exit_interrupted() -> NoReturn:
+    """Exit 130 on Ctrl-C. Python joins worker threads before exiting, so threads still blocked in LM
+    calls (a batch's abandoned runs, compile's scoring) would hold the exit until their calls return:
+    with any left, leave them. Nothing is lost: artifacts and results are written whole or not at all."""
+    code = _fail("interrupted", INTERRUPTED)
+    current = threading.current_thread()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not current):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main() -> None:
     """Run the app, turning every failure bae understands into one line and its exit code.
 
@@ -79,7 +93,7 @@ def main() -> None:
     try:
         code = app(prog_name="bae", standalone_mode=False)
         if code == INTERRUPTED:  # Typer turns Ctrl-C into a silent exit 130: say why the command stopped
-            sys.exit(_fail("interrupted", INTERRUPTED))
+            _exit_interrupted()
         sys.exit(code if isinstance(code, int) else 0)
     except typer.TyperException as exc:  # Click's usage errors (Typer vendors Click)
         sys.exit(_usage_error(exc))
@@ -90,7 +104,7 @@ def main() -> None:
             raise
         sys.exit(_fail(exc.message, exc.exit_code))
     except KeyboardInterrupt:
-        sys.exit(_fail("interrupted", INTERRUPTED))
+        _exit_interrupted()
     except Exception as exc:
         if _debugging():
             raise

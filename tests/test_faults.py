@@ -369,3 +369,17 @@ def test_cli_batch_against_a_hosted_lm_that_recovers_then_goes_down(tmp_path: Pa
     stored = b"".join(path.read_bytes() for path in tmp_path.glob("runs.db*"))
     assert secret.encode() not in stored and b"127.0.0.1" not in stored  # no key, no endpoint
     assert secret not in result.stdout + result.stderr
+
+
+def test_compile_against_a_hosted_lm_that_is_down_stops_scoring_at_once(tmp_path: Path) -> None:
+    out = tmp_path / "compiled"
+    with fake_openai(triage_answer, [Fail(503, {"retry-after": "0"})] * 500) as fake:
+        env = {"OPENAI_API_BASE": fake.url, "OPENAI_API_KEY": "sk-test"}
+        result = bae("compile", EXAMPLE, "--optimizer", "labeled", "--threads", "2", "--out", str(out),
+                     "--lm", "openai/fake-model", env=env)  # fmt: skip
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.splitlines()[-1].startswith("bae: error: ") and "still failing after 4" in result.stderr
+    # Each of the 2 threads may start one more trace before the first failure reaches the main thread;
+    # the rest of the 21 dev traces (84 requests in all) never start.
+    assert len(fake.requests) <= 2 * 2 * 4
+    assert not out.exists() or not [p for p in out.iterdir() if p.name != ".lock"]

@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,25 @@ def logged_runs(db: Path) -> int:
         return 0
 
 
+Spawn = Callable[..., subprocess.Popen[str]]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """``bae_popen``, and at teardown every process it started is killed if a failed test left it running."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+        started.append(bae_popen(*args, cwd=cwd))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def wait_for(condition: object, proc: subprocess.Popen[str], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
@@ -40,12 +60,12 @@ def wait_for(condition: object, proc: subprocess.Popen[str], timeout: float = 12
         time.sleep(0.02)
 
 
-def interrupted_batch(tmp_path: Path, *flags: str) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+def interrupted_batch(spawn: Spawn, tmp_path: Path, *flags: str) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
     """A batch of every gold ticket on a 50 ms/call model, Ctrl-C'd once a few runs are logged."""
     batch, db, record = tmp_path / "in.jsonl", tmp_path / "runs.db", tmp_path / "rec.jsonl"
     batch.write_text("".join(json.dumps(trace[0]["fields"]) + "\n" for trace in GOLD))
-    proc = bae_popen("run", EXAMPLE, "--lm", f"{LMS}:sluggish", "--batch", str(batch), "--concurrency", "2",
-                     "--log-db", str(db), "--record", str(record), *flags)  # fmt: skip
+    proc = spawn("run", EXAMPLE, "--lm", f"{LMS}:sluggish", "--batch", str(batch), "--concurrency", "2",
+                 "--log-db", str(db), "--record", str(record), *flags)  # fmt: skip
     wait_for(lambda: logged_runs(db) >= 4, proc)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
@@ -65,9 +85,9 @@ def assert_finished_runs_kept(results: list[dict[str, object]], db: Path, record
     assert len(record.read_text().splitlines()) == len(results)
 
 
-def test_ctrl_c_during_a_batch_keeps_finished_results(tmp_path: Path) -> None:
+def test_ctrl_c_during_a_batch_keeps_finished_results(spawn: Spawn, tmp_path: Path) -> None:
     output = tmp_path / "out.jsonl"
-    result, db, record = interrupted_batch(tmp_path, "--output", str(output))
+    result, db, record = interrupted_batch(spawn, tmp_path, "--output", str(output))
     assert result.returncode == 130, result.stderr
     assert result.stderr.splitlines()[-1] == "bae: error: interrupted" and "Traceback" not in result.stderr
     rows = [json.loads(line) for line in output.read_text().splitlines()]
@@ -75,8 +95,8 @@ def test_ctrl_c_during_a_batch_keeps_finished_results(tmp_path: Path) -> None:
     assert f"{len(rows)} ok, 0 failed, {len(GOLD) - len(rows)} not run (interrupted)" in result.stdout
 
 
-def test_ctrl_c_during_a_json_batch_reports_the_unfinished(tmp_path: Path) -> None:
-    result, db, record = interrupted_batch(tmp_path, "--json")
+def test_ctrl_c_during_a_json_batch_reports_the_unfinished(spawn: Spawn, tmp_path: Path) -> None:
+    result, db, record = interrupted_batch(spawn, tmp_path, "--json")
     assert result.returncode == 130 and result.stderr.endswith("bae: error: interrupted\n"), result.stderr
     summary = json.loads(result.stdout)
     assert_finished_runs_kept(summary["results"], db, record)
@@ -84,11 +104,11 @@ def test_ctrl_c_during_a_json_batch_reports_the_unfinished(tmp_path: Path) -> No
     assert summary["unfinished"] == len(GOLD) - summary["ok"]
 
 
-def test_a_second_ctrl_c_abandons_runs_stuck_on_a_hung_model(tmp_path: Path) -> None:
+def test_a_second_ctrl_c_abandons_runs_stuck_on_a_hung_model(spawn: Spawn, tmp_path: Path) -> None:
     batch, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     batch.write_text("".join(json.dumps(trace[0]["fields"]) + "\n" for trace in GOLD[:4]))
-    proc = bae_popen("run", EXAMPLE, "--lm", f"{LMS}:stuck", "--batch", str(batch), "--concurrency", "2",
-                     "--no-log", "--output", str(output), cwd=tmp_path)  # fmt: skip
+    proc = spawn("run", EXAMPLE, "--lm", f"{LMS}:stuck", "--batch", str(batch), "--concurrency", "2",
+                 "--no-log", "--output", str(output), cwd=tmp_path)  # fmt: skip
     wait_for(lambda: (tmp_path / "stuck.mark").exists(), proc)
     proc.send_signal(signal.SIGINT)
     time.sleep(1)
@@ -97,8 +117,21 @@ def test_a_second_ctrl_c_abandons_runs_stuck_on_a_hung_model(tmp_path: Path) -> 
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert "finishing 2 run(s) in flight (Ctrl-C again to abandon them)" in stderr
-    assert stderr.splitlines()[-1] == "bae: error: interrupted; runs in flight abandoned"
+    assert stderr.splitlines()[-2:] == ["interrupted again: runs in flight abandoned", "bae: error: interrupted"]
     assert "Traceback" not in stderr and output.read_text() == ""  # written, and nothing finished
+
+
+def test_ctrl_c_during_compile_on_a_hung_model_exits_at_once(spawn: Spawn, tmp_path: Path) -> None:
+    """Scoring runs in threads blocked on the model; Ctrl-C must not wait for them, nor write anything."""
+    out = tmp_path / "compiled"
+    proc = spawn("compile", EXAMPLE, "--optimizer", "labeled", "--out", str(out), "--lm", f"{LMS}:stuck",
+                 cwd=tmp_path)  # fmt: skip
+    wait_for(lambda: (tmp_path / "stuck.mark").exists(), proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and stderr.splitlines()[-1] == "bae: error: interrupted", stderr
+    assert "Traceback" not in stderr
+    assert not out.exists() or not [p for p in out.iterdir() if p.name != ".lock"]
 
 
 # -- SIGKILL during compile ---------------------------------------------------------------------
@@ -134,10 +167,10 @@ def compile_again_cleans_up(root: Path) -> None:
     assert bae("inspect", str(root), "--graph", EXAMPLE).returncode == 0
 
 
-def test_sigkill_while_the_version_is_being_written(root: Path) -> None:
+def test_sigkill_while_the_version_is_being_written(spawn: Spawn, root: Path) -> None:
     """Killed with the new version's files on disk, waiting for the root's lock: the worst moment."""
     with artifacts.locked(root):  # the lock a concurrent compile would hold
-        proc = bae_popen(*COMPILE, "--out", str(root), "--lm", f"{LMS}:oracle")
+        proc = spawn(*COMPILE, "--out", str(root), "--lm", f"{LMS}:oracle")
         wait_for(lambda: any(root.glob(".building-*/nodes/*.json")), proc)
         proc.kill()
         proc.wait(timeout=30)
@@ -152,10 +185,10 @@ def test_sigkill_while_the_version_is_being_written(root: Path) -> None:
 
 
 @pytest.mark.parametrize("optimizer", ["bootstrap", "labeled"], ids=["optimizing", "scoring"])
-def test_sigkill_while_waiting_on_the_lm(root: Path, tmp_path: Path, optimizer: str) -> None:
+def test_sigkill_while_waiting_on_the_lm(spawn: Spawn, root: Path, tmp_path: Path, optimizer: str) -> None:
     """Killed at its first LM request: bootstrap asks while optimizing, labeled first asks while scoring."""
-    proc = bae_popen("compile", EXAMPLE, "--optimizer", optimizer, "--out", str(root), "--lm", f"{LMS}:stuck",
-                     cwd=tmp_path)  # fmt: skip
+    proc = spawn("compile", EXAMPLE, "--optimizer", optimizer, "--out", str(root), "--lm", f"{LMS}:stuck",
+                 cwd=tmp_path)  # fmt: skip
     wait_for(lambda: (tmp_path / "stuck.mark").exists(), proc)
     proc.kill()
     proc.wait(timeout=30)

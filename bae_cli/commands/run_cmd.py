@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -219,7 +218,7 @@ def _run_batch(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     pool = ThreadPoolExecutor(max_workers=concurrency)
     futures: dict[Future[Outcome], int] = {}
-    interrupted = abandoned = False
+    interrupted = False
     try:
         with Progress(*columns, console=err, transient=as_json) as progress:
             task = progress.add_task("running batch", total=len(inputs), completed=len(outcomes))
@@ -229,7 +228,7 @@ def _run_batch(
                 progress.advance(task)
     except KeyboardInterrupt:
         interrupted = True
-        abandoned = not _finish_in_flight(pool, futures, outcomes)
+        _finish_in_flight(pool, futures, outcomes)
     finally:
         pool.shutdown(wait=not interrupted, cancel_futures=True)
         _write_results(output, outcomes)
@@ -255,8 +254,6 @@ def _run_batch(
             + (f", {summary['unfinished']} not run (interrupted)" if interrupted else "")
             + (f"; results in {output}" if output else "")
         )
-    if abandoned:
-        _exit_abandoning_threads()
     if interrupted:
         raise KeyboardInterrupt
     if failed:
@@ -266,30 +263,20 @@ def _run_batch(
 
 def _finish_in_flight(
     pool: ThreadPoolExecutor, futures: dict[Future[Outcome], int], outcomes: dict[int, Outcome]
-) -> bool:
-    """On Ctrl-C: start nothing new, and keep the runs already under way. Python waits for their
-    threads before it exits anyway, so waiting here costs nothing and their results (logged and
-    recorded by then) also reach --output and the summary. False if a second Ctrl-C abandoned them."""
+) -> None:
+    """On Ctrl-C: start nothing new, and keep the runs already under way: their results (logged and
+    recorded as they finish) also reach --output and the summary. A second Ctrl-C stops waiting; the
+    exit then leaves their threads behind (see ``bae_cli.app``)."""
     in_flight = sum(1 for future in futures if future.running())
     if in_flight:
         err.print(f"interrupted: finishing {in_flight} run(s) in flight (Ctrl-C again to abandon them)")
     try:
         pool.shutdown(wait=True, cancel_futures=True)
     except KeyboardInterrupt:
-        return False
+        err.print("interrupted again: runs in flight abandoned")
     for future, line in futures.items():
         if future.done() and not future.cancelled() and future.exception() is None:
             outcomes.setdefault(line, future.result())
-    return True
-
-
-def _exit_abandoning_threads() -> None:
-    """Exit 130 now, finished results already written: the abandoned runs' threads are blocked in
-    LM calls, and a normal exit would wait for them (a hung model would hang the exit)."""
-    typer.echo("bae: error: interrupted; runs in flight abandoned", err=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(130)
 
 
 def _write_results(output: Path | None, outcomes: dict[int, Outcome]) -> None:

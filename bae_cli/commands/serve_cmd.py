@@ -123,8 +123,4 @@ def serve(
         soft_wrap=True,
     )
     config = uvicorn.Config(api, log_level="info", timeout_graceful_shutdown=math.ceil(timeout) + 5)
-    try:
-        uvicorn.Server(config).run(sockets=[listener])
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after finishing the in-flight requests
-        err.print("bae serve: stopped")
-        raise typer.Exit(130) from None
+    uvicorn.Server(config).run(sockets=[listener])  # Ctrl-C: in-flight runs finish, then exit 130 like any command

@@ -6,7 +6,10 @@ taken from the run log bae writes: runs over the span from the first run's start
 last run's end, so process start-up and loading are not counted against it. Efficiency
 is the rate over the ideal, concurrency x the sequential rate (concurrency 1, same run).
 With n equal runs, c at a time, no scheduler can beat n / (c x ceil(n / c)): the
-"bound" column. Target: efficiency at least 0.8 at concurrency 32.
+"bound" column. The results file also has each level's CPU time per run: the process's
+CPU time less that of a one-ticket batch (start-up, loading), over the runs; a rough
+figure (start-up varies by a few hundred ms), but it shows what one process can do, since
+the Python part of that CPU time holds the GIL. Target: efficiency at least 0.8 at concurrency 32.
 
     python -m bench.batch [--smoke] [--out DIR]
 """
@@ -45,6 +48,7 @@ def run_level(folder: Path, batch: Path, concurrency: int, lm: str, tag: str) ->
         "span_s": last - first,
         "runs_per_s": len(runs) / (last - first),
         "process_wall_s": proc.wall_s,
+        "process_cpu_s": proc.cpu_s,
         "max_rss_mb": proc.max_rss_mb,
     }
 
@@ -57,9 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bae-bench-") as tmp:
         folder = Path(tmp)
         batch = write_batch(folder / "tickets.jsonl", inputs)
+        one = write_batch(folder / "one.jsonl", 1)
+        startup: list[float] = []
         for r in range(rounds):
+            startup.append(run_level(folder, one, 1, lm, f"startup-{r}")["process_cpu_s"])
             for c in levels:
                 measured[c].append(run_level(folder, batch, c, lm, f"{c}-{r}"))
+    base_cpu = statistics.median(startup)
     sequential = statistics.median(m["runs_per_s"] for m in measured[levels[0]])
     report = Report(
         "batch",
@@ -73,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         efficiency = rate / (c * sequential)
         bound = inputs / (c * math.ceil(inputs / c))
         rss = max(m["max_rss_mb"] for m in measured[c])
+        cpu = statistics.median((m["process_cpu_s"] - base_cpu) / (inputs - 1) for m in measured[c])
         report.figure(
             f"concurrency_{c}",
             {
@@ -80,12 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "efficiency": efficiency,
                 "bound": bound,
                 "max_rss_mb": rss,
+                "cpu_s_per_run": cpu,
                 "process_wall_s": summary([m["process_wall_s"] for m in measured[c]]),
             },
         )
         report.row([c, f"{rate:.1f}", f"{c * sequential:.1f}", f"{efficiency:.2f}", f"{bound:.2f}", f"{rss:.0f}"])
         if c == TARGET_AT:
             report.target(f"efficiency at concurrency {c}", efficiency, ">=", TARGET)
+    report.figure("startup_cpu_s", base_cpu)
     report.finish()
     return 0
 

@@ -95,11 +95,12 @@ def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
 # -- child processes -------------------------------------------------------------------------
 @dataclass
 class Proc:
-    """A finished child process: exit code, wall time, peak memory and its output."""
+    """A finished child process: exit code, wall time, CPU time (user + system), peak memory and its output."""
 
     args: list[str]
     returncode: int
     wall_s: float
+    cpu_s: float
     max_rss_mb: float
     stdout: str
     stderr: str
@@ -142,6 +143,7 @@ def run(args: Sequence[str], cwd: Path = ROOT, env: dict[str, str] | None = None
             list(args),
             child.returncode,
             wall,
+            usage.ru_utime + usage.ru_stime,
             usage.ru_maxrss / 1024,  # KiB on Linux
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),

@@ -8,7 +8,6 @@ and built into real node instances, with ``Context`` fields resolved as a run wo
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bae import jsontext
 from bae.exceptions import BaeInputError
 from bae.graph import Graph
+from bae.jsontext import JSONTextError
 from bae.node import Node, spec_of
 from bae.resolve import RunState, context_inputs
 
@@ -106,10 +107,9 @@ def load_dataset(path: Path, graph: Graph, strict: bool = True) -> Dataset:
             continue
         where = f"{path}:{number}"
         try:
-            record = json.loads(line.decode("utf-8"))
-            traces.append(GoldTrace(parse_trace(graph, record), where))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, TraceError) as exc:
-            reason = f"{where}: {_reason(exc)}"
+            traces.append(GoldTrace(parse_trace(graph, jsontext.loads(line)), where))
+        except (JSONTextError, TraceError) as exc:
+            reason = f"{where}: {exc}"
             if strict:
                 raise BaeInputError(f"{reason} (use --skip-invalid to skip bad lines)") from exc
             invalid.append(reason)
@@ -119,16 +119,6 @@ def load_dataset(path: Path, graph: Graph, strict: bool = True) -> Dataset:
             f'dataset {path} has no valid traces{found}: add gold traces, one {{"trace": [...]}} per line'
         )
     return Dataset(path=path, traces=traces, invalid=invalid, sha256=hashlib.sha256(raw).hexdigest())
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return "not UTF-8 text"
-    if isinstance(exc, json.JSONDecodeError):
-        return f"invalid JSON ({exc.msg} at column {exc.colno})"
-    if isinstance(exc, RecursionError):
-        return "JSON nested too deeply"
-    return str(exc)
 
 
 def split(traces: list[GoldTrace], dev_fraction: float, seed: int) -> tuple[list[GoldTrace], list[GoldTrace]]:

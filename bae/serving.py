@@ -31,6 +31,7 @@ from pydantic.fields import FieldInfo
 
 from bae import __version__
 from bae.exceptions import BaeError, BaeGraphError, BaeInputError, BaeLMError, BaeParseError
+from bae.jsontext import JSONTextError, check_text
 from bae.loader import LoadedGraph
 from bae.markers import Bind, Context
 from bae.node import Node, spec_of
@@ -272,8 +273,13 @@ def create_app(
     protected = _auth(settings.token)
 
     async def run(body: request_model) -> RunResponse:  # type: ignore[valid-type]
+        data = body.model_dump()  # type: ignore[attr-defined]
         try:
-            node = start.model_validate(body.model_dump())  # type: ignore[attr-defined]
+            check_text(data)
+        except JSONTextError as exc:
+            raise RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": str(exc)}]) from None
+        try:
+            node = start.model_validate(data)
         except ValidationError as exc:  # the node's own validators, beyond the field types
             raise RequestValidationError(exc.errors(include_url=False)) from None
         try:

@@ -173,6 +173,12 @@ def test_bad_input_is_422_naming_each_field_and_runs_nothing(open_server: tuple[
     }
     garbage = httpx.post(server.url + "/run", content=b"{not json", headers={"content-type": "application/json"})
     assert garbage.status_code == 422 and "Traceback" not in garbage.text
+    surrogate = httpx.post(
+        server.url + "/run",
+        content=b'{"customer_email": "a@b.c", "text": "\\ud800"}',
+        headers={"content-type": "application/json"},
+    )
+    assert surrogate.status_code == 422 and "lone UTF-16 surrogate" in surrogate.text
     assert served(server) == before
 
 

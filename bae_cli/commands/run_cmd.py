@@ -14,8 +14,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bae import artifacts
+from bae import artifacts, jsontext
 from bae.exceptions import BaeInputError, BaeLMError
+from bae.jsontext import JSONTextError
 from bae.node import Node
 from bae.result import CallRecord
 from bae.runner import Outcome, Runner, node_json, open_backend
@@ -38,15 +39,9 @@ def parse_input(text: str | bytes, start: type[Node], where: str) -> Node:
     if not raw.strip():
         raise BaeInputError(f"{where}: input is empty: {expected}")
     try:
-        data = json.loads(raw)
-    except UnicodeDecodeError:
-        raise BaeInputError(f"{where}: input is not UTF-8 text: save it as UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise BaeInputError(
-            f"{where}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {expected}"
-        ) from None
-    except RecursionError:
-        raise BaeInputError(f"{where}: JSON nested too deeply: {expected}") from None
+        data = jsontext.loads(raw)
+    except JSONTextError as exc:
+        raise BaeInputError(f"{where}: {exc}: {expected}") from None
     if not isinstance(data, dict):
         raise BaeInputError(f"{where}: expected a JSON object, got {type(data).__name__}: {expected}")
     try:

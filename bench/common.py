@@ -13,6 +13,9 @@ A benchmark script is a module with ``main(argv)``::
     report.figure("a_median_s", median(samples["a"]))
     report.target("a / b", value, "<=", 0.25)
     report.finish()        # prints the table and the targets, writes <out>/<name>.json
+
+``tests/test_bench.py`` runs every script's ``main(["--smoke", "--out", tmp])`` and checks
+the results file; a new script goes in its ``SCRIPTS`` list.
 """
 
 from __future__ import annotations
@@ -85,11 +88,6 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "max": max(values),
         "n": len(values),
     }
-
-
-def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
-    """Median over median: the side-by-side figure a target is checked on."""
-    return statistics.median(numerator) / statistics.median(denominator)
 
 
 # -- child processes -------------------------------------------------------------------------

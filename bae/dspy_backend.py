@@ -8,6 +8,7 @@ service's: bae retries the same request with backoff and jitter.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -23,6 +24,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError, is_retryable_lm_error
 from pydantic import ValidationError
 
+from bae.adapter import CachingJSONAdapter
 from bae.compiler import (
     CHOICE,
     CHOICE_FIELD,
@@ -127,13 +129,17 @@ def backoff_delay(attempt: int, backoff_s: float, hint: float | None = None, cap
 
 
 def _usage(prediction: dspy.Prediction) -> tuple[int | None, int | None, float | None]:
-    usage = prediction.get_lm_usage() or {}
+    usage = prediction.get_lm_usage()
     if not usage:
         return None, None, None
-    prompt = sum(int(u.get("prompt_tokens") or 0) for u in usage.values())
-    completion = sum(int(u.get("completion_tokens") or 0) for u in usage.values())
-    costs = [u["cost"] for u in usage.values() if isinstance(u.get("cost"), int | float)]
-    return prompt, completion, (sum(costs) if costs else None)
+    prompt = completion = 0
+    cost: float | None = None
+    for figures in usage.values():
+        prompt += int(figures.get("prompt_tokens") or 0)
+        completion += int(figures.get("completion_tokens") or 0)
+        if isinstance(figures.get("cost"), int | float):
+            cost = (cost or 0) + figures["cost"]
+    return prompt, completion, cost
 
 
 @dataclass
@@ -163,7 +169,15 @@ class DSPyBackend:
         listeners: list[Listener] | None = None,
     ) -> None:
         self.lm = lm
-        self.adapter = adapter if adapter is not None else dspy.JSONAdapter()
+        self.adapter = adapter if adapter is not None else CachingJSONAdapter()
+        # every call's dspy.context; built once, so the LM and adapter are fixed at construction
+        self._overrides: dict[str, Any] = {
+            "adapter": self.adapter,
+            "track_usage": True,
+            "max_trace_size": 0,
+            "disable_history": True,
+            **({"lm": lm} if lm is not None else {}),
+        }
         self.max_retries = max_retries
         self.max_transient_retries = max_transient_retries
         self.backoff_s = backoff_s
@@ -226,7 +240,7 @@ class DSPyBackend:
                 try:
                     prediction = self._call(predictor, inputs, feedback, count)
                     tokens.append(_usage(prediction))
-                    outputs = {name: prediction[name] for name in predictor.signature.output_fields}
+                    outputs = {name: prediction[name] for name in _output_names(predictor.signature)}
                     built = build(outputs)
                     error = None
                     return built
@@ -252,16 +266,12 @@ class DSPyBackend:
         kwargs = dict(inputs)
         if feedback is not None:
             kwargs.update(signature=with_feedback(predictor.signature), **{FEEDBACK_FIELD: feedback})
-        overrides: dict[str, Any] = {"adapter": self.adapter, "track_usage": True, "max_trace_size": 0}
-        overrides["disable_history"] = True
-        if self.lm is not None:
-            overrides["lm"] = self.lm
-        elif dspy.settings.lm is None:
+        if self.lm is None and dspy.settings.lm is None:
             raise BaeLMError("no LM configured: pass lm= to DSPyBackend or call dspy.configure(lm=...)")
         for attempt in range(self.max_transient_retries + 1):
             count.requests += 1
             try:
-                with dspy.context(**overrides):
+                with dspy.context(**self._overrides):
                     return predictor(**kwargs)
             except (AdapterParseError, ValidationError, BaeError):
                 raise
@@ -296,19 +306,19 @@ class DSPyBackend:
         tokens: list[tuple[int | None, int | None, float | None]],
         error: BaseException | None,
     ) -> None:
-        def total(i: int) -> Any:
-            values = [t[i] for t in tokens if t[i] is not None]
-            return sum(values) if values else None
-
+        if len(tokens) == 1:
+            prompt, completion, cost = tokens[0]
+        else:
+            prompt, completion, cost = (_total([t[i] for t in tokens]) for i in range(3))
         record = CallRecord(
             node=predictor.node_name,
             kind=predictor.kind,
             source=source,
             latency_s=time.perf_counter() - started,
             attempts=attempts,
-            prompt_tokens=total(0),
-            completion_tokens=total(1),
-            cost=total(2),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost=cost,
             error=None if error is None or isinstance(error, GeneratorExit) else _short(error),
         )
         state = active_state()
@@ -317,6 +327,18 @@ class DSPyBackend:
         for listener in self.listeners:
             listener(record)
         logger.debug("call %s", record)
+
+
+def _total(values: list[Any]) -> Any:
+    """The sum of one usage figure over a call's answers; None when no answer reported it."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _output_names(signature: type[dspy.Signature]) -> tuple[str, ...]:
+    """A signature's output field names: DSPy recomputes ``output_fields`` on every access."""
+    return tuple(signature.output_fields)
 
 
 def _short(exc: BaseException) -> str:

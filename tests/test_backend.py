@@ -152,3 +152,24 @@ class _Echo(g.Node):
     """Only context: nothing to generate."""
 
     question: typing.Annotated[str, g.Context("q")]
+
+
+def test_caching_adapter_renders_exactly_what_json_adapter_renders() -> None:
+    """Compiled predictors' prompts, with and without self-correction feedback, before and after demos change."""
+    from bae.adapter import CachingJSONAdapter
+    from bae.compiler import with_feedback
+    from bae.loader import load_graph
+    from bae.optimizer import load_optimized
+    from tests.cli import EXAMPLE, ROOT
+
+    graph = load_graph(EXAMPLE).graph
+    predictors = load_optimized(graph, ROOT / "compiled").predictors.values()
+    cached, stock = CachingJSONAdapter(cache_size=4), dspy.JSONAdapter()
+    inputs = {"text": "I was charged twice", "plan": "pro", FEEDBACK_FIELD: "priority must be low, medium or high"}
+    for predictor in predictors:
+        assert predictor.demos, "the committed version should carry demos"
+        variants = (predictor.demos, predictor.demos, predictor.demos[1:], [dspy.Example(**d) for d in predictor.demos])
+        for signature in (predictor.signature, with_feedback(predictor.signature)):
+            given = {name: inputs.get(name, "x") for name in signature.input_fields}
+            for demos in variants:
+                assert cached.format(signature, demos, given) == stock.format(signature, demos, given)

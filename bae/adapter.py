@@ -1,0 +1,69 @@
+"""DSPy's JSONAdapter, rendering a predictor's system message and demos once instead of on every call.
+
+DSPy formats the system message and every few-shot demo again on each call, building a
+Pydantic ``TypeAdapter`` for every value it serializes. For a compiled predictor with demos
+that is about 60% of a call's CPU, and since it holds the GIL it caps how many runs one
+process keeps in flight (``bench/batch.py``). Both depend only on the signature and the demo
+objects, which a loaded predictor never changes, so they are rendered once and reused; the
+messages are exactly the ones JSONAdapter renders. A demo mutated in place after it was
+rendered is not re-rendered: DSPy's optimizers replace demos, they do not edit them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+import dspy
+
+Messages = list[dict[str, Any]]
+
+
+class _LRU:
+    """A small thread-safe LRU map: signatures made for self-correction come and go."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+class CachingJSONAdapter(dspy.JSONAdapter):
+    """A ``dspy.JSONAdapter`` that reuses rendered system messages and demos (see the module doc)."""
+
+    def __init__(self, cache_size: int = 1024, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._systems = _LRU(cache_size)
+        self._demos = _LRU(cache_size)
+
+    def format_system_message(self, signature: type[dspy.Signature]) -> str:
+        rendered = self._systems.get(signature)
+        if rendered is None:
+            rendered = super().format_system_message(signature)
+            self._systems.put(signature, rendered)
+        return rendered
+
+    def format_demos(self, signature: type[dspy.Signature], demos: list[dict[str, Any]]) -> Messages:
+        # Keyed by the demo objects' identities; the entry holds the demos, so no id is reused while it lives.
+        key = (signature, *map(id, demos))
+        entry: tuple[tuple[Any, ...], Messages] | None = self._demos.get(key)
+        if entry is None:
+            entry = (tuple(demos), super().format_demos(signature, demos))
+            self._demos.put(key, entry)
+        return [dict(message) for message in entry[1]]

@@ -47,6 +47,8 @@ class Graph:
                 continue
             self.specs[cls] = spec_of(cls)
             queue.extend(self.specs[cls].successors)
+        # only unresolved annotations stop a run; the rest of validate() walks the whole graph
+        self._unresolved = "; ".join(text for spec in self.specs.values() for text in spec.problems)
 
     @property
     def nodes(self) -> tuple[type[Node], ...]:
@@ -167,10 +169,8 @@ class Graph:
         """Run from ``start_node`` until a node ends the run; services for ``Dep`` come from ``deps``."""
         if not isinstance(start_node, self.start):
             raise BaeGraphError(f"this graph starts at {self.start.__name__}, got {type(start_node).__name__}")
-        # only unresolved annotations stop a run: the rest of validate() walks the whole graph, on every run
-        unresolved = [text for spec in self.specs.values() for text in spec.problems]
-        if unresolved:
-            raise BaeGraphError("; ".join(unresolved))
+        if self._unresolved:
+            raise BaeGraphError(self._unresolved)
         if lm is None:
             from bae.dspy_backend import DSPyBackend
 

@@ -23,7 +23,7 @@ class GraphResult:
         return [type(n).__name__ for n in self.trace]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per LM call: a frozen dataclass's __init__ costs twice as much
 class CallRecord:
     """One LM call as bae saw it: which predictor, where it came from, what it cost.
 

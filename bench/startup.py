@@ -4,9 +4,10 @@
 should cost a fraction of importing it. Each round runs every command once, in a rotating
 order, as a fresh process of the real ``bae`` entry point; the figure for a command is the
 median over rounds of its time over ``import dspy``'s time in the same round. ``bae stats``
-reads a run log written beforehand by a real ``bae run --batch``. Two floors run alongside:
-an empty interpreter, and a one-command Typer app (``bench/typer_floor.py``), what any
-Typer CLI pays before its own code. Target: ``inspect`` and ``stats`` at most 0.25 of
+reads a run log written beforehand by a real ``bae run --batch``. Three floors run alongside:
+an empty interpreter, a one-command Typer app (``bench/typer_floor.py``), what any Typer CLI
+pays before its own code, and importing the example graph, which ``inspect`` must do to check
+its schemas (its Pydantic models are most of that). Target: ``inspect`` and ``stats`` at most 0.25 of
 ``import dspy``.
 
     python -m bench.startup [--smoke] [--out DIR]
@@ -45,6 +46,7 @@ def commands(log_db: Path) -> dict[str, list[str]]:
         REFERENCE: [sys.executable, "-c", "import dspy"],
         "python (empty)": [sys.executable, "-c", "pass"],
         "Typer floor (bench/typer_floor.py)": [sys.executable, str(FLOOR), "stats", "--log-db", str(log_db)],
+        "import the graph (examples/support_triage.py)": [sys.executable, str(EXAMPLE)],
         "bae --help": [*bae, "--help"],
         "bae inspect compiled": [*bae, "inspect", str(COMPILED)],
         "bae stats": [*bae, "stats", "--compiled", str(COMPILED), "--log-db", str(log_db)],

@@ -43,13 +43,14 @@ def server(folder: Path, max_concurrency: int, lm: str) -> Iterator[tuple[str, i
     with open(log, "wb") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env())
     try:
-        yield _wait_until_up(process, log), process.pid
+        yield wait_until_up(process, log), process.pid
     finally:
         process.terminate()
         process.wait(timeout=60)
 
 
-def _wait_until_up(process: subprocess.Popen[bytes], log: Path) -> str:
+def wait_until_up(process: subprocess.Popen[bytes], log: Path) -> str:
+    """The URL of a starting ``bae serve`` once ``/ready`` answers 200; fails with its log if it exits first."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -29,6 +28,7 @@ from bae.exceptions import BaeGraphError, BaeInputError, BaeLMError, BaeParseErr
 from bae.runlog import LoggedRun, RunLog  # noqa: E402
 from bae.serving import error_status, input_model  # noqa: E402
 from bae.testing import ScriptedLM  # noqa: E402
+from bench.serve import wait_until_up  # noqa: E402
 from tests import lms  # noqa: E402
 from tests.cli import EXAMPLE, ROOT, bae  # noqa: E402
 
@@ -69,26 +69,13 @@ class Server:
 
 
 def start_server(*args: str, out: Path, env: dict[str, str] | None = None) -> Server:
-    """``bae serve`` on port 0 in a subprocess; returns once /health answers."""
+    """``bae serve`` on port 0 in a subprocess; returns once /ready answers."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "BAE_DEBUG": "", **(env or {})}
     handle = open(out, "wb")  # noqa: SIM115  (the server writes here until it stops)
     command = [sys.executable, "-m", "bae_cli", "serve", "--port", "0", "--lm", f"{HERE}:serving_lm", *args]
     process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment, cwd=out.parent)
     handle.close()
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"bae serve exited {process.returncode}:\n{out.read_text()}")
-        found = re.search(r"on (http://127\.0\.0\.1:\d+)", out.read_text(errors="replace"))
-        if found:
-            try:
-                if httpx.get(found[1] + "/health", timeout=1).status_code == 200:
-                    return Server(found[1], process, out)
-            except httpx.TransportError:
-                pass
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"bae serve did not come up:\n{out.read_text()}")
+    return Server(wait_until_up(process, out), process, out)
 
 
 def stop(server: Server) -> int:

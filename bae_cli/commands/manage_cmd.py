@@ -40,8 +40,9 @@ def stats(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Usage, latency, tokens, cost and errors per version and node, from the run log; plus
-    the version history (naive -> optimized dev scores) from versions.json."""
+    """Usage, latency, tokens, cost and errors per version and node, and the version history.
+
+    Usage comes from the run log; the history (naive -> optimized dev scores) from versions.json."""
     from bae.runlog import RunLog, default_log_path, parse_since
 
     moment = parse_since(since) if since else None

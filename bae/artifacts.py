@@ -178,9 +178,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_version(
-    root: Path, files: dict[str, Any], manifest: dict[str, Any], summary: dict[str, Any], activate: bool = True
-) -> Path:
+def version_summary(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A version's entry in versions.json: what ``bae versions`` lists, taken from its manifest."""
+    scores = manifest.get("scores") or {}
+    return {
+        "version": manifest.get("version"),
+        "created_at": manifest.get("created_at"),
+        "optimizer": (manifest.get("optimizer") or {}).get("name"),
+        "dataset_size": (manifest.get("dataset") or {}).get("traces"),
+        "naive_score": scores.get("naive"),
+        "optimized_score": scores.get("optimized"),
+        "lm": (manifest.get("lm") or {}).get("model"),
+        "notes": manifest.get("notes"),
+    }
+
+
+def write_version(root: Path, files: dict[str, Any], manifest: dict[str, Any], activate: bool = True) -> Path:
     """Write a new ``vN`` under ``root`` atomically and record it in versions.json.
 
     ``files`` maps paths relative to the version dir to JSON-able data; the manifest
@@ -205,7 +218,7 @@ def write_version(
             (build / MANIFEST).write_bytes(dump_json(manifest))
             os.chmod(build, 0o755)
             os.rename(build, root / name)
-            versions["versions"].append({"version": name, **summary})
+            versions["versions"].append(version_summary(manifest))
             if activate or versions["active"] is None:
                 versions["active"] = name
             _write_versions(root, versions)
@@ -295,6 +308,15 @@ def safe_path(version_dir: Path, rel: str) -> Path:
 
 def read_verified(version_dir: Path, rel: str, manifest: dict[str, Any]) -> Any:
     """A JSON file of the version, after its sha256 matched the manifest."""
+    data = read_verified_bytes(version_dir, rel, manifest)
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BaeArtifactError(f"{version_dir / rel} is not valid JSON: {exc}: {RESTORE}") from exc
+
+
+def read_verified_bytes(version_dir: Path, rel: str, manifest: dict[str, Any]) -> bytes:
+    """A file of the version, read once, after its sha256 matched the manifest."""
     path = safe_path(version_dir, rel)
     if not path.is_file():
         raise BaeArtifactError(f"manifest lists {rel} but it is missing from {version_dir}: {RESTORE}")
@@ -304,10 +326,7 @@ def read_verified(version_dir: Path, rel: str, manifest: dict[str, Any]) -> Any:
         raise BaeArtifactError(f"cannot read {path}: {exc.strerror}") from None
     if hashlib.sha256(data).hexdigest() != manifest["files"][rel]["sha256"]:
         raise BaeArtifactError(f"checksum mismatch for {version_dir / rel}: the file changed since compile; {RESTORE}")
-    try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BaeArtifactError(f"{version_dir / rel} is not valid JSON: {exc}: {RESTORE}") from exc
+    return data
 
 
 def predictor_state(document: Any, where: str) -> dict[str, Any]:

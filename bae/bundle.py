@@ -165,29 +165,13 @@ def _check_matches(loaded: LoadedGraph, version_dir: Path) -> dict[str, Any]:
 
 
 def _copy_version(version_dir: Path, manifest: dict[str, Any], target: Path) -> None:
-    """The manifest and every file it lists, after checking each one's sha256 once more."""
-    invalid = [c for c in artifacts.verify_files(version_dir, manifest)[0] if not c.ok]
-    if invalid:
-        raise BaeArtifactError(f"{len(invalid)} invalid artifact file(s): {invalid[0].problem}")
-    for rel in [artifacts.MANIFEST, *manifest["files"]]:
+    """The manifest and every file it lists, each read once and checked against its sha256 as it is copied."""
+    target.mkdir(parents=True)
+    shutil.copyfile(artifacts.safe_path(version_dir, artifacts.MANIFEST), target / artifacts.MANIFEST)
+    for rel in manifest["files"]:
         destination = target / rel
         destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(artifacts.safe_path(version_dir, rel), destination)
-
-
-def _versions_index(manifest: dict[str, Any], name: str) -> dict[str, Any]:
-    scores = manifest.get("scores", {})
-    summary = {
-        "version": name,
-        "created_at": manifest.get("created_at"),
-        "optimizer": manifest.get("optimizer", {}).get("name"),
-        "dataset_size": manifest.get("dataset", {}).get("traces"),
-        "naive_score": scores.get("naive"),
-        "optimized_score": scores.get("optimized"),
-        "lm": manifest.get("lm", {}).get("model"),
-        "notes": manifest.get("notes"),
-    }
-    return {"format": artifacts.FORMAT, "active": name, "versions": [summary]}
+        destination.write_bytes(artifacts.read_verified_bytes(version_dir, rel, manifest))
 
 
 def _self_check(folder: Path, graph_arg: str) -> None:
@@ -282,7 +266,9 @@ def write_bundle(loaded: LoadedGraph, version_dir: Path, out: Path, model: Any |
     build = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     try:
         _copy_version(version_dir, manifest, build / "compiled" / name)
-        (build / "compiled" / artifacts.VERSIONS).write_bytes(artifacts.dump_json(_versions_index(manifest, name)))
+        (build / "compiled" / artifacts.VERSIONS).write_bytes(artifacts.dump_json(
+            {"format": artifacts.FORMAT, "active": name, "versions": [artifacts.version_summary(manifest)]}
+        ))
         (build / graph_rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, build / graph_rel)
         if artifacts.PROMPTS in manifest["files"]:

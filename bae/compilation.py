@@ -204,16 +204,7 @@ def compile_graph(
         "notes": options.notes,
         "files": entries,
     }
-    summary = {
-        "created_at": manifest["created_at"],
-        "optimizer": options.settings.optimizer,
-        "dataset_size": len(dataset.traces),
-        "naive_score": scores["naive"],
-        "optimized_score": scores["optimized"],
-        "lm": manifest["lm"]["model"],
-        "notes": options.notes,
-    }
-    version_dir = artifacts.write_version(options.out, files, manifest, summary, activate=options.activate)
+    version_dir = artifacts.write_version(options.out, files, manifest, activate=options.activate)
     return CompileReport(version_dir, manifest, outcomes, naive, optimized, dataset.invalid)
 
 

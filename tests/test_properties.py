@@ -336,7 +336,7 @@ def save_and_load(predictors: dict[tuple[str, str], Any]) -> Any:
     outcomes = [PredictorOutcome(node, kind, len(p.demos), p) for (node, kind), p in predictors.items()]
     files, entries = node_files(EXAMPLE_GRAPH, outcomes)
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts.write_version(Path(tmp), files, {"format": artifacts.FORMAT, "files": entries}, {})
+        artifacts.write_version(Path(tmp), files, {"format": artifacts.FORMAT, "files": entries})
         return load_optimized(EXAMPLE_GRAPH, Path(tmp))
 
 

@@ -35,7 +35,7 @@ from bae import __version__, artifacts
 from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.loader import LoadedGraph, import_target, split_reference
 from bae.node import spec_of
-from bae.runlog import redact
+from bae.redaction import redact
 
 FORMAT = 1
 # LM settings that shape answers and are safe to write down; everything else (keys, bases, headers) is left out.

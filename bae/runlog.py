@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bae.exceptions import BaeInputError
+from bae.redaction import redact
 from bae.result import CallRecord
 
 SCHEMA_VERSION = 1
@@ -32,7 +33,6 @@ RUN_STATUSES = frozenset({"ok", "error", "interrupted"})
 CALL_KINDS = frozenset({"make", "choice"})
 CALL_SOURCES = frozenset({"optimized", "naive", "stale"})
 BUSY_TIMEOUT_S = 30.0
-MAX_ERROR_CHARS = 2000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -64,18 +64,6 @@ CREATE TABLE IF NOT EXISTS calls (
     PRIMARY KEY (run_id, seq)
 );
 """
-
-_SECRETS = re.compile(
-    r"[a-z][a-z0-9+.-]*://\S+"  # any URL: endpoints, and userinfo credentials inside them
-    r"|\bBearer\s+\S+"
-    r"|\b(?:sk-|pk-|rk-|gsk_|xai-|hf_|ghp_|github_pat_|AKIA)[A-Za-z0-9_-]{12,}"
-    r"|\b(?:api[-_]?key|token|secret|password|authorization)\b\s*[=:]\s*(?:Bearer\s+)?\S+",
-    re.IGNORECASE,
-)
-
-_SECRET_NAMES = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
-MIN_SECRET_CHARS = 8  # shorter values ("1", "true") are settings, and replacing them would garble messages
-
 
 class RunLogError(BaeInputError):
     """The run log file cannot be opened, read or written (corrupt, not ours, no permission)."""
@@ -195,23 +183,6 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
 def _utc_text(moment: datetime) -> str:
     """One fixed ISO format, so SQL string comparison orders timestamps correctly."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _environment_secrets() -> list[str]:
-    """Values of secret-named environment variables, longest first: a key without a telltale prefix
-    (Azure's are bare hex) is recognisable only by being the value the process was given."""
-    values = {v for k, v in os.environ.items() if _SECRET_NAMES.search(k) and len(v) >= MIN_SECRET_CHARS}
-    return sorted(values, key=len, reverse=True)
-
-
-def redact(text: str | None) -> str | None:
-    """Error text comes from LM clients and may quote keys or endpoints; keep neither."""
-    if text is None:
-        return None
-    for secret in _environment_secrets():
-        text = text.replace(secret, "[redacted]")
-    scrubbed = _SECRETS.sub("[redacted]", text)
-    return scrubbed if len(scrubbed) <= MAX_ERROR_CHARS else scrubbed[: MAX_ERROR_CHARS - 1] + "…"
 
 
 def _version_key(version: str | None) -> tuple[int, int, str]:
@@ -465,5 +436,5 @@ def _node_stats(key: tuple[str | None, str, str], rows: list[tuple[Any, ...]]) -
 
 __all__ = [
     "NAIVE", "SCHEMA_VERSION", "LoggedRun", "NodeStats", "RunLog", "RunLogError", "Stats",
-    "VersionSummary", "default_log_path", "parse_since", "percentile", "redact",
+    "VersionSummary", "default_log_path", "parse_since", "percentile",
 ]  # fmt: skip

@@ -35,7 +35,8 @@ from bae.jsontext import JSONTextError, check_text
 from bae.loader import LoadedGraph
 from bae.markers import Bind, Context
 from bae.node import Node, spec_of
-from bae.runlog import RunLog, redact
+from bae.redaction import redact
+from bae.runlog import RunLog
 from bae.runner import Backend, BackgroundLog, Outcome, Runner, node_json, trace_json
 from bae.usage import usage_rows
 

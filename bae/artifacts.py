@@ -381,3 +381,10 @@ def verify_files(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[File
         if (p.is_file() or p.is_symlink()) and str(p.relative_to(version_dir)) not in listed
     )
     return checks, extra
+
+
+def refuse_invalid(checks: list[FileCheck]) -> None:
+    """Fail on a version with any invalid file: the first problem, and how many there are."""
+    invalid = [c for c in checks if not c.ok]
+    if invalid:
+        raise BaeArtifactError(f"{len(invalid)} invalid artifact file(s): {invalid[0].problem}")

@@ -10,7 +10,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from bae import artifacts
-from bae.exceptions import BaeArtifactError
 from bae.graph import Graph
 from bae.node import schema_fingerprint
 from bae_cli.app import app
@@ -101,8 +100,7 @@ def inspect(
         )
     else:
         _print_report(version_dir, manifest, rows, invalid, extra, gate, prompt_doc)
-    if invalid:
-        raise BaeArtifactError(f"{len(invalid)} invalid artifact file(s): {invalid[0].problem}")
+    artifacts.refuse_invalid(file_checks)
     if gate:
         raise typer.Exit(1)
 

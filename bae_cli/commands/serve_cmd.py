@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from bae import artifacts
-from bae.exceptions import BaeArtifactError, BaeInputError
+from bae.exceptions import BaeInputError
 from bae_cli.app import app
 from bae_cli.common import LmOption, err, graph_from, warn, warn_stale
 
@@ -102,9 +102,7 @@ def serve(
 
     version_dir = artifacts.resolve_version_dir(compiled)
     manifest = artifacts.read_manifest(version_dir)
-    invalid = [check for check in artifacts.verify_files(version_dir, manifest)[0] if not check.ok]
-    if invalid:
-        raise BaeArtifactError(f"{len(invalid)} invalid artifact file(s): {invalid[0].problem}")
+    artifacts.refuse_invalid(artifacts.verify_files(version_dir, manifest)[0])  # all files, before listening
     loaded = graph_from(graph, manifest, version_dir)
     backend = open_backend(loaded, compiled, lm)
     warn_stale(backend.stale)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bae import artifacts
-from tests.cli import EXAMPLE, LMS, ROOT, bae, bae_popen
+from tests.cli import EXAMPLE, LMS, ROOT, bae, bae_popen, wait_for
 
 TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
 GOLD = [json.loads(line)["trace"] for line in TRAIN.read_text().splitlines()]
@@ -50,14 +50,6 @@ def spawn() -> Iterator[Spawn]:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-
-
-def wait_for(condition: object, proc: subprocess.Popen[str], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
 
 
 def interrupted_batch(spawn: Spawn, tmp_path: Path, *flags: str) -> tuple[subprocess.CompletedProcess[str], Path, Path]:

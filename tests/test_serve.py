@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import socket
@@ -30,7 +29,7 @@ from bae.serving import error_status, input_model  # noqa: E402
 from bae.testing import ScriptedLM  # noqa: E402
 from bench.serve import wait_until_up  # noqa: E402
 from tests import lms  # noqa: E402
-from tests.cli import EXAMPLE, ROOT, bae  # noqa: E402
+from tests.cli import EXAMPLE, ROOT, bae, environment  # noqa: E402
 
 COMPILED = ROOT / "compiled"
 HERE = Path(__file__).resolve()
@@ -70,10 +69,9 @@ class Server:
 
 def start_server(*args: str, out: Path, env: dict[str, str] | None = None) -> Server:
     """``bae serve`` on port 0 in a subprocess; returns once /ready answers."""
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "BAE_DEBUG": "", **(env or {})}
     handle = open(out, "wb")  # noqa: SIM115  (the server writes here until it stops)
     command = [sys.executable, "-m", "bae_cli", "serve", "--port", "0", "--lm", f"{HERE}:serving_lm", *args]
-    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment, cwd=out.parent)
+    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment(env), cwd=out.parent)
     handle.close()
     return Server(wait_until_up(process, out), process, out)
 

@@ -29,7 +29,7 @@ from bae.serving import error_status, input_model  # noqa: E402
 from bae.testing import ScriptedLM  # noqa: E402
 from bench.serve import wait_until_up  # noqa: E402
 from tests import lms  # noqa: E402
-from tests.cli import EXAMPLE, ROOT, bae, environment  # noqa: E402
+from tests.cli import EXAMPLE, ROOT, bae, environment, wait_for  # noqa: E402
 
 COMPILED = ROOT / "compiled"
 HERE = Path(__file__).resolve()
@@ -41,7 +41,8 @@ BILLING = {  # a gold ticket of the example dataset: the oracle routes it to Bil
 
 
 def serving_lm() -> ScriptedLM:
-    """Gold answers after CALL_DELAY_S per call; 'EXPLODE' in a ticket breaks the LM, 'STALL' hangs it for 2 s."""
+    """Gold answers after CALL_DELAY_S per call; 'EXPLODE' in a ticket breaks the LM, 'STALL' hangs it for 2 s
+    (and creates ``stall.mark`` in the server's working directory, so a test knows the run is under way)."""
     lm = lms.triage_lm(delay_s=CALL_DELAY_S)
     gold_choice = lm.script["Triage.choice"]
 
@@ -50,6 +51,7 @@ def serving_lm() -> ScriptedLM:
         if "EXPLODE" in text:
             raise ValueError("the model exploded")
         if "STALL" in text:
+            Path("stall.mark").touch()
             time.sleep(2)
         return gold_choice(call)  # type: ignore[operator]
 
@@ -240,7 +242,7 @@ def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
     answers: list[httpx.Response] = []
     request = threading.Thread(target=lambda: answers.append(run(server, {**BILLING, "text": "STALL, then answer"})))
     request.start()
-    time.sleep(0.7)  # the run is in its first LM call, which takes 2.2 s
+    wait_for((tmp_path / "stall.mark").exists, server.process)  # the run is in its first LM call, for 2 s more
     server.process.send_signal(signal.SIGTERM)
     request.join(timeout=30)
     assert answers and answers[0].status_code == 200, server.log()

@@ -103,11 +103,3 @@ def test_a_graph_that_needs_files_left_behind_is_refused(tmp_path: Path) -> None
     assert built.returncode == 2
     assert "does not load on its own" in built.stderr and "support_triage" in built.stderr
     assert not (tmp_path / "b").exists()
-
-
-def test_an_existing_out_folder_is_left_alone(tmp_path: Path) -> None:
-    (tmp_path / "bundle").mkdir()
-    (tmp_path / "bundle" / "keep.txt").write_text("mine")
-    built = bae("bundle", EXAMPLE, "--compiled", str(COMPILED), "--out", str(tmp_path / "bundle"))
-    assert built.returncode == 2 and "already exists" in built.stderr
-    assert [p.name for p in (tmp_path / "bundle").iterdir()] == ["keep.txt"]

@@ -17,10 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.cli import EXAMPLE, LMS, bae
-from tests.workspace import GRAPH, assert_refused, reseal, snapshot, workspace
+from tests.workspace import GOOD_INPUT, GRAPH, ORACLE, assert_refused, reseal, snapshot, workspace
 
-ORACLE = f"{LMS}:oracle"
-GOOD_INPUT = '{"customer_email": "ana@northwind.io", "text": "I was charged twice, please refund."}'
 Setup = Callable[[Path], None]
 
 

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import LMS, bae
-from tests.workspace import GRAPH, VERSION, assert_refused, reseal, snapshot, workspace
+from tests.cli import bae
+from tests.workspace import GOOD_INPUT, GRAPH, ORACLE, VERSION, assert_refused, reseal, snapshot, workspace
 
-ORACLE = f"{LMS}:oracle"
-GOOD_INPUT = '{"customer_email": "ana@northwind.io", "text": "I was charged twice for INV-2231, please refund."}'
 NODE = "nodes/BillingIssue.json"
 
 

@@ -13,11 +13,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.cli import EXAMPLE, ROOT
+from tests.cli import EXAMPLE, LMS, ROOT
 
 GRAPH = "examples/support_triage.py"
 TRAIN = "examples/support_triage.train.jsonl"
 VERSION = Path("compiled") / "v1"
+ORACLE = f"{LMS}:oracle"  # an LM and an input that work, so a refusal is always the damaged part's
+GOOD_INPUT = '{"customer_email": "ana@northwind.io", "text": "I was charged twice for INV-2231, please refund."}'
 
 
 def workspace(tmp_path: Path) -> Path:

@@ -9,6 +9,7 @@ byte-for-byte and mtime-for-mtime unchanged.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import EXAMPLE, LMS, bae
+from tests.cli import LMS, bae
+from tests.lms import TRACES
 from tests.workspace import GOOD_INPUT, GRAPH, ORACLE, assert_refused, reseal, snapshot, workspace
 
 Setup = Callable[[Path], None]
@@ -76,9 +78,9 @@ def trainset(*lines: str | bytes) -> Setup:
     return write("bad.jsonl", b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines) + b"\n")
 
 
-def gold(line: int = 1) -> dict:
-    """A gold trace of the example dataset, to damage."""
-    return json.loads((Path(EXAMPLE).with_name("support_triage.train.jsonl")).read_text().splitlines()[line - 1])
+def gold() -> dict:
+    """The first gold record of the example dataset, a copy to damage."""
+    return {"trace": copy.deepcopy(TRACES[0])}
 
 
 def trace_with(change: Callable[[list], object]) -> str:

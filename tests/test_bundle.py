@@ -15,7 +15,7 @@ COMPILED = ROOT / "compiled"
 HERE = Path(__file__).resolve()
 FAKE_KEY = "sk-fake0123456789abcdefghijklmnop"
 FAKE_BASE = "http://secret-host.internal:8443/v1"
-TICKET = json.loads(lms.DATASET.read_text().splitlines()[0])["trace"][0]["fields"]
+TICKET = lms.TRACES[0][0]["fields"]
 
 
 def keyed_lm() -> Any:

@@ -33,6 +33,7 @@ from bae.testing import ScriptedLM
 from tests import graphs as g
 from tests.cli import EXAMPLE, LMS, bae
 from tests.fake_openai import Fail, Say, Stall, fake_openai
+from tests.lms import TRACES
 
 
 def http_fault(kind: str, retry_after: str | None = None) -> Exception:
@@ -237,9 +238,8 @@ def test_retry_after_is_honoured(fault: Callable[[], Exception]) -> None:
 # -- the CLI: a batch carries on, the run log keeps every failure, the table counts them -----------
 def tickets() -> list[str]:
     """Six inputs, in the order tests/lms.py:faulty lands its faults: billing, billing, technical, ..."""
-    traces = [json.loads(line)["trace"] for line in Path(EXAMPLE).with_name("support_triage.train.jsonl").open()]
-    by_queue = {q: [t[0]["fields"] for t in traces if t[-1]["node"] == q] for q in ("BillingIssue", "TechnicalIssue")}
-    account = next(t[0]["fields"] for t in traces if t[-1]["node"] == "AccountIssue")
+    by_queue = {q: [t[0]["fields"] for t in TRACES if t[-1]["node"] == q] for q in ("BillingIssue", "TechnicalIssue")}
+    account = next(t[0]["fields"] for t in TRACES if t[-1]["node"] == "AccountIssue")
     order = [*by_queue["BillingIssue"][:2], by_queue["TechnicalIssue"][0], by_queue["BillingIssue"][2], account]
     return [json.dumps(fields) for fields in [*order, by_queue["TechnicalIssue"][1]]]
 

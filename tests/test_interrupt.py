@@ -20,9 +20,7 @@ import pytest
 
 from bae import artifacts
 from tests.cli import EXAMPLE, LMS, ROOT, bae, bae_popen, wait_for
-
-TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
-GOLD = [json.loads(line)["trace"] for line in TRAIN.read_text().splitlines()]
+from tests.lms import TRACES as GOLD
 
 
 def logged_runs(db: Path) -> int:

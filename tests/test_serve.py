@@ -34,10 +34,7 @@ from tests.cli import EXAMPLE, ROOT, bae, environment, wait_for  # noqa: E402
 COMPILED = ROOT / "compiled"
 HERE = Path(__file__).resolve()
 CALL_DELAY_S = 0.2  # per LM call; a run of the example makes two
-BILLING = {  # a gold ticket of the example dataset: the oracle routes it to BillingIssue
-    "customer_email": "ana@northwind.io",
-    "text": json.loads(lms.DATASET.read_text().splitlines()[0])["trace"][0]["fields"]["text"],
-}
+BILLING = lms.TRACES[0][0]["fields"]  # a gold ticket of the example dataset: the oracle routes it to BillingIssue
 
 
 def serving_lm() -> ScriptedLM:

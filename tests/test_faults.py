@@ -385,7 +385,8 @@ def test_compile_against_a_hosted_lm_that_is_down_stops_scoring_at_once(tmp_path
                      "--lm", "openai/fake-model", env=env)  # fmt: skip
     assert result.returncode == 4, result.stderr
     assert result.stderr.splitlines()[-1].startswith("bae: error: ") and "still failing after 4" in result.stderr
-    # Each of the 2 threads may start one more trace before the first failure reaches the main thread;
-    # the rest of the 21 dev traces (84 requests in all) never start.
-    assert len(fake.requests) <= 2 * 2 * 4
+    # Scoring all 21 dev traces would take 84 requests. A worker takes its next trace the moment one fails,
+    # before the main thread wakes to cancel the rest; a trace that meets only 503s fails in milliseconds,
+    # so on a loaded machine each of the 2 threads may get through a few: allow 4 traces a thread.
+    assert len(fake.requests) <= 2 * 4 * 4
     assert not out.exists() or not [p for p in out.iterdir() if p.name != ".lock"]

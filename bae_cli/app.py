@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import traceback
 from typing import Annotated, NoReturn
 
 import typer
@@ -52,8 +53,14 @@ def _debugging() -> bool:
     return os.environ.get("BAE_DEBUG", "") not in ("", "0") or "--debug" in sys.argv
 
 
-def _fail(message: str, code: int) -> int:
-    typer.echo(f"bae: error: {message}", err=True)
+def _fail(message: str, code: int, exc: BaseException | None = None) -> int:
+    """Print the one error line (keys and endpoints an LM client quoted are redacted), after the
+    traceback under --debug: the exit code is the same either way, so scripts can rely on it."""
+    from bae.redaction import redact
+
+    if exc is not None and _debugging():
+        traceback.print_exception(exc)
+    typer.echo(f"bae: error: {redact(message)}", err=True)
     return code
 
 
@@ -100,12 +107,8 @@ def main() -> None:
     except typer.Abort:
         sys.exit(_fail("aborted", 1))
     except BaeError as exc:
-        if _debugging():
-            raise
-        sys.exit(_fail(exc.message, exc.exit_code))
+        sys.exit(_fail(exc.message, exc.exit_code, exc))
     except KeyboardInterrupt:
         _exit_interrupted()
     except Exception as exc:
-        if _debugging():
-            raise
-        sys.exit(_fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1))
+        sys.exit(_fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1, exc))

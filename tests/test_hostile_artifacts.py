@@ -221,6 +221,8 @@ def test_api_keys_from_the_environment_never_reach_artifacts_prompts_or_the_run_
     assert ran.returncode == 0, ran.stderr
     failed = bae("run", "--compiled", "fresh", "--input", GOOD_INPUT, "--lm", "keyed.py:leaky", cwd=ws, env=secrets_env)
     assert failed.returncode == 4, failed.stderr  # the LM failed: exit 4
+    assert "401 Unauthorized: invalid key [redacted]" in failed.stderr
+    assert secrets_env["AZURE_API_KEY"] not in failed.stderr  # nor in the one error line the user sees
 
     with sqlite3.connect(ws / ".bae" / "runs.db") as db:
         statuses = [row[0] for row in db.execute("SELECT status FROM runs ORDER BY id")]

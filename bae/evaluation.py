@@ -1,8 +1,37 @@
 """Whole-graph evaluation: run each dev trace's start node and compare with the gold trace.
 
-This is the score recorded for a version: it measures what users get (right route,
-right fields), not any single predictor in isolation. Per-predictor scores fall out
-of the same runs, so no extra LM calls are spent on them.
+This is the score recorded for a version: it measures what the LM delivers along the
+whole route (right choices, right fields), not any single predictor in isolation.
+Per-predictor scores and each choice predictor's confusion matrix fall out of the same
+runs, so no extra LM calls are spent on them.
+
+Which steps count. A gold step S -> T (S the node before, T the node after) is an *LM step*
+when the LM produced it, read from the node specs the way ``Graph.run`` routes:
+
+- S decides (a body of ``...`` with more than one option, an ``lm.decide`` call): the LM
+  chose T and made T's generated fields. The step earns ``(choice + fields matched) /
+  (1 + generated fields)``: the choice weighs as one field, and a wrong choice earns 0.
+- S is routed to its only successor (a body of ``...``, one edge, ``lm.make``): the LM made
+  T's generated fields; the step earns their mean match. When T has no generated fields no
+  LM call happens, so it is not an LM step.
+- S is custom logic (any other ``__call__`` body): not an LM step, whatever T holds. It
+  earns nothing and costs nothing, right or wrong (logic that calls the LM itself is not
+  seen here).
+- The gold trace ends at a node that decides: the LM chose to end (``"None"``), one LM
+  step that earns 1 when the run ended there too.
+
+A step earns only when the run took the gold route up to it: the node before and the node
+after are the gold ones at the same position. Each step the run took past the gold trace's
+end costs one step that earns 0. A trace's score is what its LM steps earned over their
+number (extra steps included); a run that failed scores 0. A trace with no LM step and no
+extra step has no score and is left out of the mean; the version's score is the mean over
+the rest (0 when none is left). Path accuracy is the share of runs whose node types match
+the gold path exactly, custom steps included.
+
+The confusion matrix of a choice predictor ``Node.choice`` counts, for every gold step from
+that node which the run reached (same node at the same position), the gold answer against
+the run's: a successor's name, ``"None"`` where the run ended there, ``"error"`` where the
+run failed at that decision.
 """
 
 from __future__ import annotations
@@ -21,24 +50,66 @@ from bae.metrics import fields_score
 from bae.node import Node, spec_of
 
 Key = tuple[str, str]  # (node name, "make" | "choice")
+ENDED = "None"  # a choice predictor's answer for ending the run
+FAILED = "error"  # the run failed at this decision
 
 
 def _generated(node: Node) -> dict[str, Any]:
     return {f.name: getattr(node, f.name) for f in spec_of(type(node)).generated}
 
 
+def lm_steps(gold: Sequence[Node]) -> list[int]:
+    """The positions ``i`` of the gold trace whose step ``gold[i - 1] -> gold[i]`` the LM produced,
+    and ``len(gold)`` when the LM chose to end the run at the last node (see the module docstring)."""
+    steps = []
+    for i in range(1, len(gold)):
+        before = spec_of(type(gold[i - 1]))
+        if before.decides or (before.routed and spec_of(type(gold[i])).generated):
+            steps.append(i)
+    if gold and spec_of(type(gold[-1])).decides:
+        steps.append(len(gold))
+    return steps
+
+
 @dataclass
 class TraceScore:
-    score: float
+    """One run against its gold trace. ``score`` is None when the trace has nothing the LM was
+    scored on; ``steps`` is how many steps it was scored on (LM steps plus extra steps)."""
+
+    score: float | None
     path_ok: bool
     per_predictor: dict[Key, float] = field(default_factory=dict)
     error: str | None = None
+    steps: int = 0
+    choices: list[tuple[str, str, str]] = field(default_factory=list)  # (node, gold answer, run's answer)
 
 
-def score_trace(gold: Sequence[Node], predicted: Sequence[Node]) -> TraceScore:
-    """Score a predicted trace: each gold step after the start earns (right node + field matches)."""
+def _choices(gold: Sequence[Node], predicted: Sequence[Node], failed: bool) -> list[tuple[str, str, str]]:
+    """Each gold decision the run reached, as (deciding node, gold answer, the run's answer)."""
+    seen = []
+    for j, node in enumerate(gold):
+        if not spec_of(type(node)).decides or j >= len(predicted) or type(predicted[j]) is not type(node):
+            continue
+        want = type(gold[j + 1]).__name__ if j + 1 < len(gold) else ENDED
+        got = type(predicted[j + 1]).__name__ if j + 1 < len(predicted) else FAILED if failed else ENDED
+        seen.append((type(node).__name__, want, got))
+    return seen
+
+
+def score_trace(gold: Sequence[Node], predicted: Sequence[Node], error: str | None = None) -> TraceScore:
+    """Score a run against its gold trace: only the steps the LM produced earn (module docstring).
+
+    ``predicted`` is the run's trace; for a failed run (``error``) the trace up to the failure,
+    which only feeds the confusion matrix: a failed run scores 0.
+    """
+    choices = _choices(gold, predicted, failed=error is not None)
+    scored = lm_steps(gold)
+    extra = max(0, len(predicted) - len(gold))
+    steps = len(scored) + extra
+    if error is not None:
+        return TraceScore(score=0.0 if steps else None, path_ok=False, error=error, steps=steps, choices=choices)
     per: dict[Key, float] = {}
-    steps: list[float] = []
+    earned = 0.0
     for i in range(1, len(gold)):
         want = gold[i]
         got = predicted[i] if i < len(predicted) else None
@@ -46,32 +117,36 @@ def score_trace(gold: Sequence[Node], predicted: Sequence[Node]) -> TraceScore:
         right_node = got is not None and type(got) is type(want) and type(predicted[i - 1]) is type(gold[i - 1])
         if before.decides:
             per[(type(gold[i - 1]).__name__, "choice")] = float(right_node)
-        fields = _generated(want)
-        if not right_node:
-            steps.append(0.0)
+        if i not in scored or not right_node:
             continue
+        fields = _generated(want)
         match = fields_score(fields, _generated(got))
         if fields:
             per[(type(want).__name__, "make")] = match
-        steps.append((1 + match * len(fields)) / (1 + len(fields)))
-    last = spec_of(type(gold[-1]))
-    if last.decides and len(predicted) >= len(gold) and type(predicted[len(gold) - 1]) is type(gold[-1]):
-        per[(type(gold[-1]).__name__, "choice")] = float(len(predicted) == len(gold))
-    steps.extend(0.0 for _ in range(max(0, len(predicted) - len(gold))))  # extra steps cost
+        earned += (1 + match * len(fields)) / (1 + len(fields)) if before.decides else match
+    last = len(gold) - 1
+    if len(gold) in scored and len(predicted) > last and type(predicted[last]) is type(gold[last]):
+        ended = float(len(predicted) == len(gold))
+        per[(type(gold[last]).__name__, "choice")] = ended
+        earned += ended
     paths_equal = [type(n) for n in gold] == [type(n) for n in predicted]
-    score = sum(steps) / len(steps) if steps else float(paths_equal)
-    return TraceScore(score=score, path_ok=paths_equal, per_predictor=per)
+    score = earned / steps if steps else None
+    return TraceScore(score=score, path_ok=paths_equal, per_predictor=per, steps=steps, choices=choices)
 
 
 @dataclass
 class GraphScore:
-    """Mean trace score, path accuracy, per-predictor means, and how many runs failed."""
+    """Mean trace score, path accuracy, per-predictor means, choice confusion matrices, failed runs.
+
+    ``confusion`` maps ``"Node.choice"`` to gold answer to the run's answer to a count.
+    """
 
     score: float
     path_accuracy: float
     per_predictor: dict[Key, float]
     errors: int
     traces: int
+    confusion: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -80,7 +155,30 @@ class GraphScore:
             "errors": self.errors,
             "traces": self.traces,
             "per_predictor": {f"{n}.{k}": round(v, 4) for (n, k), v in sorted(self.per_predictor.items())},
+            "confusion": self.confusion,
         }
+
+
+def confusion_matrices(graph: Graph, results: Sequence[TraceScore]) -> dict[str, dict[str, dict[str, int]]]:
+    """Count the runs' decisions per choice predictor, rows and columns in the node's answer order
+    (successors, ``"None"``, then ``"error"``); only answers that occurred are listed."""
+    counts: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
+    for result in results:
+        for node, want, got in result.choices:
+            counts[node][want][got] += 1
+    matrices: dict[str, dict[str, dict[str, int]]] = {}
+    for node in sorted(counts):
+        cls = graph.node(node)
+        order = [*spec_of(cls).choices, FAILED] if cls is not None else []
+
+        def rank(answer: str, order: list[str] = order) -> tuple[int, str]:
+            return (order.index(answer) if answer in order else len(order), answer)
+
+        rows = counts[node]
+        matrices[f"{node}.choice"] = {
+            want: {got: rows[want][got] for got in sorted(rows[want], key=rank)} for want in sorted(rows, key=rank)
+        }
+    return matrices
 
 
 def evaluate_graph(
@@ -103,7 +201,8 @@ def evaluate_graph(
         except BaeLMError:
             raise
         except BaeError as exc:
-            scored = TraceScore(score=0.0, path_ok=False, error=exc.message)
+            partial = exc.result.trace if exc.result is not None else []
+            scored = score_trace(trace.nodes, partial, error=exc.message)
         if on_done is not None:
             on_done()
         return scored
@@ -119,11 +218,12 @@ def evaluate_graph(
     for result in results:
         for key, value in result.per_predictor.items():
             sums[key].append(value)
-    count = max(1, len(results))
+    scores = [r.score for r in results if r.score is not None]
     return GraphScore(
-        score=sum(r.score for r in results) / count,
-        path_accuracy=sum(r.path_ok for r in results) / count,
+        score=sum(scores) / len(scores) if scores else 0.0,
+        path_accuracy=sum(r.path_ok for r in results) / max(1, len(results)),
         per_predictor={key: sum(v) / len(v) for key, v in sums.items()},
         errors=sum(r.error is not None for r in results),
         traces=len(results),
+        confusion=confusion_matrices(graph, results),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from bae import artifacts
 from bae.compilation import CompileOptions, compile_graph
 from bae.compiler import CompiledGraph
-from bae.dataset import load_dataset
+from bae.dataset import load_dataset, split
 from bae.loader import load_graph
 from bae.optimizer import OptimizeSettings, load_optimized, trace_to_examples
 from tests import lms
@@ -75,6 +76,26 @@ def test_scores_show_what_demos_buy(compiled: Path) -> None:
     assert scores["naive_path_accuracy"] < 0.5 and scores["naive"] < 0.7
     assert scores["optimized"] == 1.0
     assert scores["optimized_path_accuracy"] == 1.0
+
+
+def test_confusion_and_naive_score_count_exactly_the_dev_runs(compiled: Path) -> None:
+    manifest = json.loads((compiled / "v1" / "manifest.json").read_text())
+    _, dev = split(load_dataset(TRAIN, load_graph(EXAMPLE).graph).traces, 0.25, 0)
+    assert manifest["dataset"]["dev"] == len(dev)
+    queues = Counter(trace.path[-1] for trace in dev)
+    # without demos the scripted model routes every ticket to billing and fills in lms.WRONG
+    assert manifest["confusion"]["naive"] == {
+        "Triage.choice": {queue: {"BillingIssue": queues[queue]} for queue in lms.QUEUES if queues[queue]}
+    }
+    assert manifest["confusion"]["optimized"] == {
+        "Triage.choice": {queue: {queue: queues[queue]} for queue in lms.QUEUES if queues[queue]}
+    }
+    # only the LM step counts: the choice, and BillingIssue's two fields; Ticket -> Triage is custom logic
+    billing = [trace.nodes[-1] for trace in dev if trace.path[-1] == "BillingIssue"]
+    earned = sum((1 + (node.priority == "low") + (node.refund_requested is False)) / 3 for node in billing)
+    scores = manifest["scores"]
+    assert scores["naive"] == pytest.approx(earned / len(dev), abs=1e-4)
+    assert scores["naive_path_accuracy"] == pytest.approx(len(billing) / len(dev), abs=1e-4)
 
 
 def test_demos_reach_loaded_predictors_and_the_lm(compiled: Path) -> None:
@@ -184,10 +205,38 @@ def test_cli_compile_writes_the_next_version_and_reports_json(compiled: Path, tm
     report = json.loads(result.stdout)
     assert report["version"] == "v2" and Path(report["path"]) == root / "v2"
     assert {r["status"] for r in report["predictors"]} == {"optimized"}
+    for matrices in report["confusion"].values():  # the oracle always routes right
+        assert all(set(row) == {gold} for gold, row in matrices["Triage.choice"].items())
     assert json.loads((root / "versions.json").read_text())["active"] == "v2"
     result = bae("compile", EXAMPLE, "--out", str(root), "--lm", f"{LMS}:oracle", "--no-activate", "--json")
     assert json.loads(result.stdout)["version"] == "v3"
     assert json.loads((root / "versions.json").read_text())["active"] == "v2"
+
+
+def test_cli_compile_prints_a_confusion_table_per_choice_predictor(tmp_path: Path) -> None:
+    lines = TRAIN.read_text().splitlines()  # sorted by queue: billing, technical, account
+    held = lines[:3] + lines[40:45] + lines[-4:]
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    train.write_text("\n".join(line for line in lines if line not in held) + "\n")
+    dev.write_text("\n".join(held) + "\n")
+    queues = Counter(json.loads(line)["trace"][-1]["node"] for line in held)
+    assert queues == {"BillingIssue": 3, "TechnicalIssue": 5, "AccountIssue": 4}
+    result = bae("compile", EXAMPLE, "--trainset", str(train), "--devset", str(dev), "--out", str(tmp_path / "c"),
+                 "--lm", f"{LMS}:fewshot", "--optimizer", "labeled", env={"COLUMNS": "160"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text.index("dev score (whole graph") < text.index("Triage.choice on dev")
+    rows = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.split("\u2502")]
+        if len(cells) == 4 and cells[0] in lms.QUEUES:
+            rows[cells[0]] = cells[1:]
+    # columns: every queue Triage may choose, in its order; naive routes all to billing, optimized all right
+    assert rows == {
+        queue: [f"{queues[queue] if other == 'BillingIssue' else 0} -> {queues[queue] if other == queue else 0}"
+                for other in lms.QUEUES]
+        for queue in lms.QUEUES if queues[queue]
+    }  # fmt: skip
 
 
 def test_too_few_examples_stay_naive_and_say_so(tmp_path: Path) -> None:

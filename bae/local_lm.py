@@ -15,12 +15,18 @@ demos, air-gapped machines). Design choices and their reasons:
 * One ``Llama`` per model file per process: weights and the compute buffer cost hundreds of MB, and
   every ``dspy.LM`` copy DSPy makes must share them. A llama.cpp context is not thread safe, so calls
   into one model are serialized.
+* Weights load with llama.cpp's *extra buffer types* off (no repacking into CPU_REPACK or AMX
+  layouts). On CPUs with AMX the first decode after the AMX repack segfaults (llama.cpp issue
+  #20824), which no Python code can catch. Off everywhere rather than only where AMX is reported:
+  ``bench/local_engine.py`` measures no speed difference on a CPU without AMX (the repack touches
+  two small tensor kinds of this model), and one code path is one path to test.
 * Neither llama_cpp nor dspy is imported at module import time, so ``import bae`` stays cheap and
   works without the optional ``local`` extra.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -30,6 +36,7 @@ import re
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -248,6 +255,29 @@ def _thread_count() -> int:
         return os.cpu_count() or 1
 
 
+@contextlib.contextmanager
+def _no_extra_buffer_types(llama_cpp: Any) -> Iterator[None]:
+    """Load models with ``use_extra_bufts = False`` (see the module doc: the AMX crash).
+
+    ``Llama()`` has no parameter for it and fills its model parameters from
+    ``llama_model_default_params()`` inside its constructor, so that function is wrapped for the
+    duration of one load. The caller holds ``_models_lock``, so bae's loads never overlap.
+    """
+    module = llama_cpp.llama.llama_cpp  # the name Llama.__init__ looks up
+    original = module.llama_model_default_params
+
+    def defaults() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_model_default_params = defaults
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = original
+
+
 def _load(path: Path) -> _LoadedModel:
     """Load a model once per process; every engine on the same file shares it."""
     key = str(path.resolve())
@@ -258,20 +288,26 @@ def _load(path: Path) -> _LoadedModel:
         llama_cpp = _import_llama_cpp()
         threads = _thread_count()
         _llama_errors.clear()
+        logger.debug(
+            "llama.cpp %s; loading %s with extra buffer types off (no CPU_REPACK/AMX weight repacking)",
+            _one_line(llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")),
+            path.name,
+        )
         try:
-            llama = llama_cpp.Llama(
-                model_path=key,
-                n_ctx=N_CTX,
-                n_batch=N_BATCH,
-                n_ubatch=N_BATCH,
-                n_threads=threads,
-                n_threads_batch=threads,
-                seed=SEED,
-                verbose=False,
-                # A full-size sliding-window cache only serves prompt-prefix reuse, which the engine
-                # gives up for determinism; the small one saves about 120 MB at n_ctx 8192.
-                swa_full=False,
-            )
+            with _no_extra_buffer_types(llama_cpp):
+                llama = llama_cpp.Llama(
+                    model_path=key,
+                    n_ctx=N_CTX,
+                    n_batch=N_BATCH,
+                    n_ubatch=N_BATCH,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    seed=SEED,
+                    verbose=False,
+                    # A full-size sliding-window cache only serves prompt-prefix reuse, which the engine
+                    # gives up for determinism; the small one saves about 120 MB at n_ctx 8192.
+                    swa_full=False,
+                )
         except (ValueError, RuntimeError, OSError) as exc:
             detail = _llama_errors[0] if _llama_errors else str(exc)  # the first error is the cause
             raise _unavailable(f"llama.cpp cannot load {path.name}: {detail}", exc) from exc

@@ -43,10 +43,24 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors (or BAE_DEBUG=1).")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks for errors and bae's debug log on stderr (or BAE_DEBUG=1).")
+    ] = False,
 ) -> None:
     if debug:
         os.environ["BAE_DEBUG"] = "1"
+    if _debugging():
+        _debug_log()
+
+
+def _debug_log() -> None:
+    """bae's own debug log on stderr (what the engine loaded and how, retries, optimizer chatter).
+    llama.cpp's line-by-line load log stays out: it is long and its errors already reach bae's messages."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bae").setLevel(logging.DEBUG)
+    logging.getLogger("bae.local_lm.llama_cpp").setLevel(logging.INFO)
 
 
 def _debugging() -> bool:

@@ -7,11 +7,13 @@ neither the model nor llama-cpp-python.
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 import threading
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal, TypeVar
 
 import dspy
@@ -118,7 +120,51 @@ def test_importing_the_module_does_not_import_llama_cpp() -> None:
     assert result.stdout.strip() == "False"
 
 
+def test_models_load_without_extra_buffer_types() -> None:
+    """The AMX guard itself: while a model loads, llama.cpp's defaults say no extra buffer types,
+    and afterwards the library's own function is back."""
+    defaults = SimpleNamespace(use_extra_bufts=True, n_gpu_layers=0)
+    native = SimpleNamespace(llama_model_default_params=lambda: SimpleNamespace(**vars(defaults)))
+    fake = SimpleNamespace(llama=SimpleNamespace(llama_cpp=native))
+    original = native.llama_model_default_params
+    with local_lm_module._no_extra_buffer_types(fake):
+        params = native.llama_model_default_params()
+        assert params.use_extra_bufts is False and params.n_gpu_layers == 0
+    assert native.llama_model_default_params is original
+    assert original().use_extra_bufts is True
+
+
 # --- the real model ----------------------------------------------------------------------------------
+
+
+# The log is kept in memory and printed at the end: llama-cpp-python points stderr at /dev/null while a
+# model loads, which would swallow the very lines this test reads.
+_LOAD_AND_DECODE = """
+import io, logging, sys
+import dspy
+from bae.local_lm import local_lm
+log = io.StringIO()
+logging.basicConfig(stream=log, level=logging.DEBUG, format="%(name)s: %(message)s")
+with dspy.context(lm=local_lm(), adapter=dspy.JSONAdapter()):
+    print(dspy.Predict("ticket -> reply")(ticket="My invoice is wrong.").reply)
+sys.stderr.write(log.getvalue())
+"""
+
+
+@needs_model
+def test_model_loads_and_decodes_without_repacked_weights() -> None:
+    """In a child process, since a crash inside llama_decode (the AMX bug: SIGSEGV) would take pytest
+    down with it. No CPU_REPACK or AMX buffer may appear in llama.cpp's load log: either is the
+    extra-buffer path that crashes on AMX CPUs, and CPU_REPACK shows on every x86 CPU with AVX2,
+    so the guard is checked on any machine, not only on one with AMX."""
+    result = subprocess.run([sys.executable, "-c", _LOAD_AND_DECODE], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert result.stdout.strip()
+    assert "load_tensors" in result.stderr  # the load log reached us, so its silence below means something
+    native_log = [line for line in result.stderr.splitlines() if line.startswith("bae.local_lm.llama_cpp: ")]
+    repacked = [line for line in native_log if re.search(r"(REPACK|AMX) model buffer|repack tensor", line)]
+    assert not repacked, repacked[:3]
+    assert "extra buffer types off" in result.stderr
 
 
 @needs_model

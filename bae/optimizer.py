@@ -110,8 +110,14 @@ class OptimizeSettings:
         }
 
 
-def build_optimizer(settings: OptimizeSettings) -> Any:
-    """The DSPy teleprompter ``settings.optimizer`` names, with clear errors for missing pieces."""
+def build_optimizer(settings: OptimizeSettings, lm: dspy.BaseLM | None = None) -> Any:
+    """The DSPy teleprompter ``settings.optimizer`` names, with clear errors for missing pieces.
+
+    ``lm`` is the model bae compiles with. MIPROv2 gets it explicitly as both its prompt model
+    (proposing instructions) and task model, so nothing depends on ``dspy.configure``. Without
+    ``lm`` (compile_graph's up-front check, before any LM work) only what can be missing is
+    checked, and mipro returns None: MIPROv2 cannot be built without its models.
+    """
     name, metric = settings.optimizer, settings.metric
     if name == "bootstrap":
         return dspy.BootstrapFewShot(
@@ -134,9 +140,13 @@ def build_optimizer(settings: OptimizeSettings) -> Any:
         try:
             import optuna  # noqa: F401
         except ImportError:
-            raise BaeInputError("--optimizer mipro needs optuna: pip install optuna") from None
+            raise BaeInputError("--optimizer mipro needs optuna: pip install 'bae[optimizers]'") from None
+        if lm is None:
+            return None
         return dspy.MIPROv2(
             metric=metric,
+            prompt_model=lm,
+            task_model=lm,
             auto="light",
             seed=settings.seed,
             num_threads=settings.num_threads,
@@ -210,10 +220,13 @@ def _optimize_one(
     predictor: NodePredict, train: list[dspy.Example], lm: dspy.BaseLM, settings: OptimizeSettings
 ) -> NodePredict:
     kwargs: dict[str, Any] = {"trainset": train}
-    if settings.optimizer == "gepa":
+    # GEPA tracks its Pareto front on the examples themselves. MIPROv2 holds 80% of them out to
+    # score its trials, which takes at least two (--min-examples may allow one): then the one
+    # example is both what it bootstraps from and what it scores on.
+    if settings.optimizer == "gepa" or (settings.optimizer == "mipro" and len(train) < 2):
         kwargs["valset"] = train
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()), quiet(f"{predictor.node_name} {predictor.kind}"):
-        compiled = build_optimizer(settings).compile(_Single(predictor), **kwargs)
+        compiled = build_optimizer(settings, lm).compile(_Single(predictor), **kwargs)
     return compiled.predictor
 
 

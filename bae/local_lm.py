@@ -10,8 +10,10 @@ demos, air-gapped machines). Design choices and their reasons:
 * The schema is compiled into a llama.cpp grammar, so every answer is JSON of the declared shape:
   a 270M *base* model cannot be trusted to follow format instructions on its own. An answer that
   runs out of tokens (a small model repeating itself inside a string) is redone under length caps.
-* Decoding is greedy with a fixed seed and the KV cache is cleared before each call, because
-  compiled artifacts and their manifests must be reproducible run to run.
+* Decoding is greedy with a fixed seed, and a prompt is always evaluated as its cached static prefix
+  plus the rest (``bae.local_decoding``), because compiled artifacts and their manifests must be
+  reproducible run to run. Answers whose fields are all closed (literals, enums, bools) are chosen
+  by likelihood, not decoded (same module).
 * One ``Llama`` per model file per process: weights and the compute buffer cost hundreds of MB, and
   every ``dspy.LM`` copy DSPy makes must share them. A llama.cpp context is not thread safe, so calls
   into one model are serialized.
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bae.exceptions import BaeLMError
+from bae.local_decoding import ClosedAnswer, PrefixCache, Prompt, choose, closed_fields, content_free, evaluate, render
 
 if TYPE_CHECKING:
     import dspy
@@ -77,6 +80,8 @@ N_CTX = 8192
 # halves it against llama.cpp's 512 at the same prompt speed (600-700 tokens/s on 2 cores).
 N_BATCH = 256
 SEED = 0
+# Closed answers are calibrated against a content-free input (bae.local_decoding).
+CALIBRATE = True
 # Used only to redo an answer that ran out of tokens: caps under which every string and list ends.
 FALLBACK_STRING_CHARS = 256
 FALLBACK_LIST_ITEMS = 8
@@ -117,6 +122,8 @@ class _LoadedModel:
     llama: Llama
     lock: threading.Lock
     fold_system: bool  # the chat format has no system turn: prepend it to the first user turn
+    formatter: Any  # messages -> llama_cpp ChatFormatterResponse
+    prefixes: PrefixCache
 
 
 _models: dict[str, _LoadedModel] = {}
@@ -304,9 +311,10 @@ def _load(path: Path) -> _LoadedModel:
                     n_threads_batch=threads,
                     seed=SEED,
                     verbose=False,
-                    # A full-size sliding-window cache only serves prompt-prefix reuse, which the engine
-                    # gives up for determinism; the small one saves about 120 MB at n_ctx 8192.
-                    swa_full=False,
+                    # The small sliding-window cache recycles cells while a candidate answer is scored,
+                    # so the next candidate could see a different past: full size (+120 MB) keeps
+                    # every scored continuation on the same prompt state.
+                    swa_full=True,
                 )
         except (ValueError, RuntimeError, OSError) as exc:
             detail = _llama_errors[0] if _llama_errors else str(exc)  # the first error is the cause
@@ -318,10 +326,27 @@ def _load(path: Path) -> _LoadedModel:
         fold_system = "tokenizer.chat_template" not in llama.metadata and llama.metadata.get(
             "general.architecture", ""
         ).startswith("gemma")
-        if fold_system:
-            llama.chat_format = "gemma"
-        loaded = _models[key] = _LoadedModel(llama, threading.Lock(), fold_system)
+        loaded = _models[key] = _LoadedModel(
+            llama, threading.Lock(), fold_system, _chat_formatter(llama, fold_system), PrefixCache()
+        )
         return loaded
+
+
+def _chat_formatter(llama: Llama, gemma_without_template: bool) -> Any:
+    """The model's own chat template where the GGUF has one (as llama-cpp-python would use it),
+    Gemma's turns for the bundled model, llama-cpp-python's fallback otherwise."""
+    from llama_cpp import llama_chat_format
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    if template:
+        eos, bos = llama.token_eos(), llama.token_bos()
+        return llama_chat_format.Jinja2ChatFormatter(
+            template=template,
+            eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+            stop_token_ids=[eos],
+        )
+    return llama_chat_format.format_gemma if gemma_without_template else llama_chat_format.format_llama2
 
 
 @functools.lru_cache(maxsize=64)
@@ -508,15 +533,15 @@ class _GreedyGrammar:
 
 
 def _attempt(
-    llama: Llama, options: dict[str, Any], gbnf: str | None, *, stop_loops: bool
+    model: _LoadedModel, prompt: Prompt, options: dict[str, Any], gbnf: str | None, *, stop_loops: bool
 ) -> tuple[dict[str, Any], str | None]:
-    """One chat completion from a clean state, and why its JSON is incomplete (None if it is not).
+    """One completion of ``prompt``, and why its JSON is incomplete (None if it is not).
 
     The caller holds the model's lock.
     """
-    from dspy.lm15 import ContextLengthError
     from llama_cpp import LlamaGrammar, LogitsProcessorList
 
+    llama = model.llama
     options = dict(options)
     processor = None
     if gbnf is not None:
@@ -525,16 +550,10 @@ def _attempt(
             options["logits_processor"] = LogitsProcessorList([processor])
         else:  # sampling: the first choice is not the answer, so the plain grammar it is
             options["grammar"] = LlamaGrammar.from_string(gbnf, verbose=False)
-    # Reusing a cached prompt prefix evaluates the prompt in different batch splits, which can shift
-    # logits enough to flip a greedy choice: an answer would depend on the call before it. A full
-    # re-evaluation keeps identical requests identical; prompt evaluation is the cheap part.
-    llama.reset()
     try:
-        result = llama.create_chat_completion(**options)
-    except ValueError as exc:
-        if "exceed context window" in str(exc):
-            raise ContextLengthError(f"{_one_line(exc)} (the local LM's n_ctx is {N_CTX})") from exc
-        raise
+        evaluate(llama, prompt, model.prefixes)  # the prompt is fully evaluated: generation samples at once
+        stop = [*prompt.stop, *options.pop("stop", [])]
+        result = llama.create_completion(prompt=prompt.tokens, stop=stop, **options)
     finally:
         if processor is not None:
             processor.close()
@@ -564,15 +583,21 @@ class LocalEngine:
     supported_params = frozenset({"response_format", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"})
 
     def __init__(
-        self, model_file: str | os.PathLike[str], *, model_name: str, recorded_path: str | None = None
+        self,
+        model_file: str | os.PathLike[str],
+        *,
+        model_name: str,
+        recorded_path: str | None = None,
+        calibrate: bool = CALIBRATE,
     ) -> None:
         self.model_file = os.fspath(model_file)
         self.model_name = model_name
         self.recorded_path = recorded_path
+        self.calibrate = calibrate
 
     def complete(self, request: Request) -> Response:
         from dspy.clients.engines.base import validate_request
-        from dspy.lm15 import ConfigurationError, Message, Response, TextPart, UnsupportedFeatureError, Usage
+        from dspy.lm15 import ConfigurationError, ContextLengthError, UnsupportedFeatureError
 
         validate_request(request)
         if request.tools:
@@ -585,8 +610,16 @@ class LocalEngine:
             raise ConfigurationError(exc.message) from exc
         config = request.config
         json_mode, schema_json = _json_mode(config.response_format)
+        messages = _chat_messages(request, model.fold_system)
+        prompt = render(model.llama, messages, model.formatter)
+        if len(prompt.tokens) >= N_CTX:
+            raise ContextLengthError(f"the prompt has {len(prompt.tokens)} tokens; the local LM's n_ctx is {N_CTX}")
+        fields = closed_fields(json.loads(schema_json)) if schema_json is not None else None
+        if fields is not None and not config.temperature:
+            with model.lock:
+                answer = self._choose(model, prompt, messages, fields)
+            return _response(self.model_name, answer.text, "stop", len(prompt.tokens), answer.completion_tokens)
         options: dict[str, Any] = {
-            "messages": _chat_messages(request, model.fold_system),
             # Greedy unless a caller (an optimizer exploring) asks for sampling; seeded either way.
             "temperature": 0.0 if config.temperature is None else float(config.temperature),
             "seed": SEED if config.seed is None else config.seed,
@@ -601,7 +634,7 @@ class LocalEngine:
             options["stop"] = list(config.stop)
         gbnf = _gbnf(schema_json) if json_mode else None
         with model.lock:
-            result, cut = _attempt(model.llama, options, gbnf, stop_loops=True)
+            result, cut = _attempt(model, prompt, options, gbnf, stop_loops=True)
             attempts = [result]
             if cut is not None:
                 # Cut off mid-JSON, the answer cannot parse. Redo it under caps that make every string
@@ -614,23 +647,26 @@ class LocalEngine:
                     FALLBACK_LIST_ITEMS,
                 )
                 options["max_tokens"] = None
-                result, cut = _attempt(model.llama, options, _gbnf(schema_json, bounded=True), stop_loops=False)
+                result, cut = _attempt(model, prompt, options, _gbnf(schema_json, bounded=True), stop_loops=False)
                 attempts.append(result)
         choice = result["choices"][0]
         # Usage is what the call cost, so a redone answer counts both attempts.
-        prompt_tokens = sum(attempt["usage"]["prompt_tokens"] for attempt in attempts)
-        completion_tokens = sum(attempt["usage"]["completion_tokens"] for attempt in attempts)
-        return Response(
-            id=None,  # llama-cpp-python makes up a random id; keep responses reproducible
-            model=self.model_name,
-            message=Message.assistant([TextPart(choice["message"].get("content") or "")]),
-            finish_reason="length" if cut is not None or choice.get("finish_reason") == "length" else "stop",
-            usage=Usage(
-                input_tokens=prompt_tokens,
-                output_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            ),
+        return _response(
+            self.model_name,
+            choice.get("text") or "",
+            "length" if cut is not None or choice.get("finish_reason") == "length" else "stop",
+            sum(attempt["usage"]["prompt_tokens"] for attempt in attempts),
+            sum(attempt["usage"]["completion_tokens"] for attempt in attempts),
         )
+
+    def _choose(
+        self, model: _LoadedModel, prompt: Prompt, messages: list[dict[str, str]], fields: list[tuple[str, list[str]]]
+    ) -> ClosedAnswer:
+        free_messages = content_free(messages) if self.calibrate else None
+        free = render(model.llama, free_messages, model.formatter) if free_messages is not None else None
+        answer = choose(model.llama, prompt, fields, model.prefixes, free)
+        logger.debug("closed answer %s by %s scores %s", answer.text, "calibrated" if free else "raw", answer.scores)
+        return answer
 
     def stream(self, request: Request) -> Any:
         """Streams the finished answer as events: a grammar-bound answer is short and fast to make."""
@@ -642,15 +678,36 @@ class LocalEngine:
         """Nothing to close: the model is shared process-wide, and DSPy treats engines as borrowed."""
 
     def dump_state(self) -> dict[str, Any]:
-        return {"model_path": self.recorded_path}
+        return {"model_path": self.recorded_path, "calibrate": self.calibrate}
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> LocalEngine:
         model_file, label, recorded = _resolve(state.get("model_path"))
-        return cls(model_file, model_name=label.split("/", 1)[1], recorded_path=recorded)
+        return cls(
+            model_file,
+            model_name=label.split("/", 1)[1],
+            recorded_path=recorded,
+            calibrate=bool(state.get("calibrate", CALIBRATE)),
+        )
 
 
-def local_lm(model_path: str | os.PathLike[str] | None = None, *, max_tokens: int | None = None) -> dspy.LM:
+def _response(model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> Response:
+    from dspy.lm15 import Message, Response, TextPart, Usage
+
+    return Response(
+        id=None,  # llama-cpp-python makes up a random id; keep responses reproducible
+        model=model,
+        message=Message.assistant([TextPart(text)]),
+        finish_reason=finish_reason,
+        usage=Usage(
+            input_tokens=prompt_tokens, output_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+        ),
+    )
+
+
+def local_lm(
+    model_path: str | os.PathLike[str] | None = None, *, max_tokens: int | None = None, calibrate: bool = CALIBRATE
+) -> dspy.LM:
     """A ``dspy.LM`` backed by a local GGUF model, which itself loads on the first call.
 
     ``model_path`` defaults to ``$BAE_LOCAL_MODEL``, then to the bundled Gemma 3 270M. What can be
@@ -663,5 +720,5 @@ def local_lm(model_path: str | os.PathLike[str] | None = None, *, max_tokens: in
     model_file, label, recorded = _resolve(model_path)
     import dspy
 
-    engine = LocalEngine(model_file, model_name=label.split("/", 1)[1], recorded_path=recorded)
+    engine = LocalEngine(model_file, model_name=label.split("/", 1)[1], recorded_path=recorded, calibrate=calibrate)
     return dspy.LM(label, engine=engine, cache=False, num_retries=0, max_tokens=max_tokens)

@@ -72,4 +72,8 @@ def test_small_compile_loads_and_runs_optimized(lm, example, tmp_path: Path) -> 
     start = load_dataset(dev, example.graph).traces[0].nodes[0]
     result = CompiledGraph.load(example.graph, tmp_path / "compiled").run(start, lm=lm, **example.deps)
     assert result.path[:2] == ["Ticket", "Triage"] and len(result.path) == 3
-    assert {c.source for c in result.calls} == {"optimized"}
+    # Where the compile left a predictor naive (too few examples of a queue in 24 traces), its call is naive.
+    assert [c.source for c in result.calls] == [
+        "optimized" if (c.node, c.kind) in loaded.predictors else "naive" for c in result.calls
+    ]
+    assert result.calls[0].source == "optimized"  # the choice had examples of every queue

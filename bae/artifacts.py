@@ -353,6 +353,17 @@ def predictor_state(document: Any, where: str) -> dict[str, Any]:
     return state
 
 
+def retrieval_k(document: dict[str, Any], where: str) -> int | None:
+    """How many similar demos a node file's predictor draws per call from its demos (None: fixed demos)."""
+    settings = document.get("bae", {}).get("retrieval") if isinstance(document.get("bae"), dict) else None
+    if settings is None:
+        return None
+    k = settings.get("k") if isinstance(settings, dict) else None
+    if not isinstance(settings, dict) or settings.get("method") != "bm25" or type(k) is not int or k < 1:
+        raise BaeArtifactError(f"{where}: malformed 'retrieval' settings {settings!r}: {RESTORE}")
+    return k
+
+
 @dataclass(frozen=True)
 class FileCheck:
     """One file of a version as ``inspect`` sees it."""
@@ -371,6 +382,7 @@ def verify_files(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[File
             document = read_verified(version_dir, rel, manifest)
             if "node" in entry:
                 predictor_state(document, str(version_dir / rel))
+                retrieval_k(document, str(version_dir / rel))
             checks.append(FileCheck(rel, True))
         except BaeArtifactError as exc:
             checks.append(FileCheck(rel, False, exc.message))

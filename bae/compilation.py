@@ -234,10 +234,7 @@ def node_files(graph: Any, outcomes: list[PredictorOutcome]) -> tuple[dict[str, 
         state = outcome.predictor.dump_state()
         state["lm"] = None  # never persist an LM, its endpoint or its key
         rel = node_file_name(outcome.node, outcome.kind)
-        files[rel] = {
-            "bae": {"format": artifacts.FORMAT, "node": outcome.node, "kind": outcome.kind, "fingerprint": fingerprint},
-            "predictor": state,
-        }
+        header = {"format": artifacts.FORMAT, "node": outcome.node, "kind": outcome.kind, "fingerprint": fingerprint}
         entries[rel] = {
             "node": outcome.node,
             "kind": outcome.kind,
@@ -245,6 +242,11 @@ def node_files(graph: Any, outcomes: list[PredictorOutcome]) -> tuple[dict[str, 
             "demos": outcome.demos,
             "examples": outcome.examples,
         }
+        retriever = outcome.predictor.retriever
+        if retriever is not None:  # the demos are the pool: k of them are chosen per call
+            header["retrieval"] = retriever.settings()
+            entries[rel].update(demos=min(retriever.k, outcome.demos), pool=outcome.demos)
+        files[rel] = {"bae": header, "predictor": state}
     return files, entries
 
 
@@ -255,11 +257,19 @@ def _prompts(predictors: dict[tuple[str, str], NodePredict]) -> dict[str, Any]:
     for (node, kind), predictor in sorted(predictors.items()):
         signature = predictor.signature
         placeholders = {name: "{" + name + "}" for name in signature.input_fields}
+        retriever = predictor.retriever
         prompts[f"{node}.{kind}"] = {
             "node": node,
             "kind": kind,
             "inputs": list(signature.input_fields),
             "outputs": list(signature.output_fields),
-            "messages": adapter.format(signature, predictor.demos, placeholders),
+            # with retrieval only the static part: the demos differ from call to call
+            "messages": adapter.format(signature, [] if retriever else predictor.demos, placeholders),
         }
+        if retriever is not None:
+            prompts[f"{node}.{kind}"]["note"] = (
+                f"before the last message, the {retriever.k} of {len(retriever.pool)} pool examples most similar "
+                f"to the inputs (BM25{', balanced over the options' if retriever.label else ''}) go in as "
+                "user/assistant demo turns"
+            )
     return prompts

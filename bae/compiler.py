@@ -20,6 +20,7 @@ from typing import Any, Literal
 import dspy
 
 from bae.node import FieldSpec, Node, spec_of
+from bae.retrieval import DemoRetriever
 
 MAKE = "make"
 CHOICE = "choice"
@@ -110,9 +111,18 @@ class NodePredict(dspy.Predict):
         super().__init__(signature, **config)
         self.node_name = node
         self.kind = kind
+        self.retriever: DemoRetriever | None = None
+
+    def retrieve(self, k: int) -> None:
+        """From now on each call gets the ``k`` demos most similar to its inputs (``bae.retrieval``),
+        out of the current demos as the pool; a choice predictor's are balanced over its options."""
+        label = CHOICE_FIELD if self.kind == CHOICE else None
+        self.retriever = DemoRetriever(self.demos, tuple(self.signature.input_fields), k, label)
 
     def forward(self, **kwargs: Any) -> dspy.Prediction:
         inputs = {k: v for k, v in kwargs.items() if k not in ("signature", "demos", "config", "lm")}
+        if self.retriever is not None and "demos" not in kwargs:
+            kwargs["demos"] = self.retriever.select(inputs)
         demos = len(kwargs.get("demos", self.demos))
         with _calling(PredictorCall(self.node_name, self.kind, inputs, demos)):
             return super().forward(**kwargs)

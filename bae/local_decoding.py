@@ -114,7 +114,7 @@ def save_state(llama: Llama) -> bytes:
     size = llama_cpp.llama_state_seq_get_size(ctx, 0)
     buffer = (ctypes.c_uint8 * size)()
     written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
-    return bytes(buffer[:written])
+    return ctypes.string_at(buffer, written)
 
 
 def restore_state(llama: Llama, state: bytes, tokens: list[int]) -> None:

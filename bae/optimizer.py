@@ -30,7 +30,7 @@ logger = logging.getLogger("bae")
 
 Key = tuple[str, str]  # (node name, "make" | "choice")
 Metric = Callable[..., float | bool]
-OPTIMIZERS = ("bootstrap", "labeled", "random-search", "mipro", "gepa")
+OPTIMIZERS = ("knn", "bootstrap", "labeled", "random-search", "mipro", "gepa")
 
 
 def trace_to_examples(trace: Sequence[Node]) -> dict[Key, list[dspy.Example]]:
@@ -119,6 +119,8 @@ def build_optimizer(settings: OptimizeSettings, lm: dspy.BaseLM | None = None) -
     checked, and mipro returns None: MIPROv2 cannot be built without its models.
     """
     name, metric = settings.optimizer, settings.metric
+    if name == "knn":
+        return None  # no teleprompter: the pool is the training examples, chosen per call (bae.retrieval)
     if name == "bootstrap":
         return dspy.BootstrapFewShot(
             metric=metric,
@@ -219,7 +221,15 @@ def optimize_predictors(
 def _optimize_one(
     predictor: NodePredict, train: list[dspy.Example], lm: dspy.BaseLM, settings: OptimizeSettings
 ) -> NodePredict:
+    if settings.optimizer == "knn":
+        predictor.demos = list(train)
+        predictor.retrieve(settings.max_labeled_demos)
+        return predictor
+    if predictor.kind == CHOICE:
+        train = stratified(train)
     kwargs: dict[str, Any] = {"trainset": train}
+    if settings.optimizer == "labeled":
+        kwargs["sample"] = False  # the first k of the (stratified) order, not a random k
     # GEPA tracks its Pareto front on the examples themselves. MIPROv2 holds 80% of them out to
     # score its trials, which takes at least two (--min-examples may allow one): then the one
     # example is both what it bootstraps from and what it scores on.
@@ -228,6 +238,22 @@ def _optimize_one(
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()), quiet(f"{predictor.node_name} {predictor.kind}"):
         compiled = build_optimizer(settings, lm).compile(_Single(predictor), **kwargs)
     return compiled.predictor
+
+
+def stratified(train: list[dspy.Example]) -> list[dspy.Example]:
+    """A choice predictor's examples with its options taken in turn (each option's own order kept).
+
+    Bootstrapping walks the trainset in order and labeled demos take its head, so in this order
+    every option the node can choose gets its demos, instead of whichever option is most common.
+    """
+    by_answer: dict[str, list[dspy.Example]] = defaultdict(list)
+    for example in train:
+        by_answer[str(example[CHOICE_FIELD])].append(example)
+    queues = list(by_answer.values())
+    ordered: list[dspy.Example] = []
+    for i in range(max(map(len, queues), default=0)):
+        ordered.extend(queue[i] for queue in queues if i < len(queue))
+    return ordered
 
 
 @contextlib.contextmanager
@@ -286,5 +312,8 @@ def load_optimized(graph: Graph, path: Path) -> LoadedVersion:
             predictor.load_state(state)
         except Exception as exc:
             raise BaeArtifactError(f"{version_dir / rel}: predictor state does not load: {exc}") from exc
+        k = artifacts.retrieval_k(document, str(version_dir / rel))
+        if k is not None:
+            predictor.retrieve(k)
         loaded.predictors[key] = predictor
     return loaded

@@ -17,7 +17,10 @@ from bae_cli.common import JsonFlag, LmOption, err, out, print_json
 if TYPE_CHECKING:
     from bae.graph import Graph
 
-OPTIMIZER_HELP = "bootstrap (BootstrapFewShot), labeled (LabeledFewShot), random-search, mipro (MIPROv2), gepa."
+OPTIMIZER_HELP = (
+    "knn (each call gets the --max-labeled-demos training examples most similar to its inputs; no LM calls "
+    "to compile), bootstrap (BootstrapFewShot), labeled (LabeledFewShot), random-search, mipro (MIPROv2), gepa."
+)
 
 
 class RichProgress:

@@ -29,7 +29,8 @@ def node_rows(graph: Graph, manifest: dict[str, Any], checks: dict[str, artifact
             fresh = entry.get("fingerprint") == schema_fingerprint(cls)
             row.update(status="optimized" if fresh else "stale", demos=entry.get("demos", 0), file=rel)
             row["checksum_ok"] = checks[rel].ok
-            row["note"] = None if fresh else "schema changed since compile"
+            retrieval = f"knn k={entry.get('demos', 0)} pool={entry['pool']}" if "pool" in entry else None
+            row["note"] = retrieval if fresh else "schema changed since compile"
         else:
             row.update(status="naive", note=reasons.get(key) or "no compiled predictor")
         rows.append(row)

@@ -42,6 +42,76 @@ _OUTPUT_REQUIREMENTS = "\n\nRespond with"  # how DSPy's chat and JSON adapters s
 
 
 @dataclass(frozen=True)
+class Rendered:
+    """A chat as one text: where its last turn's own content begins, and how generation stops."""
+
+    text: str
+    dynamic_from: int
+    stop: list[str]
+    add_bos: bool = True
+
+
+def template_formatter(llama: Llama) -> Any:
+    """The GGUF's own chat template, as llama-cpp-python applies it."""
+    from llama_cpp import llama_chat_format
+
+    eos, bos = llama.token_eos(), llama.token_bos()
+    jinja = llama_chat_format.Jinja2ChatFormatter(
+        template=llama.metadata["tokenizer.chat_template"],
+        eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+        bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+        stop_token_ids=[eos],
+    )
+
+    def render(messages: list[dict[str, str]]) -> Rendered:
+        result = jinja(messages=messages)
+        stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        at = result.prompt.rfind(messages[-1]["content"]) if messages else -1
+        return Rendered(result.prompt, max(at, 0), stop, add_bos=not result.added_special)
+
+    return render
+
+
+def compact_formatter(messages: list[dict[str, str]]) -> Rendered:
+    """DSPy's chat as a plain few-shot document, for a *base* model (a GGUF without a chat template).
+
+    A base model has never seen chat turns or DSPy's page of format rules; it continues documents.
+    So the task's own instructions come first, then each demo as its input fields and its answer,
+    and the question in the same shape. The answers stay JSON exactly as the adapter renders them
+    (the answer contract does not change), and the prompt is about half as many tokens.
+    """
+    head = [_objective(m["content"]) for m in messages if m["role"] == "system"]
+    blocks = []
+    for message in messages:
+        if message["role"] == "user":
+            blocks.append(_fields_block(message["content"]) + "\nAnswer:\n")
+        elif message["role"] == "assistant":
+            blocks[-1:] = [(blocks[-1] if blocks else "") + message["content"].strip() + "\n\n"]
+    text = "\n\n".join(head) + ("\n\n" if head else "") + "".join(blocks)
+    last = blocks[-1] if blocks and messages[-1]["role"] == "user" else ""
+    return Rendered(text, len(text) - len(last), ["\n\n"])
+
+
+def _objective(system: str) -> str:
+    """The task itself out of DSPy's system message (its field list and format rules go)."""
+    marker = "your objective is:"
+    at = system.find(marker)
+    if at < 0:
+        return system.strip()
+    return "\n".join(line.strip() for line in system[at + len(marker) :].strip().splitlines())
+
+
+def _fields_block(content: str) -> str:
+    """``[[ ## name ## ]]`` sections as ``name: value`` lines; the output-format reminder goes."""
+    trailer_at = content.rfind(_OUTPUT_REQUIREMENTS)
+    body = content[:trailer_at] if trailer_at >= 0 else content
+    parts = _FIELD_HEADER.split(body)
+    if len(parts) < 3:
+        return body.strip()
+    return "\n".join(f"{name}: {value.strip()}" for name, value in zip(parts[1::2], parts[2::2], strict=True))
+
+
+@dataclass(frozen=True)
 class Prompt:
     """A rendered chat: its tokens, where the static prefix ends, and the format's stop strings."""
 
@@ -51,24 +121,20 @@ class Prompt:
 
 
 def render(llama: Llama, messages: list[dict[str, str]], formatter: Any) -> Prompt:
-    """Tokens of ``messages`` in the model's chat format, split before the last turn's content.
+    """Tokens of ``messages`` as ``formatter`` lays them out, split before the last turn's content.
 
-    The split is found in text (the last message's content is the dynamic part) and mapped to tokens
-    as the longest common token prefix of the full prompt and the prefix alone, so it never cuts a
-    token in two.
+    The split is mapped from text to tokens as the longest common token prefix of the full prompt
+    and the prefix alone, so it never cuts a token in two.
     """
-    result = formatter(messages=messages)
-    text: str = result.prompt
-    add_bos = not getattr(result, "added_special", False)
-    tokens = llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
-    cut = text.rfind(messages[-1]["content"]) if messages else -1
+    rendered: Rendered = formatter(messages)
+    tokens = llama.tokenize(rendered.text.encode("utf-8"), add_bos=rendered.add_bos, special=True)
     split = 0
-    if cut > 0:
-        head = llama.tokenize(text[:cut].encode("utf-8"), add_bos=add_bos, special=True)
+    if rendered.dynamic_from > 0:
+        prefix = rendered.text[: rendered.dynamic_from].encode("utf-8")
+        head = llama.tokenize(prefix, add_bos=rendered.add_bos, special=True)
         while split < min(len(head), len(tokens) - 1) and head[split] == tokens[split]:
             split += 1
-    stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
-    return Prompt(tokens, split, stop)
+    return Prompt(tokens, split, rendered.stop)
 
 
 class PrefixCache:

@@ -44,7 +44,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bae.exceptions import BaeLMError
-from bae.local_decoding import ClosedAnswer, PrefixCache, Prompt, choose, closed_fields, content_free, evaluate, render
+from bae.local_decoding import (
+    ClosedAnswer,
+    PrefixCache,
+    Prompt,
+    choose,
+    closed_fields,
+    compact_formatter,
+    content_free,
+    evaluate,
+    render,
+    template_formatter,
+)
 
 if TYPE_CHECKING:
     import dspy
@@ -121,8 +132,7 @@ space ::= " "?
 class _LoadedModel:
     llama: Llama
     lock: threading.Lock
-    fold_system: bool  # the chat format has no system turn: prepend it to the first user turn
-    formatter: Any  # messages -> llama_cpp ChatFormatterResponse
+    formatter: Any  # messages -> local_decoding.Rendered
     prefixes: PrefixCache
 
 
@@ -319,34 +329,11 @@ def _load(path: Path) -> _LoadedModel:
         except (ValueError, RuntimeError, OSError) as exc:
             detail = _llama_errors[0] if _llama_errors else str(exc)  # the first error is the cause
             raise _unavailable(f"llama.cpp cannot load {path.name}: {detail}", exc) from exc
-        # Without a template in the GGUF llama-cpp-python falls back to the llama-2 format, which is
-        # wrong for Gemma. Its "gemma" format is right but silently drops the system turn, which
-        # holds DSPy's whole task description; Gemma's own template folds it into the first user
-        # turn, so the engine does the same.
-        fold_system = "tokenizer.chat_template" not in llama.metadata and llama.metadata.get(
-            "general.architecture", ""
-        ).startswith("gemma")
-        loaded = _models[key] = _LoadedModel(
-            llama, threading.Lock(), fold_system, _chat_formatter(llama, fold_system), PrefixCache()
-        )
+        # A GGUF with a chat template is a chat model: its own template it is. One without is a base
+        # model (the bundled Gemma 3 270M), for which chat turns mean nothing: a plain document.
+        formatter = template_formatter(llama) if "tokenizer.chat_template" in llama.metadata else compact_formatter
+        loaded = _models[key] = _LoadedModel(llama, threading.Lock(), formatter, PrefixCache())
         return loaded
-
-
-def _chat_formatter(llama: Llama, gemma_without_template: bool) -> Any:
-    """The model's own chat template where the GGUF has one (as llama-cpp-python would use it),
-    Gemma's turns for the bundled model, llama-cpp-python's fallback otherwise."""
-    from llama_cpp import llama_chat_format
-
-    template = llama.metadata.get("tokenizer.chat_template")
-    if template:
-        eos, bos = llama.token_eos(), llama.token_bos()
-        return llama_chat_format.Jinja2ChatFormatter(
-            template=template,
-            eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
-            bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
-            stop_token_ids=[eos],
-        )
-    return llama_chat_format.format_gemma if gemma_without_template else llama_chat_format.format_llama2
 
 
 @functools.lru_cache(maxsize=64)
@@ -407,7 +394,7 @@ def _json_mode(response_format: Any) -> tuple[bool, str | None]:
     return True, json.dumps(schema) if isinstance(schema, dict) else None
 
 
-def _chat_messages(request: Request, fold_system: bool) -> list[dict[str, str]]:
+def _chat_messages(request: Request) -> list[dict[str, str]]:
     from dspy.lm15 import TextPart, UnsupportedFeatureError
 
     def text_of(parts: Any, where: str) -> str:
@@ -424,11 +411,7 @@ def _chat_messages(request: Request, fold_system: bool) -> list[dict[str, str]]:
         role = "assistant" if message.role == "assistant" else "user"  # a developer turn speaks as user
         messages.append({"role": role, "content": text_of(message.parts, f"a {message.role} message")})
     if request.system is not None:
-        system = text_of(request.system, "the system prompt")
-        if fold_system and messages and messages[0]["role"] == "user":
-            messages[0] = {"role": "user", "content": f"{system}\n\n{messages[0]['content']}"}
-        else:
-            messages.insert(0, {"role": "system", "content": system})
+        messages.insert(0, {"role": "system", "content": text_of(request.system, "the system prompt")})
     return messages
 
 
@@ -533,7 +516,13 @@ class _GreedyGrammar:
 
 
 def _attempt(
-    model: _LoadedModel, prompt: Prompt, options: dict[str, Any], gbnf: str | None, *, stop_loops: bool
+    llama: Llama,
+    prompt: Prompt,
+    cache: PrefixCache | None,
+    options: dict[str, Any],
+    gbnf: str | None,
+    *,
+    stop_loops: bool,
 ) -> tuple[dict[str, Any], str | None]:
     """One completion of ``prompt``, and why its JSON is incomplete (None if it is not).
 
@@ -541,7 +530,6 @@ def _attempt(
     """
     from llama_cpp import LlamaGrammar, LogitsProcessorList
 
-    llama = model.llama
     options = dict(options)
     processor = None
     if gbnf is not None:
@@ -551,7 +539,7 @@ def _attempt(
         else:  # sampling: the first choice is not the answer, so the plain grammar it is
             options["grammar"] = LlamaGrammar.from_string(gbnf, verbose=False)
     try:
-        evaluate(llama, prompt, model.prefixes)  # the prompt is fully evaluated: generation samples at once
+        evaluate(llama, prompt, cache)  # the prompt is fully evaluated: generation samples at once
         stop = [*prompt.stop, *options.pop("stop", [])]
         result = llama.create_completion(prompt=prompt.tokens, stop=stop, **options)
     finally:
@@ -589,11 +577,17 @@ class LocalEngine:
         model_name: str,
         recorded_path: str | None = None,
         calibrate: bool = CALIBRATE,
+        prefix_cache: bool = True,
     ) -> None:
         self.model_file = os.fspath(model_file)
         self.model_name = model_name
         self.recorded_path = recorded_path
         self.calibrate = calibrate
+        self.prefix_cache = prefix_cache
+
+    def _cache(self, model: _LoadedModel) -> PrefixCache | None:
+        """The model's prefix cache, or None: every prompt prefix evaluated afresh (same answers, slower)."""
+        return model.prefixes if self.prefix_cache else None
 
     def complete(self, request: Request) -> Response:
         from dspy.clients.engines.base import validate_request
@@ -610,7 +604,7 @@ class LocalEngine:
             raise ConfigurationError(exc.message) from exc
         config = request.config
         json_mode, schema_json = _json_mode(config.response_format)
-        messages = _chat_messages(request, model.fold_system)
+        messages = _chat_messages(request)
         prompt = render(model.llama, messages, model.formatter)
         if len(prompt.tokens) >= N_CTX:
             raise ContextLengthError(f"the prompt has {len(prompt.tokens)} tokens; the local LM's n_ctx is {N_CTX}")
@@ -634,7 +628,7 @@ class LocalEngine:
             options["stop"] = list(config.stop)
         gbnf = _gbnf(schema_json) if json_mode else None
         with model.lock:
-            result, cut = _attempt(model, prompt, options, gbnf, stop_loops=True)
+            result, cut = _attempt(model.llama, prompt, self._cache(model), options, gbnf, stop_loops=True)
             attempts = [result]
             if cut is not None:
                 # Cut off mid-JSON, the answer cannot parse. Redo it under caps that make every string
@@ -647,7 +641,8 @@ class LocalEngine:
                     FALLBACK_LIST_ITEMS,
                 )
                 options["max_tokens"] = None
-                result, cut = _attempt(model, prompt, options, _gbnf(schema_json, bounded=True), stop_loops=False)
+                bounded = _gbnf(schema_json, bounded=True)
+                result, cut = _attempt(model.llama, prompt, self._cache(model), options, bounded, stop_loops=False)
                 attempts.append(result)
         choice = result["choices"][0]
         # Usage is what the call cost, so a redone answer counts both attempts.
@@ -664,7 +659,7 @@ class LocalEngine:
     ) -> ClosedAnswer:
         free_messages = content_free(messages) if self.calibrate else None
         free = render(model.llama, free_messages, model.formatter) if free_messages is not None else None
-        answer = choose(model.llama, prompt, fields, model.prefixes, free)
+        answer = choose(model.llama, prompt, fields, self._cache(model), free)
         logger.debug("closed answer %s by %s scores %s", answer.text, "calibrated" if free else "raw", answer.scores)
         return answer
 
@@ -678,7 +673,7 @@ class LocalEngine:
         """Nothing to close: the model is shared process-wide, and DSPy treats engines as borrowed."""
 
     def dump_state(self) -> dict[str, Any]:
-        return {"model_path": self.recorded_path, "calibrate": self.calibrate}
+        return {"model_path": self.recorded_path, "calibrate": self.calibrate, "prefix_cache": self.prefix_cache}
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> LocalEngine:
@@ -688,6 +683,7 @@ class LocalEngine:
             model_name=label.split("/", 1)[1],
             recorded_path=recorded,
             calibrate=bool(state.get("calibrate", CALIBRATE)),
+            prefix_cache=bool(state.get("prefix_cache", True)),
         )
 
 
@@ -706,7 +702,11 @@ def _response(model: str, text: str, finish_reason: str, prompt_tokens: int, com
 
 
 def local_lm(
-    model_path: str | os.PathLike[str] | None = None, *, max_tokens: int | None = None, calibrate: bool = CALIBRATE
+    model_path: str | os.PathLike[str] | None = None,
+    *,
+    max_tokens: int | None = None,
+    calibrate: bool = CALIBRATE,
+    prefix_cache: bool = True,
 ) -> dspy.LM:
     """A ``dspy.LM`` backed by a local GGUF model, which itself loads on the first call.
 
@@ -715,10 +715,20 @@ def local_lm(
     so a missing model is a ``BaeLMError`` at setup rather than a failure mid-run. DSPy's response
     cache is off because generation is deterministic and cheap and a disk cache would outlive engine
     changes; retries are off because a local failure does not go away by asking again.
+
+    ``calibrate`` subtracts each closed answer's score for a content-free input before choosing;
+    ``prefix_cache=False`` evaluates every prompt prefix afresh, for checking that the cache changes
+    nothing but speed (``bae.local_decoding``).
     """
     _import_llama_cpp()
     model_file, label, recorded = _resolve(model_path)
     import dspy
 
-    engine = LocalEngine(model_file, model_name=label.split("/", 1)[1], recorded_path=recorded, calibrate=calibrate)
+    engine = LocalEngine(
+        model_file,
+        model_name=label.split("/", 1)[1],
+        recorded_path=recorded,
+        calibrate=calibrate,
+        prefix_cache=prefix_cache,
+    )
     return dspy.LM(label, engine=engine, cache=False, num_retries=0, max_tokens=max_tokens)

@@ -1,8 +1,9 @@
-"""Compile quality and cost: the example compiled on the embedded model with ``labeled`` and ``bootstrap``.
+"""Compile quality and cost: the example compiled on the embedded model with ``knn``, ``labeled`` and ``bootstrap``.
 
 Each optimizer is one real ``bae compile --json`` process (seed 0, default parameters,
 the example's 85 gold traces split 64 train / 21 dev). Reported: the naive and optimized
-whole-graph dev scores and path accuracies, the compile's wall time and peak memory, and
+whole-graph dev scores (LM-made steps only) and path accuracies, the choice predictor's
+confusion matrix, the compile's wall time and peak memory, and
 the LM calls and tokens it spent, from the usage bae records in the manifest (optimizing,
 then scoring the naive and the optimized graph on dev). The embedded model decodes
 greedily with a fixed seed, so a rerun gives the same scores; the bootstrap row also says
@@ -21,7 +22,7 @@ from typing import Any
 
 from bench.common import COMPILED, EXAMPLE, ROOT, Report, bae_command, parse, parser, run
 
-OPTIMIZERS = ("labeled", "bootstrap")
+OPTIMIZERS = ("knn", "labeled", "bootstrap")
 SEED = 0
 
 
@@ -55,8 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parameters={"graph": "examples/support_triage.py", "lm": lm if args.smoke else "local (gemma-3-270m Q4_K_M)",
                     "seed": SEED, "optimizers": list(OPTIMIZERS), "flags": "defaults (--max-demos 4 "
                     "--max-labeled-demos 8 --dev-split 0.25 --threads 4)"},
-        columns=["optimizer", "naive dev", "optimized dev", "path accuracy", "wall s", "LM calls",
-                 "tokens", "peak RSS MB"],
+        columns=["optimizer", "naive dev", "optimized dev", "lift (points)", "path accuracy", "wall s",
+                 "LM calls", "tokens", "peak RSS MB"],
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bae-bench-") as tmp:
         for optimizer in OPTIMIZERS:
@@ -65,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             scores, usage = summary["scores"], summary["usage"]
             calls = {stage: figures["calls"] for stage, figures in usage.items()}
             tokens = sum(f["prompt_tokens"] + f["completion_tokens"] for f in usage.values())
-            figures = {**{k: v for k, v in done.items() if k != "report"}, "scores": scores, "usage": usage}
+            figures = {**{k: v for k, v in done.items() if k != "report"}, "scores": scores, "usage": usage,
+                       "confusion": summary.get("confusion")}  # fmt: skip
             if optimizer == "bootstrap":
                 same = same_node_files(Path(summary["path"]), COMPILED / committed)
                 figures[f"reproduces_committed_{committed}"] = same
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     optimizer,
                     f"{scores['naive']:.3f}",
                     f"{scores['optimized']:.3f}",
+                    f"{(scores['optimized'] - scores['naive']) * 100:+.1f}",
                     f"{scores['naive_path_accuracy']:.3f} -> {scores['optimized_path_accuracy']:.3f}",
                     f"{done['wall_s']:.0f}",
                     f"{calls['optimize']} + {calls['naive_dev']} + {calls['optimized_dev']}",

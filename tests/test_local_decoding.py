@@ -1,0 +1,155 @@
+"""The embedded engine's decoding: compact prompts, closed answers by likelihood, and the prefix cache.
+
+The unit tests need no model. Those marked ``local`` check the real model against scoring done by
+hand: each allowed answer's tokens fed one at a time from an empty cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import dspy
+import pytest
+from pydantic import BaseModel
+
+from bae.dataset import load_dataset, split
+from bae.loader import load_graph
+from bae.local_decoding import closed_fields, compact_formatter, content_free
+from bae.optimizer import collect_examples, fresh_predictor
+from tests.cli import EXAMPLE
+from tests.test_local_lm import needs_model
+
+QUESTION = "[[ ## text ## ]]\nMy card was charged twice.\n\n[[ ## plan ## ]]\npro"
+
+
+def _chat(question: str = QUESTION) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "Your input fields are: ...\nIn adhering to this structure, your objective is: \n"
+         "        Route the ticket.\n        Choose the step that follows."},
+        {"role": "user", "content": "[[ ## text ## ]]\nThe app crashes.\n\n[[ ## plan ## ]]\nfree"},
+        {"role": "assistant", "content": '{\n  "next_step": "TechnicalIssue"\n}'},
+        {"role": "user", "content": question + "\n\nRespond with a JSON object in the following order of fields: ..."},
+    ]  # fmt: skip
+
+
+def test_compact_prompt_is_the_task_then_demos_then_the_question() -> None:
+    rendered = compact_formatter(_chat())
+    assert rendered.text == (
+        "Route the ticket.\nChoose the step that follows.\n\n"
+        'text: The app crashes.\nplan: free\nAnswer:\n{\n  "next_step": "TechnicalIssue"\n}\n\n'
+        "text: My card was charged twice.\nplan: pro\nAnswer:\n"
+    )
+    assert rendered.text[rendered.dynamic_from :] == "text: My card was charged twice.\nplan: pro\nAnswer:\n"
+
+
+def test_content_free_blanks_only_the_questions_values() -> None:
+    free = content_free(_chat())
+    assert free is not None and free[:-1] == _chat()[:-1]
+    assert free[-1]["content"].startswith("[[ ## text ## ]]\nN/A\n\n[[ ## plan ## ]]\nN/A\n\nRespond with")
+    assert content_free([{"role": "user", "content": "no fields here"}]) is None
+
+
+class _Closed(BaseModel):
+    priority: Literal["low", "medium", "high"]
+    refund: bool
+
+
+class _Open(BaseModel):
+    priority: Literal["low", "high"]
+    reply: str
+
+
+def test_closed_fields_are_literals_enums_and_bools_only() -> None:
+    assert closed_fields(_Closed.model_json_schema()) == [
+        ("priority", ['"low"', '"medium"', '"high"']),
+        ("refund", ["true", "false"]),
+    ]
+    assert closed_fields(_Open.model_json_schema()) is None  # open text: decoded under the grammar
+    assert closed_fields({"type": "object"}) is None
+
+
+# -- the real model ---------------------------------------------------------------------------------
+
+
+def _choice_examples() -> tuple[list[dspy.Example], list[dspy.Example]]:
+    loaded = load_graph(EXAMPLE)
+    traces = load_dataset(Path(EXAMPLE).with_name("support_triage.train.jsonl"), loaded.graph).traces
+    train, dev = split(traces, 0.25, 0)
+    key = ("Triage", "choice")
+    return collect_examples([t.nodes for t in train])[key], collect_examples([t.nodes for t in dev])[key]
+
+
+def _predictor(demos: list[dspy.Example], k: int | None = None) -> dspy.Predict:
+    predictor = fresh_predictor(load_graph(EXAMPLE).graph, ("Triage", "choice"))
+    predictor.demos = demos
+    if k is not None:
+        predictor.retrieve(k)
+    return predictor
+
+
+@needs_model
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_likelihood_choice_matches_scoring_each_answer_by_hand(calibrate: bool) -> None:
+    """The engine's pick is the option with the best full-answer log-likelihood (minus the content-free
+    one when calibrated), as computed here token by token from an empty cache."""
+    import numpy as np
+
+    from bae.local_decoding import render
+    from bae.local_lm import _load, _resolve, local_lm
+
+    train, dev = _choice_examples()
+    predictor = _predictor(train[:6])
+    model = _load(_resolve(None)[0])
+    llama = model.llama
+    options = ["BillingIssue", "TechnicalIssue", "AccountIssue"]
+
+    def by_hand(messages: list[dict[str, str]]) -> list[float]:
+        prompt = render(llama, messages, model.formatter).tokens
+        scores = []
+        for option in options:
+            answer = llama.tokenize(b"{\n", add_bos=False) + llama.tokenize(
+                f'  "next_step": "{option}"\n'.encode(), add_bos=False
+            )
+            llama.reset()
+            llama.eval(prompt + answer[:2])
+            total = 0.0
+            for token in answer[2:]:
+                row = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(llama.n_vocab(),)).astype(float)
+                total += row[token] - row.max() - np.log(np.exp(row - row.max()).sum())
+                llama.eval([token])
+            scores.append(total)
+        return scores
+
+    adapter = dspy.JSONAdapter()
+    for example in dev[:4]:
+        with dspy.context(lm=local_lm(calibrate=calibrate), adapter=adapter):
+            picked = predictor(**example.inputs()).next_step
+        assert picked in options
+        messages = adapter.format(predictor.signature, predictor.demos, dict(example.inputs()))
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        scores = by_hand(messages)
+        if calibrate:
+            free = content_free(messages)
+            assert free is not None
+            scores = [s - f for s, f in zip(scores, by_hand(free), strict=True)]
+        assert picked == options[int(np.argmax(scores))], (example.text, scores)
+
+
+@needs_model
+def test_prefix_cache_changes_nothing_but_speed() -> None:
+    """Every dev ticket of the example, fixed demos and similar-example demos: the same answers with the
+    cache on (in dev order) and off (in reverse order)."""
+    from bae.local_lm import local_lm
+
+    train, dev = _choice_examples()
+    adapter = dspy.JSONAdapter()
+
+    def answers(predictor: dspy.Predict, lm: dspy.LM, order: list[dspy.Example]) -> dict[str, str]:
+        with dspy.context(lm=lm, adapter=adapter):
+            return {e.text: predictor(**e.inputs()).next_step for e in order}
+
+    for predictor in (_predictor(train[:8]), _predictor(train, k=8)):
+        cached = answers(predictor, local_lm(), dev)
+        fresh = answers(predictor, local_lm(prefix_cache=False), dev[::-1])
+        assert cached == fresh

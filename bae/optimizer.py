@@ -88,7 +88,7 @@ def _gepa_metric(metric: Metric) -> Callable[..., float]:
 class OptimizeSettings:
     """The optimizer and its parameters, passed through to DSPy."""
 
-    optimizer: str = "bootstrap"
+    optimizer: str = "knn"
     max_demos: int = 4
     max_labeled_demos: int = 8
     min_examples: int = 3

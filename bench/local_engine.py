@@ -103,8 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.figure(f"call_{case}_s", median(samples[case]))
     report.target("cold / warm call", median(samples["cold"]) / median(samples["warm"]), ">=", 3.0)
 
-    from bae.optimizer import collect_examples
     from bae.dataset import load_dataset
+    from bae.optimizer import collect_examples
     from bae.retrieval import DemoRetriever
 
     pool = collect_examples([t.nodes for t in load_dataset(EXAMPLE.with_name("support_triage.train.jsonl"),

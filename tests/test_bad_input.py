@@ -215,7 +215,7 @@ CASES = [
          trainset(trace_with(lambda t: t.pop(2)))),
     Case("trainset-one-trace", DATASET, 2, ("need at least 2 traces", "pass --devset"), trainset(json.dumps(gold()))),
     Case("optimizer-unknown", (*COMPILE, "--optimizer", "adam"), 2,
-         ("unknown --optimizer 'adam'", "choose one of bootstrap, labeled")),
+         ("unknown --optimizer 'adam'", "choose one of knn, bootstrap, labeled")),
     Case("dev-split-out-of-range", (*COMPILE, "--dev-split", "1.5"), 2,
          ("--dev-split must be between 0 and 1", "e.g. 0.25")),
     Case("dev-split-not-a-number", (*COMPILE, "--dev-split", "half"), 2,

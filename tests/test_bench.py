@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = ["overhead", "startup", "batch", "load", "compile_quality", "serve"]
+SCRIPTS = ["overhead", "startup", "batch", "load", "compile_quality", "serve", "local_engine"]
+LOCAL = {"local_engine"}  # loads the embedded model even in smoke mode
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.local) if n in LOCAL else n for n in SCRIPTS])
 def test_smoke_run_writes_its_results(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = importlib.import_module(f"bench.{name}")
     assert bench.main(["--smoke", "--out", str(tmp_path)]) == 0

@@ -58,7 +58,7 @@ def test_layout_manifest_checksums_and_versions(compiled: Path) -> None:
     for key in ("bae_version", "dspy_version", "python_version", "created_at", "seed", "notes"):
         assert key in manifest
     assert manifest["graph"]["start"] == "Ticket" and manifest["graph"]["fingerprint"]
-    assert manifest["optimizer"]["name"] == "bootstrap"
+    assert manifest["optimizer"]["name"] == "knn"
     assert manifest["dataset"]["traces"] == manifest["dataset"]["train"] + manifest["dataset"]["dev"]
     assert manifest["dataset"]["sha256"] == artifacts.sha256_file(TRAIN)
     assert manifest["lm"] == {"model": "bae/scripted"}

@@ -60,7 +60,7 @@ def compile_(
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Compiled root; the new version is vN+1.")] = Path("compiled"),
     lm: LmOption = None,
-    optimizer: Annotated[str, typer.Option("--optimizer", help=OPTIMIZER_HELP)] = "bootstrap",
+    optimizer: Annotated[str, typer.Option("--optimizer", help=OPTIMIZER_HELP)] = "knn",
     max_demos: Annotated[int, typer.Option("--max-demos", min=0, help="Bootstrapped demos per predictor.")] = 4,
     max_labeled_demos: Annotated[
         int, typer.Option("--max-labeled-demos", min=0, help="Labeled demos per predictor.")

@@ -5,6 +5,11 @@ connection, so any number of threads and processes can append at once: WAL lets
 readers and the single writer overlap, and ``busy_timeout`` makes writers queue
 instead of failing. Only the fields below are stored; never keys or endpoints, and
 error text is scrubbed of anything that looks like either.
+
+Each run has a ``purpose``: ``run`` (production: ``bae run``, ``bae serve``) or ``eval``
+(``bae eval`` scoring a version on a dataset), so figures about production leave the
+evaluations out. Schema 2 added that column; a schema-1 log is migrated in place when it is
+opened (its runs are production runs), and a log a newer bae wrote is refused.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ from bae.exceptions import BaeInputError
 from bae.redaction import redact
 from bae.result import CallRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 NAIVE = "naive"  # the ``version`` filter value that selects runs without a compiled version
 RUN_STATUSES = frozenset({"ok", "error", "interrupted"})
+PRODUCTION = "run"  # a run's purpose: production (bae run, bae serve)
+EVAL = "eval"  # a run's purpose: bae eval scoring a version on a dataset
+PURPOSES = frozenset({PRODUCTION, EVAL})
 CALL_KINDS = frozenset({"make", "choice"})
 CALL_SOURCES = frozenset({"optimized", "naive", "stale"})
 BUSY_TIMEOUT_S = 30.0
@@ -45,7 +53,8 @@ CREATE TABLE IF NOT EXISTS runs (
     start_node TEXT NOT NULL,
     version TEXT,
     compiled_dir TEXT,
-    lm TEXT
+    lm TEXT,
+    purpose TEXT NOT NULL DEFAULT 'run'
 );
 CREATE INDEX IF NOT EXISTS runs_started_at ON runs (started_at);
 CREATE INDEX IF NOT EXISTS runs_version ON runs (version);
@@ -64,6 +73,10 @@ CREATE TABLE IF NOT EXISTS calls (
     PRIMARY KEY (run_id, seq)
 );
 """
+_MIGRATIONS = {  # from schema N to N + 1; every run logged before schema 2 was a production run
+    1: ["ALTER TABLE runs ADD COLUMN purpose TEXT NOT NULL DEFAULT 'run'"],
+}
+
 
 class RunLogError(BaeInputError):
     """The run log file cannot be opened, read or written (corrupt, not ours, no permission)."""
@@ -84,6 +97,7 @@ class LoggedRun:
     compiled_dir: str | None
     lm: str | None
     calls: tuple[CallRecord, ...]
+    purpose: str = PRODUCTION
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "started_at": self.started_at.isoformat()}
@@ -246,13 +260,15 @@ class RunLog:
                 conn.close()
 
     def _init_schema(self) -> None:
-        """Create the schema once; an existing log is only checked, so reading takes no write lock."""
+        """Create the schema once, or migrate an older log; a current log is only checked, so reading
+        takes no write lock."""
         with self._connect("open") as conn:
             if self._schema_version(conn) == SCHEMA_VERSION:
                 return
             _ensure_wal(conn)
             conn.execute("BEGIN IMMEDIATE")
-            if self._schema_version(conn) == 0:  # re-read under the lock: another process may have won
+            found = self._schema_version(conn)  # re-read under the lock: another process may have won
+            if found == 0:
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
                 if tables - {"runs", "calls"}:
                     raise RunLogError(
@@ -260,6 +276,11 @@ class RunLog:
                     )
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif found < SCHEMA_VERSION:
+                for version in range(found, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[version]:
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -283,25 +304,29 @@ class RunLog:
         compiled_dir: str | os.PathLike[str] | None,
         lm: str | None,
         calls: Sequence[CallRecord],
+        purpose: str = PRODUCTION,
     ) -> int:
         """Append one run and its calls atomically; returns the run's id.
 
-        ``lm`` is the model name only. A naive ``started_at`` is taken as local time.
+        ``lm`` is the model name only. A naive ``started_at`` is taken as local time. ``purpose``
+        is ``"run"`` (production) or ``"eval"`` (scoring a version on a dataset).
         """
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {sorted(RUN_STATUSES)}, got {status!r}")
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {sorted(PURPOSES)}, got {purpose!r}")
         for call in calls:
             if call.kind not in CALL_KINDS or call.source not in CALL_SOURCES:
                 raise ValueError(f"bad call record kind={call.kind!r} source={call.source!r}")
         run_row = (
             _utc_text(started_at), float(duration_s), status, redact(error), graph, start_node,
-            version, None if compiled_dir is None else str(compiled_dir), redact(lm),
+            version, None if compiled_dir is None else str(compiled_dir), redact(lm), purpose,
         )  # fmt: skip
         with self._write_lock, self._connect("write to") as conn:
             conn.execute("BEGIN IMMEDIATE")
             cursor = conn.execute(
                 "INSERT INTO runs (started_at, duration_s, status, error, graph, start_node, version,"
-                " compiled_dir, lm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " compiled_dir, lm, purpose) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 run_row,
             )
             run_id = cursor.lastrowid
@@ -315,9 +340,12 @@ class RunLog:
         return run_id
 
     @staticmethod
-    def _where(version: str | None, since: datetime | None) -> tuple[str, list[Any]]:
+    def _where(version: str | None, since: datetime | None, purpose: str | None) -> tuple[str, list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
+        if purpose is not None:
+            clauses.append("r.purpose = ?")
+            params.append(purpose)
         if version == NAIVE:
             clauses.append("r.version IS NULL")
         elif version is not None:
@@ -329,15 +357,21 @@ class RunLog:
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def runs(
-        self, *, version: str | None = None, since: datetime | None = None, limit: int | None = None
+        self,
+        *,
+        version: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+        purpose: str | None = None,
     ) -> list[LoggedRun]:
-        """Logged runs, newest first; ``version=NAIVE`` selects runs without a compiled version."""
-        where, params = self._where(version, since)
+        """Logged runs, newest first; ``version=NAIVE`` selects runs without a compiled version,
+        ``purpose`` only production (``"run"``) or evaluation (``"eval"``) runs (default: both)."""
+        where, params = self._where(version, since, purpose)
         limit_sql = "" if limit is None else f" LIMIT {int(limit)}"
         with self._connect("read") as conn:
             rows = conn.execute(
                 "SELECT r.id, r.started_at, r.duration_s, r.status, r.error, r.graph, r.start_node,"
-                f" r.version, r.compiled_dir, r.lm FROM runs r{where}"
+                f" r.version, r.compiled_dir, r.lm, r.purpose FROM runs r{where}"
                 f" ORDER BY r.started_at DESC, r.id DESC{limit_sql}",
                 params,
             ).fetchall()
@@ -351,11 +385,17 @@ class RunLog:
                     list(calls),
                 ):
                     calls[row[0]].append(CallRecord(*row[1:]))
-        return [LoggedRun(row[0], datetime.fromisoformat(row[1]), *row[2:], calls=tuple(calls[row[0]])) for row in rows]
+        return [
+            LoggedRun(row[0], datetime.fromisoformat(row[1]), *row[2:10], calls=tuple(calls[row[0]]), purpose=row[10])
+            for row in rows
+        ]
 
-    def stats(self, *, version: str | None = None, since: datetime | None = None) -> Stats:
-        """Per-version run outcomes and per-predictor call numbers for the selected runs."""
-        where, params = self._where(version, since)
+    def stats(
+        self, *, version: str | None = None, since: datetime | None = None, purpose: str | None = PRODUCTION
+    ) -> Stats:
+        """Per-version run outcomes and per-predictor call numbers for the selected runs: production
+        runs by default, ``purpose="eval"`` for ``bae eval``'s, ``None`` for both."""
+        where, params = self._where(version, since, purpose)
         with self._connect("read") as conn:
             run_rows = conn.execute(
                 "SELECT r.version, COUNT(*), SUM(r.status = 'ok'), SUM(r.status = 'error'),"
@@ -435,6 +475,6 @@ def _node_stats(key: tuple[str | None, str, str], rows: list[tuple[Any, ...]]) -
 
 
 __all__ = [
-    "NAIVE", "SCHEMA_VERSION", "LoggedRun", "NodeStats", "RunLog", "RunLogError", "Stats",
-    "VersionSummary", "default_log_path", "parse_since", "percentile",
+    "EVAL", "NAIVE", "PRODUCTION", "PURPOSES", "SCHEMA_VERSION", "LoggedRun", "NodeStats", "RunLog",
+    "RunLogError", "Stats", "VersionSummary", "default_log_path", "parse_since", "percentile",
 ]  # fmt: skip

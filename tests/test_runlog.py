@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from bae.exceptions import BaeInputError
 from bae.result import CallRecord
 from bae.runlog import (
+    EVAL,
     NAIVE,
     SCHEMA_VERSION,
     RunLog,
@@ -199,6 +200,52 @@ def test_stats_filters_by_version_and_since(tmp_path: Path) -> None:
     # An equivalent instant in another offset selects the same runs.
     plus_two = (T0 + timedelta(days=2)).astimezone(timezone(timedelta(hours=2)))
     assert runlog.stats(since=plus_two) == since_day2
+
+
+def test_eval_runs_are_told_apart_and_left_out_of_stats_by_default(tmp_path: Path) -> None:
+    runlog = RunLog(tmp_path / "runs.db")
+    log(runlog, calls=[CallRecord("Answer", "make", "optimized", 1.0)])
+    log(runlog, purpose=EVAL, duration_s=3.0, calls=[CallRecord("Answer", "make", "optimized", 2.0)] * 2)
+    log(runlog, purpose=EVAL, version="v2", calls=[])
+    assert [(v.version, v.runs) for v in runlog.stats().versions] == [("v1", 1)]  # production only
+    assert [n.calls for n in runlog.stats().nodes] == [1]
+    evals = runlog.stats(purpose=EVAL)
+    assert [(v.version, v.runs, v.mean_duration_s) for v in evals.versions] == [("v1", 1, 3.0), ("v2", 1, 1.0)]
+    assert [(n.version, n.calls) for n in evals.nodes] == [("v1", 2)]
+    assert [v.runs for v in runlog.stats(purpose=None).versions] == [2, 1]
+    assert sorted(r.purpose for r in runlog.runs()) == ["eval", "eval", "run"]
+    assert [r.purpose for r in runlog.runs(purpose="run")] == ["run"]
+    with pytest.raises(ValueError, match="purpose"):
+        log(runlog, purpose="test")
+
+
+SCHEMA_1 = """
+CREATE TABLE runs (id INTEGER PRIMARY KEY, started_at TEXT NOT NULL, duration_s REAL NOT NULL, status TEXT NOT NULL,
+    error TEXT, graph TEXT NOT NULL, start_node TEXT NOT NULL, version TEXT, compiled_dir TEXT, lm TEXT);
+CREATE TABLE calls (run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE, seq INTEGER NOT NULL,
+    node TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, latency_s REAL NOT NULL, attempts INTEGER NOT NULL,
+    prompt_tokens INTEGER, completion_tokens INTEGER, cost REAL, error TEXT, PRIMARY KEY (run_id, seq));
+INSERT INTO runs VALUES (1, '2025-03-01T12:00:00.000000+00:00', 1.5, 'ok', NULL, 'g.py', 'Q', 'v1', 'c/v1', 'm');
+INSERT INTO calls VALUES (1, 0, 'Answer', 'make', 'optimized', 0.5, 1, 10, 2, NULL, NULL);
+PRAGMA user_version = 1;
+"""
+
+
+@pytest.mark.parametrize("create", [True, False], ids=["writer", "reader"])
+def test_a_schema_1_log_keeps_working(tmp_path: Path, create: bool) -> None:
+    """A log written before runs had a purpose: its runs read back as production runs, and new runs append."""
+    path = tmp_path / "runs.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA_1)
+    runlog = RunLog(path, create=create)
+    (old,) = runlog.runs()
+    assert (old.id, old.purpose, old.version, old.duration_s) == (1, "run", "v1", 1.5)
+    assert old.calls == (CallRecord("Answer", "make", "optimized", 0.5, 1, 10, 2, None, None),)
+    assert [(v.version, v.runs) for v in runlog.stats().versions] == [("v1", 1)]
+    log(RunLog(path), purpose=EVAL)
+    assert [(r.id, r.purpose) for r in runlog.runs()] == [(2, "eval"), (1, "run")]  # newest first
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
 
 def _write_runs(path: str, worker: int, barrier: Any, runs: int) -> None:

@@ -38,19 +38,27 @@ def stats(
     log_db: Annotated[
         Path | None, typer.Option("--log-db", envvar="BAE_LOG_DB", help="Run log (SQLite). Default .bae/runs.db.")
     ] = None,
+    evals: Annotated[
+        bool, typer.Option("--eval", help="The runs `bae eval` made instead of production runs (left out otherwise).")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Usage, latency, tokens, cost and errors per version and node, and the version history.
 
-    Usage comes from the run log; the history (naive -> optimized dev scores) from versions.json."""
-    from bae.runlog import RunLog, default_log_path, parse_since
+    Usage comes from the run log (production runs; --eval for bae eval's); the history (naive ->
+    optimized dev scores) from versions.json."""
+    from bae.runlog import EVAL, PRODUCTION, RunLog, default_log_path, parse_since
 
     moment = parse_since(since) if since else None
     path = log_db or default_log_path()
-    figures = RunLog(path, create=False).stats(version=version, since=moment) if path.exists() else None
+    purpose = EVAL if evals else PRODUCTION
+    log = RunLog(path, create=False) if path.exists() else None
+    figures = log.stats(version=version, since=moment, purpose=purpose) if log is not None else None
     history = _history(compiled)
     if as_json:
-        print_json({"log": str(path), "runs": figures.as_dict() if figures else None, "versions": history})
+        print_json(
+            {"log": str(path), "purpose": purpose, "runs": figures.as_dict() if figures else None, "versions": history}
+        )
         return
     if history:
         table = Table(title=f"versions in {compiled}", show_edge=False)
@@ -71,7 +79,7 @@ def stats(
     if figures is None:
         out.print(f"no run log at {path} yet: `bae run` writes one")
         return
-    runs = Table(title=f"runs ({path})", show_edge=False)
+    runs = Table(title=f"{'bae eval runs' if evals else 'runs'} ({path})", show_edge=False)
     for column in ("version", "runs", "ok", "errors", "interrupted", "mean duration"):
         runs.add_column(column, justify="left" if column == "version" else "right")
     for v in figures.versions:

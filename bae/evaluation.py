@@ -36,10 +36,12 @@ run failed at that decision.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from bae.dataset import GoldTrace
@@ -48,6 +50,7 @@ from bae.graph import Graph
 from bae.lm import LM
 from bae.metrics import fields_score
 from bae.node import Node, spec_of
+from bae.result import CallRecord
 
 Key = tuple[str, str]  # (node name, "make" | "choice")
 ENDED = "None"  # a choice predictor's answer for ending the run
@@ -181,39 +184,91 @@ def confusion_matrices(graph: Graph, results: Sequence[TraceScore]) -> dict[str,
     return matrices
 
 
-def evaluate_graph(
+@dataclass
+class TraceRun:
+    """One gold trace's start node run through the graph: what the run did, and its score.
+
+    ``predicted`` is the run's trace (for a failed run: up to the failure); ``calls`` its LM calls.
+    """
+
+    gold: GoldTrace
+    predicted: list[Node]
+    scored: TraceScore
+    calls: list[CallRecord] = field(default_factory=list)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    duration_s: float = 0.0
+
+    @property
+    def failing(self) -> bool:
+        """The run failed, left the gold path, or lost credit on an LM step."""
+        score = self.scored.score
+        return self.scored.error is not None or not self.scored.path_ok or (score is not None and score < 1.0)
+
+
+class EvaluationInterrupted(KeyboardInterrupt):
+    """Ctrl-C while traces were running: ``finished`` holds the runs that had completed, in dataset order;
+    ``bae.evaluate`` adds ``evaluation``, everything it had finished."""
+
+    def __init__(self, finished: list[TraceRun], evaluation: Any = None) -> None:
+        super().__init__()
+        self.finished = finished
+        self.evaluation = evaluation
+
+
+def run_traces(
     graph: Graph,
     traces: Sequence[GoldTrace],
     lm: LM,
     deps: dict[str, Any],
     num_threads: int = 1,
     on_done: Callable[[], None] | None = None,
-) -> GraphScore:
-    """Run every trace's start node through ``lm`` and score the runs against the gold traces.
+    max_steps: int = 100,
+    on_run: Callable[[TraceRun], None] | None = None,
+) -> list[TraceRun]:
+    """Run every trace's start node through ``lm`` and score each run against its gold trace, in dataset order.
 
-    A run that fails scores 0 and is counted; an LM that is unavailable stops the evaluation.
+    A run that fails scores 0; an LM that is unavailable stops the evaluation (``on_run`` still sees
+    that run, so it can be logged). Ctrl-C raises ``EvaluationInterrupted`` with the finished runs.
     """
 
-    def one(trace: GoldTrace) -> TraceScore:
+    def one(trace: GoldTrace) -> TraceRun:
+        started_at = datetime.now(UTC)
+        began = time.perf_counter()
+        error: BaeError | None = None
         try:
-            result = graph.run(trace.nodes[0].model_copy(), lm=lm, **deps)
-            scored = score_trace(trace.nodes, result.trace)
-        except BaeLMError:
-            raise
+            result = graph.run(trace.nodes[0].model_copy(), lm=lm, max_steps=max_steps, **deps)
         except BaeError as exc:
-            partial = exc.result.trace if exc.result is not None else []
-            scored = score_trace(trace.nodes, partial, error=exc.message)
+            error, result = exc, exc.result
+        predicted = list(result.trace) if result is not None else []
+        scored = score_trace(trace.nodes, predicted, error=error.message if error is not None else None)
+        calls = list(result.calls) if result is not None else []
+        run = TraceRun(trace, predicted, scored, calls, started_at, time.perf_counter() - began)
+        if on_run is not None:
+            on_run(run)
+        if isinstance(error, BaeLMError):
+            raise error
         if on_done is not None:
             on_done()
-        return scored
+        return run
 
     pool = ThreadPoolExecutor(max_workers=max(1, num_threads))
+    futures = [pool.submit(one, trace) for trace in traces]
     try:
-        results = list(pool.map(one, traces))
-    except BaseException:  # Ctrl-C or an unavailable LM: the rest is cancelled; do not wait for traces under way
+        for future in as_completed(futures):
+            future.result()  # the first failure stops the evaluation
+    except BaseException as exc:  # the rest is cancelled; do not wait for traces under way
         pool.shutdown(wait=False, cancel_futures=True)
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, EvaluationInterrupted):
+            finished = [f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None]
+            raise EvaluationInterrupted(finished) from exc
         raise
     pool.shutdown()
+    return [future.result() for future in futures]
+
+
+def summarize(graph: Graph, results: Sequence[TraceScore]) -> GraphScore:
+    """The version's figures from its scored runs: the mean score over the traces that have one, path
+    accuracy, per-predictor means, failed runs and the choice confusion matrices."""
     sums: dict[Key, list[float]] = defaultdict(list)
     for result in results:
         for key, value in result.per_predictor.items():
@@ -227,3 +282,20 @@ def evaluate_graph(
         traces=len(results),
         confusion=confusion_matrices(graph, results),
     )
+
+
+def evaluate_graph(
+    graph: Graph,
+    traces: Sequence[GoldTrace],
+    lm: LM,
+    deps: dict[str, Any],
+    num_threads: int = 1,
+    on_done: Callable[[], None] | None = None,
+    max_steps: int = 100,
+) -> GraphScore:
+    """Run every trace's start node through ``lm`` and score the runs against the gold traces.
+
+    A run that fails scores 0 and is counted; an LM that is unavailable stops the evaluation.
+    """
+    runs = run_traces(graph, traces, lm, deps, num_threads, on_done, max_steps)
+    return summarize(graph, [run.scored for run in runs])

@@ -15,6 +15,8 @@ from bae.markers import Bind, Context, Dep
 from bae.result import CallRecord, GraphResult
 
 if TYPE_CHECKING:  # for type checkers: at run time these load on first use, below
+    from bae.evaluator import Evaluation as Evaluation
+    from bae.evaluator import evaluate as evaluate
     from bae.graph import Graph as Graph
     from bae.graph import Problem as Problem
     from bae.node import Node as Node
@@ -30,6 +32,8 @@ _LAZY = {
     "CompiledGraph": "bae.compiler",
     "OptimizedLM": "bae.optimized_lm",
     "create_optimized_lm": "bae.optimized_lm",
+    "evaluate": "bae.evaluator",
+    "Evaluation": "bae.evaluator",
 }
 
 

@@ -15,7 +15,7 @@ from bae.exceptions import BaeError
 
 INTERRUPTED = 130
 EXIT_CODES = (
-    "Exit codes (every command): 0 ok; 1 a check failed (inspect gate) or a run failed; "
+    "Exit codes (every command): 0 ok; 1 a check failed (inspect or eval gate) or a run failed; "
     "2 usage or bad input (flags, graph file, JSON input, dataset); "
     "3 artifact error (compiled dir missing, corrupt, tampered, incompatible); "
     "4 LM unavailable or failing after retries; 130 interrupted. "

@@ -120,6 +120,7 @@ graph = Graph(start=Start)
 RUN = ("run", GRAPH, "--compiled", "compiled", "--lm", ORACLE)
 COMPILE = ("compile", GRAPH, "--lm", ORACLE, "--out", "out")
 DATASET = ("compile", GRAPH, "--lm", ORACLE, "--out", "out", "--trainset", "bad.jsonl")
+EVAL = ("eval", GRAPH, "--compiled", "compiled", "--lm", ORACLE)
 MB = 1024 * 1024
 
 DEBUG_HINT = "rerun with --debug"
@@ -228,6 +229,26 @@ CASES = [
          write("notes.txt", "keep me")),
     Case("out-versions-corrupt", (*COMPILE[:-1], "compiled"), 3, ("versions.json unreadable", "version control"),
          write("compiled/versions.json", "{")),
+    # -- eval: the same dataset checks as compile, versions and gates --------------------------------------
+    Case("eval-dataset-missing", (*EVAL, "--dataset", "nope.jsonl"), 2,
+         ("dataset not found: nope.jsonl", "check the path")),
+    Case("eval-dataset-invalid-json", (*EVAL, "--dataset", "bad.jsonl"), 2, ("bad.jsonl:2: invalid JSON", SKIP),
+         trainset(json.dumps(gold()), "{nope")),
+    Case("eval-trace-unknown-node", (*EVAL, "--dataset", "bad.jsonl"), 2,
+         ("bad.jsonl:1: step 2: unknown node 'RefundIssue'", SKIP),
+         trainset(trace_with(lambda t: t[2].update(node="RefundIssue")))),
+    Case("eval-trace-missing-start-field", (*EVAL, "--dataset", "bad.jsonl"), 2,
+         ("bad.jsonl:1: step 0 (Ticket): field text: Field required", SKIP),
+         trainset(trace_with(lambda t: t[0]["fields"].pop("text")))),
+    Case("eval-no-dataset", EVAL, 2, ("Missing option '--dataset'", "`bae eval --help`")),
+    Case("eval-version-unknown", (*EVAL, "--dataset", "examples/support_triage.train.jsonl", "--version", "v9"), 3,
+         ("no version 'v9' in compiled", "evaluate one of v1")),
+    Case("eval-version-without-compiled", ("eval", GRAPH, "--dataset", "bad.jsonl", "--version", "v1"), 2,
+         ("--version needs --compiled DIR",), trainset(json.dumps(gold()))),
+    Case("eval-max-drop-alone", (*EVAL, "--dataset", "bad.jsonl", "--max-drop", "0.1"), 2,
+         ("--max-drop goes with --baseline", "add the version"), trainset(json.dumps(gold()))),
+    Case("eval-max-drop-negative", (*EVAL, "--dataset", "bad.jsonl", "--baseline", "v1", "--max-drop", "-1"), 2,
+         ("'--max-drop'", "`bae eval --help`"), trainset(json.dumps(gold()))),
     # -- compiled directories ---------------------------------------------------------------------------
     Case("compiled-missing", ("run", GRAPH, "--compiled", "nowhere", "--input", GOOD_INPUT, "--lm", ORACLE), 3,
          ("compiled directory not found: nowhere", "check the path")),
@@ -308,5 +329,5 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 
 def test_the_table_covers_every_command() -> None:
     commands = {c.args[0] for c in CASES}
-    assert commands >= {"compile", "run", "inspect", "stats", "versions", "promote", "graph", "serve", "bundle"}
+    assert commands >= {"compile", "eval", "run", "inspect", "stats", "versions", "promote", "graph", "serve", "bundle"}
     assert len(CASES) >= 40

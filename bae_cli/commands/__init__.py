@@ -13,6 +13,7 @@ from importlib import import_module
 
 MODULES = {
     "compile": "compile_cmd",
+    "eval": "eval_cmd",
     "inspect": "inspect_cmd",
     "stats": "manage_cmd",
     "versions": "manage_cmd",

@@ -1,0 +1,255 @@
+"""``bae eval``: score versions on any dataset, side by side, and gate CI on quality."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bae import artifacts
+from bae.exceptions import BaeError, BaeInputError
+from bae_cli.app import app
+from bae_cli.common import JsonFlag, LmOption, err, graph_from, out, print_json, warn
+
+if TYPE_CHECKING:
+    from bae.evaluator import Evaluation
+    from bae.graph import Graph
+
+
+class _Bars:
+    """One progress bar per column on stderr, started with the first, so stdout stays clean for --json
+    and an input error found before any work stays the only line on stderr."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: int | None = None
+
+    def stage(self, name: str, total: int) -> None:
+        if self.task is None:
+            self.progress.start()
+        self.task = self.progress.add_task(name, total=total)
+
+    def advance(self) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+
+@app.command("eval")
+def eval_(
+    graph: Annotated[
+        str | None, typer.Argument(help="file.py[:Name] or package.module:Name (default: the manifest's).")
+    ] = None,
+    compiled: Annotated[
+        Path | None,
+        typer.Option("--compiled", help="Compiled root (its active version) or version dir. Without it: naive."),
+    ] = None,
+    dataset: Annotated[
+        Path, typer.Option("--dataset", help="Gold traces to score on, JSONL (the training data format).")
+    ] = ...,  # type: ignore[assignment]
+    versions: Annotated[
+        list[str] | None,
+        typer.Option("--version", help="A version of the compiled root to evaluate (repeatable; default: active)."),
+    ] = None,
+    naive: Annotated[bool, typer.Option("--naive", help="Also evaluate the naive (zero-shot) graph.")] = False,
+    show_failures: Annotated[
+        int, typer.Option("--show-failures", min=0, help="Show this many failing traces (gold vs predicted).")
+    ] = 5,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="Write every run here (JSONL: one line per trace and version, dataset format)."),
+    ] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option("--min-score", help="Gate: each version asked for (not --naive) must score at least this."),
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option("--baseline", help="Gate: compare the first version with this one (vN or naive) on the dataset."),
+    ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option("--max-drop", min=0, help="With --baseline: how far below it the first may score (default 0)."),
+    ] = None,
+    lm: LmOption = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Concurrent runs.")] = 4,
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Stop a run after this many steps.")] = 100,
+    strict: Annotated[
+        bool, typer.Option("--strict/--skip-invalid", help="Stop at the first bad dataset line, or skip bad lines.")
+    ] = True,
+    log_db: Annotated[
+        Path | None, typer.Option("--log-db", envvar="BAE_LOG_DB", help="Run log (SQLite). Default .bae/runs.db.")
+    ] = None,
+    no_log: Annotated[bool, typer.Option("--no-log", help="Do not write the run log.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Score versions of GRAPH on a dataset of gold traces, side by side, exactly as compile scores dev.
+
+    Evaluates the active version, or each --version, plus the naive graph with --naive; deltas are
+    against the first. Gates: --min-score X (each version evaluated reaches X), --baseline vM
+    [--max-drop D] (the first scores at most D below vM here). Exit 1 when a gate fails. Runs go to
+    the run log as eval runs (`bae stats --eval`).
+    """
+    from bae.evaluation import EvaluationInterrupted
+    from bae.evaluator import evaluate, plan_columns
+    from bae.runlog import default_log_path
+
+    if output is not None and output.is_dir():
+        raise BaeInputError(f"--output {output} is a directory: give a file path (JSONL)")
+    recorded = None  # without GRAPH: the graph the first version was compiled from
+    if graph is None and compiled is not None:
+        plans = plan_columns(compiled, versions or (), naive, baseline)
+        recorded = next((plan.version_dir for plan in plans if plan.version_dir is not None), None)
+    loaded = graph_from(graph, artifacts.read_manifest(recorded) if recorded else None, recorded)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    progress = Progress(*columns, console=err, transient=as_json)
+    interrupted = False
+    try:
+        result = evaluate(
+            loaded,
+            dataset,
+            lm=lm,
+            compiled=compiled,
+            versions=versions or (),
+            naive=naive,
+            baseline=baseline,
+            min_score=min_score,
+            max_drop=max_drop,
+            threads=threads,
+            max_steps=max_steps,
+            strict=strict,
+            log=None if no_log else (log_db or default_log_path()),
+            progress=_Bars(progress),
+            warn=warn,
+        )
+    except EvaluationInterrupted as exc:
+        if exc.evaluation is None:
+            raise
+        result, interrupted = exc.evaluation, True
+    finally:
+        progress.stop()
+    for column in result.columns:
+        for key in column.stale:
+            warn(f"{column.name}: {key} changed since compile: using a naive predictor (stale)")
+    if output is not None:
+        lines = [json.dumps(line, ensure_ascii=False) for line in result.output_lines()]
+        artifacts.write_atomic(output.resolve(), ("\n".join(lines) + "\n").encode() if lines else b"")
+    if as_json:
+        print_json({**result.as_dict(show_failures), "output": None if output is None else str(output)})
+    else:
+        _report(result, loaded.graph, show_failures, output)
+    if interrupted:
+        raise KeyboardInterrupt
+    failed = [gate for gate in result.gates if not gate.passed]
+    if failed:
+        raise BaeError("gate failed: " + "; ".join(gate.message for gate in failed))
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _with_delta(value: float | None, delta: float | None) -> str:
+    if value is None or delta is None:
+        return _num(value)
+    color = "green" if delta > 0 else "red" if delta < 0 else "dim"
+    return f"{value:.3f} [{color}]({delta:+.3f})[/]"
+
+
+def _report(result: Evaluation, graph: Graph, show_failures: int, output: Path | None) -> None:
+    first = result.columns[0]
+    table = Table(
+        title=f"{len(result.traces)} traces from {result.dataset}, lm {result.lm}"
+        + (f" (deltas against {first.name})" if len(result.columns) > 1 else ""),
+        show_edge=False,
+    )
+    table.add_column("")
+    for column in result.columns:
+        done = "" if column.complete else f" ({len(column.runs)} of {len(result.traces)}: interrupted)"
+        table.add_column(escape(column.name + done), justify="right")
+    deltas = [result.delta(c) if i else None for i, c in enumerate(result.columns)]
+    pairs = list(zip(result.columns, deltas, strict=True))
+    table.add_row("[bold]whole graph[/]", *(_with_delta(c.score.score, d and d["score"]) for c, d in pairs))
+    table.add_row("path accuracy", *(_with_delta(c.score.path_accuracy, d and d["path_accuracy"]) for c, d in pairs))
+    keys = sorted({key for c in result.columns for key in c.score.per_predictor}, key=_predictor_order(graph))
+    for node, kind in keys:
+        name = f"{node}.{kind}"
+        values = [(c.score.per_predictor.get((node, kind)), d and d["per_predictor"].get(name)) for c, d in pairs]
+        table.add_row(name, *(_with_delta(value, delta) for value, delta in values))
+    table.add_row("failed runs", *(str(c.score.errors) for c in result.columns))
+    table.add_row("recorded at compile", *(_num(c.recorded_score) for c in result.columns))
+    table.add_row("LM calls", *(str(c.usage["calls"]) for c in result.columns))
+    out.print(table)
+    for confusion in _confusion_tables(result, graph):
+        out.print(confusion)
+    _print_failures(result, show_failures, output)
+    for gate in result.gates:
+        mark = "[green]pass[/]" if gate.passed else "[red]FAIL[/]"
+        out.print(f"{mark} {gate.gate}: {escape(gate.message)}")
+    if result.invalid:
+        out.print(f"[yellow]skipped {len(result.invalid)} invalid dataset lines[/]")
+
+
+def _predictor_order(graph: Graph) -> Any:
+    order = {cls.__name__: i for i, cls in enumerate(graph.nodes)}
+
+    def key(item: tuple[str, str]) -> tuple[int, str, str]:
+        return (order.get(item[0], len(order)), item[1] != "choice", item[0])
+
+    return key
+
+
+def _confusion_tables(result: Evaluation, graph: Graph) -> list[Table]:
+    """One table per choice predictor: gold answers in rows, every answer the node allows in columns (and
+    ``error`` if a run failed there), each cell the counts of every evaluated column in order."""
+    from bae.evaluation import FAILED
+    from bae.node import spec_of
+
+    matrices = [c.score.confusion for c in result.columns]
+    names = " / ".join(c.name for c in result.columns)
+    tables = []
+    for key in sorted({k for m in matrices for k in m}):
+        cls = graph.node(key.rsplit(".", 1)[0])
+        each = [m.get(key, {}) for m in matrices]
+        golds = {want for matrix in each for want in matrix}
+        seen = golds | {answer for matrix in each for row in matrix.values() for answer in row}
+        order = list(spec_of(cls).choices) if cls is not None else []
+        columns = order + [FAILED] * (FAILED in seen) + sorted(seen - {*order, FAILED})
+        table = Table(title=f"{key}: gold (rows) x answer (columns), {escape(names)}", show_edge=False)
+        table.add_column("gold \\ answer")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for want in (c for c in columns if c in golds):
+            table.add_row(want, *(" / ".join(str(m.get(want, {}).get(got, 0)) for m in each) for got in columns))
+        tables.append(table)
+    return tables
+
+
+def _steps_text(path: list[str], steps: list[dict[str, Any]]) -> str:
+    """``Ticket -> Triage -> BillingIssue {"priority": "high", ...}``: each step with the fields the LM made."""
+    made = [{}, *(step["fields"] for step in steps)]
+    shown = zip(path, made, strict=True)
+    return " -> ".join(f"{name} {json.dumps(fields, ensure_ascii=False)}" if fields else name for name, fields in shown)
+
+
+def _print_failures(result: Evaluation, show_failures: int, output: Path | None) -> None:
+    data = result.as_dict(show_failures)
+    if not data["failing"] or not show_failures:
+        return
+    where = f"every run is in {output}" if output else "--output F.jsonl writes every run"
+    out.print(
+        f"[bold]failing traces[/]: {data['failing']} of {len(result.traces)}, "
+        f"first {len(data['failures'])} ({escape(where)})"
+    )
+    width = max(len(name) for name in ["gold", *(c.name for c in result.columns)])
+    for failure in data["failures"]:
+        out.print(f"{failure['source']}  {json.dumps(failure['input'], ensure_ascii=False)}", markup=False)
+        gold = failure["gold"]
+        out.print(f"  {'gold'.ljust(width)}  {_steps_text(gold['path'], gold['steps'])}", markup=False)
+        for name, run in failure["runs"].items():
+            verdict = f"error: {run['error']}" if run["error"] else f"score {_num(run['score'])}"
+            out.print(f"  {name.ljust(width)}  {_steps_text(run['path'], run['steps'])}  ({verdict})", markup=False)

@@ -404,6 +404,9 @@ def evaluate(
     plans = plan_columns(None if compiled is None else Path(compiled), versions, naive, baseline)
     data = _dataset(dataset, loaded.graph, strict)
     versions_loaded = {p.name: load_optimized(loaded.graph, p.version_dir) for p in plans if p.version_dir is not None}
+    for name, version in versions_loaded.items():
+        for node, kind in sorted(version.stale):
+            warn(f"{name}: {node} ({kind}) changed since compile: using a naive predictor (stale)")
     run_log = RunLog(log) if isinstance(log, str | Path) else log
     model = lm if lm is not None and not isinstance(lm, str) else resolve_lm(lm)
     model_name = lm_name(model)

@@ -247,6 +247,9 @@ CASES = [
          ("--version needs --compiled DIR",), trainset(json.dumps(gold()))),
     Case("eval-max-drop-alone", (*EVAL, "--dataset", "bad.jsonl", "--max-drop", "0.1"), 2,
          ("--max-drop goes with --baseline", "add the version"), trainset(json.dumps(gold()))),
+    Case("eval-output-folder-missing", (*EVAL, "--dataset", "bad.jsonl", "--output", "nowhere/runs.jsonl"), 2,
+         ("--output nowhere/runs.jsonl is in a folder that does not exist", "give a file path"),
+         trainset(json.dumps(gold()))),
     Case("eval-max-drop-negative", (*EVAL, "--dataset", "bad.jsonl", "--baseline", "v1", "--max-drop", "-1"), 2,
          ("'--max-drop'", "`bae eval --help`"), trainset(json.dumps(gold()))),
     # -- compiled directories ---------------------------------------------------------------------------

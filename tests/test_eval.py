@@ -241,6 +241,21 @@ def test_bad_flags(root: Path, dev: Path, flags: tuple[str, ...], code: int, say
     assert_refused(eval_cli(root, dev, *flags, lm=f"{LMS}:stuck"), code, says)
 
 
+def test_a_changed_node_runs_naive_and_says_so(root: Path, dev: Path, tmp_path: Path) -> None:
+    source = Path(EXAMPLE).read_text()
+    old = '"""A product defect: something crashes, errors, is slow or does not work."""'
+    assert old in source
+    drifted = tmp_path / "support_triage.py"
+    drifted.write_text(source.replace(old, '"""A product defect: something is broken."""'))
+    result = run_bae("eval", str(drifted), "--compiled", str(root), "--dataset", str(dev), "--lm", FEWSHOT,
+                     "--no-log", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "v1: TechnicalIssue (make) changed since compile: using a naive predictor (stale)" in result.stderr
+    (column,) = json.loads(result.stdout)["columns"]
+    assert column["stale"] == ["TechnicalIssue.make"]
+    assert column["per_predictor"]["TechnicalIssue.make"] < 1.0  # without demos the model fills in lms.WRONG
+
+
 def test_an_lm_that_is_down_is_exit_4(root: Path, tmp_path: Path) -> None:
     dev = tmp_path / "dev.jsonl"
     dev.write_text(DEV[0] + "\n")

@@ -98,8 +98,9 @@ def eval_(
     from bae.evaluator import evaluate, plan_columns
     from bae.runlog import default_log_path
 
-    if output is not None and output.is_dir():
-        raise BaeInputError(f"--output {output} is a directory: give a file path (JSONL)")
+    if output is not None and (output.is_dir() or not output.resolve().parent.is_dir()):
+        problem = "is a directory" if output.is_dir() else "is in a folder that does not exist"
+        raise BaeInputError(f"--output {output} {problem}: give a file path (JSONL) in an existing folder")
     recorded = None  # without GRAPH: the graph the first version was compiled from
     if graph is None and compiled is not None:
         plans = plan_columns(compiled, versions or (), naive, baseline)
@@ -132,9 +133,6 @@ def eval_(
         result, interrupted = exc.evaluation, True
     finally:
         progress.stop()
-    for column in result.columns:
-        for key in column.stale:
-            warn(f"{column.name}: {key} changed since compile: using a naive predictor (stale)")
     if output is not None:
         lines = [json.dumps(line, ensure_ascii=False) for line in result.output_lines()]
         artifacts.write_atomic(output.resolve(), ("\n".join(lines) + "\n").encode() if lines else b"")

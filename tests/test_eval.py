@@ -290,6 +290,14 @@ def test_ctrl_c_keeps_the_runs_that_finished(root: Path, tmp_path: Path) -> None
     assert [line["source"] for line in lines] == [f"{data}:{n}" for n in range(1, len(lines) + 1)]
 
 
+def test_the_example_dev_file_is_what_compile_holds_out() -> None:
+    from bae.dataset import split
+
+    _, held_out = split(load_dataset(TRAIN, load_graph(EXAMPLE).graph).traces, 0.25, 0)
+    numbers = sorted(int(trace.source.rsplit(":", 1)[1]) for trace in held_out)
+    assert TRAIN.with_name("support_triage.dev.jsonl").read_text().splitlines() == [LINES[n - 1] for n in numbers]
+
+
 def test_evaluate_is_exported_lazily() -> None:
     import subprocess
     import sys

@@ -85,6 +85,7 @@ class CompileReport:
                     "kind": o.kind,
                     "examples": o.examples,
                     "demos": o.demos,
+                    "pool": o.pool if o.predictor is not None and o.predictor.retriever is not None else None,
                     "status": "optimized" if o.predictor is not None else "naive",
                     "reason": o.reason,
                     "naive_score": _round(self.naive.per_predictor.get(key)),
@@ -245,7 +246,7 @@ def node_files(graph: Any, outcomes: list[PredictorOutcome]) -> tuple[dict[str, 
         retriever = outcome.predictor.retriever
         if retriever is not None:  # the demos are the pool: k of them are chosen per call
             header["retrieval"] = retriever.settings()
-            entries[rel].update(demos=min(retriever.k, outcome.demos), pool=outcome.demos)
+            entries[rel]["pool"] = outcome.pool
         files[rel] = {"bae": header, "predictor": state}
     return files, entries
 

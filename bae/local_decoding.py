@@ -283,35 +283,38 @@ def content_free(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
     return [*messages[:-1], {**messages[-1], "content": rebuilt + trailer}]
 
 
-def _log_softmax(row: Any) -> Any:
+def _logprob(row: Any, token: int) -> float:
+    """log softmax(row)[token], in float32: 262k-entry rows, a few per scored answer."""
     import numpy as np
 
-    row = row.astype(np.float64)
-    top = row.max()
-    return row - top - np.log(np.exp(row - top).sum())
+    top = float(row.max())
+    return float(row[token]) - top - float(np.log(np.exp(row - top, dtype=np.float32).sum(dtype=np.float64)))
 
 
-def _last_logprobs(llama: Llama) -> Any:
+def _last_logits(llama: Llama) -> Any:
     import numpy as np
 
-    return _log_softmax(np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(llama.n_vocab(),)))
+    return np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(llama.n_vocab(),)).copy()
 
 
 def _score(llama: Llama, candidates: list[list[int]]) -> list[float]:
     """Log-likelihood of each token sequence after what ``llama`` holds, which it holds again after."""
     import numpy as np
 
-    first = _last_logprobs(llama)
+    first = _last_logits(llama)
+    first_logprobs: dict[int, float] = {}
     n_past, n_vocab = llama.n_tokens, llama.n_vocab()
     scores = []
     for tokens in candidates:
-        total = float(first[tokens[0]])
+        if tokens[0] not in first_logprobs:
+            first_logprobs[tokens[0]] = _logprob(first, tokens[0])
+        total = first_logprobs[tokens[0]]
         if len(tokens) > 1:
             llama._ctx.kv_cache_seq_rm(-1, n_past, -1)
             llama._batch.set_batch(batch=tokens[:-1], n_past=n_past, logits_all=True)
             llama._ctx.decode(llama._batch)
             rows = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(len(tokens) - 1, n_vocab))
-            total += sum(float(_log_softmax(row)[token]) for row, token in zip(rows, tokens[1:], strict=True))
+            total += sum(_logprob(row, token) for row, token in zip(rows, tokens[1:], strict=True))
         scores.append(total)
     llama._ctx.kv_cache_seq_rm(-1, n_past, -1)
     return scores

@@ -14,6 +14,10 @@ demos, air-gapped machines). Design choices and their reasons:
   plus the rest (``bae.local_decoding``), because compiled artifacts and their manifests must be
   reproducible run to run. Answers whose fields are all closed (literals, enums, bools) are chosen
   by likelihood, not decoded (same module).
+* A GGUF with a chat template is prompted through it; one without is a base model (the bundled
+  Gemma), prompted as a plain few-shot document: on the example's dev split, with similar-example
+  demos and calibration, its routing scored 0.33 path accuracy in Gemma's chat turns, 0.71 as a
+  document.
 * One ``Llama`` per model file per process: weights and the compute buffer cost hundreds of MB, and
   every ``dspy.LM`` copy DSPy makes must share them. A llama.cpp context is not thread safe, so calls
   into one model are serialized.

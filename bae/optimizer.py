@@ -186,8 +186,15 @@ class PredictorOutcome:
     reason: str | None = None
 
     @property
-    def demos(self) -> int:
+    def pool(self) -> int:
+        """The demos the predictor holds (with retrieval: the pool it draws from)."""
         return len(self.predictor.demos) if self.predictor is not None else 0
+
+    @property
+    def demos(self) -> int:
+        """The demos each call shows the LM."""
+        retriever = self.predictor.retriever if self.predictor is not None else None
+        return min(retriever.k, self.pool) if retriever is not None else self.pool
 
 
 def fresh_predictor(graph: Graph, key: Key) -> NodePredict:

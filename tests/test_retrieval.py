@@ -139,3 +139,22 @@ def test_a_tampered_pool_is_refused(knn_version: Path, tmp_path: Path) -> None:
     path.write_text(json.dumps(document))
     with pytest.raises(BaeArtifactError, match="checksum"):
         load_optimized(load_graph(EXAMPLE).graph, version)
+
+
+def test_a_drifted_node_does_not_get_its_stale_pool(knn_version: Path, tmp_path: Path) -> None:
+    """The Triage docstring changed since compile: its pool (tickets labeled under the old meaning) is not
+    used; the choice runs naive with no demos, and the untouched make predictors keep their retrieval."""
+    old_doc = '"""Route the ticket to the support queue whose team can resolve it."""'
+    drifted = tmp_path / "support_triage.py"
+    drifted.write_text(Path(EXAMPLE).read_text().replace(old_doc, '"""Send the ticket to one queue."""'))
+    loaded = load_graph(str(drifted))
+    graph = load_optimized(loaded.graph, knn_version)
+    assert ("Triage", "choice") in graph.stale and ("Triage", "choice") not in graph.predictors
+    from bae.optimized_lm import OptimizedLM
+
+    lm = lms.fewshot()
+    start = loaded.graph.start(customer_email="ana@northwind.io", text=lms.TRACES[0][0]["fields"]["text"])
+    run = loaded.graph.run(start, lm=OptimizedLM(graph.predictors, stale=graph.stale, lm=lm), **loaded.deps)
+    sources_and_demos = [(call.source, scripted.demos) for call, scripted in zip(run.calls, lm.calls, strict=True)]
+    assert sources_and_demos[0] == ("stale", 0)
+    assert sources_and_demos[1:] == [("optimized", 4)] * (len(run.calls) - 1)

@@ -146,7 +146,7 @@ def compile_(
         table.add_row(
             f"{row['node']}.{row['kind']}",
             str(row["examples"]),
-            str(row["demos"]),
+            f"{row['demos']} of {row['pool']}" if row.get("pool") else str(row["demos"]),
             _score(row["naive_score"]),
             _score(row["optimized_score"]),
             status,

@@ -183,10 +183,23 @@ def save_state(llama: Llama) -> bytes:
     return ctypes.string_at(buffer, written)
 
 
+def _clear(llama: Llama) -> None:
+    """Empty the KV cache *and* rewind its allocation head.
+
+    Removing a sequence frees its cells but can leave the head where it was, so the next tokens would
+    land in other cells; attention then sums over cells in another order and the logits move in the
+    last bits, enough to flip a close choice. From a cleared cache every call lays out the same.
+    """
+    import llama_cpp
+
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llama._ctx.ctx), True)
+    llama.n_tokens = 0
+
+
 def restore_state(llama: Llama, state: bytes, tokens: list[int]) -> None:
     import llama_cpp
 
-    llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+    _clear(llama)
     buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
     if llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, buffer, len(state), 0) != len(state):
         raise RuntimeError("llama.cpp refused a cached prompt state")
@@ -197,19 +210,22 @@ def restore_state(llama: Llama, state: bytes, tokens: list[int]) -> None:
 def evaluate(llama: Llama, prompt: Prompt, cache: PrefixCache | None) -> None:
     """Leave ``prompt`` evaluated in ``llama``'s KV cache, its last logits ready.
 
-    The prefix is restored from ``cache`` or evaluated from empty (and then cached); the rest is
-    always evaluated on top, at least one token, so the logits belong to this prompt.
+    The prefix comes from ``cache`` or is evaluated from empty (and then cached), and is restored
+    from its saved state either way; the rest is always evaluated on top, at least one token, so the
+    logits belong to this prompt.
     """
     head = prompt.tokens[: prompt.split]
-    state = cache.get(_key(head)) if cache is not None and head else None
-    if state is not None:
-        restore_state(llama, state, head)
-    else:
-        llama.reset()
-        if head:
+    _clear(llama)
+    if head:
+        state = cache.get(_key(head)) if cache is not None else None
+        if state is None:
             llama.eval(head)
+            state = save_state(llama)
             if cache is not None:
-                cache.put(_key(head), save_state(llama))
+                cache.put(_key(head), state)
+        # Restored even right after evaluating it: a restored prefix lays out its cells differently
+        # from a freshly evaluated one, and a hit and a miss must compute the same thing.
+        restore_state(llama, state, head)
     llama.eval(prompt.tokens[prompt.split :])
 
 

@@ -92,7 +92,8 @@ def _predictor(demos: list[dspy.Example], k: int | None = None) -> dspy.Predict:
 @pytest.mark.parametrize("calibrate", [False, True])
 def test_likelihood_choice_matches_scoring_each_answer_by_hand(calibrate: bool) -> None:
     """The engine's pick is the option with the best full-answer log-likelihood (minus the content-free
-    one when calibrated), as computed here token by token from an empty cache."""
+    one when calibrated), as computed here token by token from an empty cache (calibrated: the best or
+    within 0.3 nat of it, two differences of slightly different numerics)."""
     import numpy as np
 
     from bae.local_decoding import render
@@ -133,7 +134,10 @@ def test_likelihood_choice_matches_scoring_each_answer_by_hand(calibrate: bool) 
             free = content_free(messages)
             assert free is not None
             scores = [s - f for s, f in zip(scores, by_hand(free), strict=True)]
-        assert picked == options[int(np.argmax(scores))], (example.text, scores)
+        # By hand the prompt is evaluated in one piece and each answer a token at a time; the engine
+        # evaluates prefix, rest and each answer in batches. Logits then differ in the low bits (up to
+        # ~0.1 nat per answer seen here), which only matters between near-tied options.
+        assert scores[options.index(picked)] >= max(scores) - (0.3 if calibrate else 0.0), (example.text, scores)
 
 
 @needs_model

@@ -65,3 +65,52 @@ def graph_from(reference: str | None, manifest: dict[str, Any] | None, version_d
         if beside.exists():
             return load_graph(f"{beside}:{attribute}" if attribute else str(beside))
     return load_graph(recorded)
+
+
+class RichProgress:
+    """A command's stages as Rich progress bars on stderr, so stdout stays clean for --json.
+
+    The display starts with the first stage, so an input error found before any work (a bad
+    dataset line, a bad flag value) stays the only line on stderr; a new stage fills the last bar.
+    """
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.task: int | None = None
+
+    def stage(self, name: str, total: int) -> None:
+        if self.task is None:
+            self.progress.start()
+        else:
+            self.progress.update(self.task, completed=self.progress.tasks[self.task].total)
+        self.task = self.progress.add_task(name, total=total)
+
+    def advance(self) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+
+def confusion_tables(graph: Any, matrices: list[dict[str, Any]], joiner: str, title: str) -> list[Any]:
+    """One table per choice predictor: gold answers in rows, every answer the node allows in columns
+    (and ``error`` if a run failed there), each cell the counts of every matrix in order, joined."""
+    from rich.table import Table
+
+    from bae.evaluation import FAILED
+    from bae.node import spec_of
+
+    tables = []
+    for key in sorted({k for m in matrices for k in m}):
+        cls = graph.node(key.rsplit(".", 1)[0])
+        each = [m.get(key, {}) for m in matrices]
+        golds = {want for matrix in each for want in matrix}
+        seen = golds | {answer for matrix in each for row in matrix.values() for answer in row}
+        order = list(spec_of(cls).choices) if cls is not None else []
+        columns = order + [FAILED] * (FAILED in seen) + sorted(seen - {*order, FAILED})
+        table = Table(title=f"{key}{escape(title)}", show_edge=False)
+        table.add_column("gold \\ answer")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for want in (c for c in columns if c in golds):
+            table.add_row(want, *(joiner.join(str(m.get(want, {}).get(got, 0)) for m in each) for got in columns))
+        tables.append(table)
+    return tables

@@ -12,38 +12,15 @@ from rich.table import Table
 from bae.exceptions import BaeInputError
 from bae.loader import load_graph, split_reference
 from bae_cli.app import app
-from bae_cli.common import JsonFlag, LmOption, err, out, print_json
+from bae_cli.common import JsonFlag, LmOption, RichProgress, confusion_tables, err, out, print_json
 
 if TYPE_CHECKING:
-    from bae.graph import Graph
+    pass
 
 OPTIMIZER_HELP = (
     "knn (each call gets the --max-labeled-demos training examples most similar to its inputs; no LM calls "
     "to compile), bootstrap (BootstrapFewShot), labeled (LabeledFewShot), random-search, mipro (MIPROv2), gepa."
 )
-
-
-class RichProgress:
-    """compile's stages as Rich progress bars on stderr, so stdout stays clean for --json.
-
-    The display starts with the first stage, so an input error found before any work
-    (a bad dataset line, a bad --dev-split) stays the only line on stderr.
-    """
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.task: int | None = None
-
-    def stage(self, name: str, total: int) -> None:
-        if self.task is None:
-            self.progress.start()
-        else:
-            self.progress.update(self.task, completed=self.progress.tasks[self.task].total)
-        self.task = self.progress.add_task(name, total=total)
-
-    def advance(self) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task)
 
 
 def default_trainset(graph_reference: str) -> Path:
@@ -158,7 +135,9 @@ def compile_(
         f"optimized {scores['optimized']:.3f}   path accuracy {scores['naive_path_accuracy']:.3f} -> "
         f"{scores['optimized_path_accuracy']:.3f}"
     )
-    for table in _confusion_tables(summary["confusion"], loaded.graph):
+    matrices = [summary["confusion"]["naive"], summary["confusion"]["optimized"]]
+    title = " on dev: gold (rows) x answer (columns), naive -> optimized"
+    for table in confusion_tables(loaded.graph, matrices, " -> ", title):
         out.print(table)
     usage = summary["usage"]
     tokens = sum(stage["prompt_tokens"] + stage["completion_tokens"] for stage in usage.values())
@@ -176,27 +155,3 @@ def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _confusion_tables(confusion: dict[str, dict[str, dict[str, dict[str, int]]]], graph: Graph) -> list[Table]:
-    """One table per choice predictor: gold answers in rows, every answer the node allows in columns
-    (and ``error`` if a run failed there), each cell the ``naive -> optimized`` count on dev."""
-    from bae.evaluation import FAILED
-    from bae.node import spec_of
-
-    naive, optimized = confusion["naive"], confusion["optimized"]
-    tables = []
-    for key in sorted(set(naive) | set(optimized)):
-        cls = graph.node(key.rsplit(".", 1)[0])
-        both = (naive.get(key, {}), optimized.get(key, {}))
-        golds = {want for matrix in both for want in matrix}
-        seen = golds | {answer for matrix in both for row in matrix.values() for answer in row}
-        order = list(spec_of(cls).choices) if cls is not None else []
-        columns = order + [FAILED] * (FAILED in seen) + sorted(seen - {*order, FAILED})
-        table = Table(title=f"{key} on dev: gold (rows) x answer (columns), naive -> optimized", show_edge=False)
-        table.add_column("gold \\ answer")
-        for column in columns:
-            table.add_column(column, justify="right")
-        for want in (c for c in columns if c in golds):
-            counts = [(both[0].get(want, {}).get(got, 0), both[1].get(want, {}).get(got, 0)) for got in columns]
-            table.add_row(want, *(f"{n} -> {o}" for n, o in counts))
-        tables.append(table)
-    return tables

@@ -14,29 +14,11 @@ from rich.table import Table
 from bae import artifacts
 from bae.exceptions import BaeError, BaeInputError
 from bae_cli.app import app
-from bae_cli.common import JsonFlag, LmOption, err, graph_from, out, print_json, warn
+from bae_cli.common import JsonFlag, LmOption, RichProgress, confusion_tables, err, graph_from, out, print_json, warn
 
 if TYPE_CHECKING:
     from bae.evaluator import Evaluation
     from bae.graph import Graph
-
-
-class _Bars:
-    """One progress bar per column on stderr, started with the first, so stdout stays clean for --json
-    and an input error found before any work stays the only line on stderr."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.task: int | None = None
-
-    def stage(self, name: str, total: int) -> None:
-        if self.task is None:
-            self.progress.start()
-        self.task = self.progress.add_task(name, total=total)
-
-    def advance(self) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task)
 
 
 @app.command("eval")
@@ -124,7 +106,7 @@ def eval_(
             max_steps=max_steps,
             strict=strict,
             log=None if no_log else (log_db or default_log_path()),
-            progress=_Bars(progress),
+            progress=RichProgress(progress),
             warn=warn,
         )
     except EvaluationInterrupted as exc:
@@ -182,7 +164,9 @@ def _report(result: Evaluation, graph: Graph, show_failures: int, output: Path |
     table.add_row("recorded at compile", *(_num(c.recorded_score) for c in result.columns))
     table.add_row("LM calls", *(str(c.usage["calls"]) for c in result.columns))
     out.print(table)
-    for confusion in _confusion_tables(result, graph):
+    matrices = [c.score.confusion for c in result.columns]
+    title = f": gold (rows) x answer (columns), {' / '.join(c.name for c in result.columns)}"
+    for confusion in confusion_tables(graph, matrices, " / ", title):
         out.print(confusion)
     _print_failures(result, show_failures, output)
     for gate in result.gates:
@@ -199,32 +183,6 @@ def _predictor_order(graph: Graph) -> Any:
         return (order.get(item[0], len(order)), item[1] != "choice", item[0])
 
     return key
-
-
-def _confusion_tables(result: Evaluation, graph: Graph) -> list[Table]:
-    """One table per choice predictor: gold answers in rows, every answer the node allows in columns (and
-    ``error`` if a run failed there), each cell the counts of every evaluated column in order."""
-    from bae.evaluation import FAILED
-    from bae.node import spec_of
-
-    matrices = [c.score.confusion for c in result.columns]
-    names = " / ".join(c.name for c in result.columns)
-    tables = []
-    for key in sorted({k for m in matrices for k in m}):
-        cls = graph.node(key.rsplit(".", 1)[0])
-        each = [m.get(key, {}) for m in matrices]
-        golds = {want for matrix in each for want in matrix}
-        seen = golds | {answer for matrix in each for row in matrix.values() for answer in row}
-        order = list(spec_of(cls).choices) if cls is not None else []
-        columns = order + [FAILED] * (FAILED in seen) + sorted(seen - {*order, FAILED})
-        table = Table(title=f"{key}: gold (rows) x answer (columns), {escape(names)}", show_edge=False)
-        table.add_column("gold \\ answer")
-        for column in columns:
-            table.add_column(column, justify="right")
-        for want in (c for c in columns if c in golds):
-            table.add_row(want, *(" / ".join(str(m.get(want, {}).get(got, 0)) for m in each) for got in columns))
-        tables.append(table)
-    return tables
 
 
 def _steps_text(path: list[str], steps: list[dict[str, Any]]) -> str:

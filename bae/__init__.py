@@ -29,7 +29,7 @@ _LAZY = {
     "Node": "bae.node",
     "DSPyBackend": "bae.dspy_backend",
     "node_to_signature": "bae.compiler",
-    "CompiledGraph": "bae.compiler",
+    "CompiledGraph": "bae.optimized_lm",
     "OptimizedLM": "bae.optimized_lm",
     "create_optimized_lm": "bae.optimized_lm",
     "evaluate": "bae.evaluator",

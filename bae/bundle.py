@@ -34,7 +34,7 @@ from typing import Any
 from bae import __version__, artifacts
 from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.loader import LoadedGraph, import_target, split_reference
-from bae.node import spec_of
+from bae.node import graph_fingerprint, spec_of
 from bae.redaction import redact
 
 FORMAT = 1
@@ -58,7 +58,7 @@ class Bundle:
 
 def lm_config(model: Any) -> dict[str, Any]:
     """The LM's name and answer-shaping settings, from an allow-list: no key, base URL or header gets through."""
-    from bae.lms import lm_name
+    from bae.lm_specs import lm_name
 
     settings = {
         name: value
@@ -152,7 +152,7 @@ def _graph_file(loaded: LoadedGraph, manifest: dict[str, Any]) -> tuple[Path, st
 
 def _check_matches(loaded: LoadedGraph, version_dir: Path) -> dict[str, Any]:
     """Load the version for this graph as a run would; refuse tampered, stale or missing predictors."""
-    from bae.optimizer import load_optimized
+    from bae.optimized_lm import load_optimized
 
     version = load_optimized(loaded.graph, version_dir)
     unusable = [f"{n}.{k} (stale: changed since compile)" for n, k in sorted(version.stale)]
@@ -229,7 +229,6 @@ def write_bundle(loaded: LoadedGraph, version_dir: Path, out: Path, model: Any |
     ``model`` is the LM the bundle is meant to run with (its name and safe settings go to
     config.json); without one, the LM the version was compiled with is recorded.
     """
-    from bae.compilation import graph_fingerprint
 
     if out.exists():
         raise BaeInputError(f"--out {out} already exists: give a new folder")
@@ -247,7 +246,7 @@ def write_bundle(loaded: LoadedGraph, version_dir: Path, out: Path, model: Any |
             "file": graph_rel,
             "argument": graph_arg,
             "start": loaded.graph.start.__name__,
-            "fingerprint": graph_fingerprint(loaded.graph),
+            "fingerprint": graph_fingerprint(loaded.graph.nodes),
         },
         "lm": lm,
         "compiled": {
@@ -266,9 +265,11 @@ def write_bundle(loaded: LoadedGraph, version_dir: Path, out: Path, model: Any |
     build = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     try:
         _copy_version(version_dir, manifest, build / "compiled" / name)
-        (build / "compiled" / artifacts.VERSIONS).write_bytes(artifacts.dump_json(
-            {"format": artifacts.FORMAT, "active": name, "versions": [artifacts.version_summary(manifest)]}
-        ))
+        (build / "compiled" / artifacts.VERSIONS).write_bytes(
+            artifacts.dump_json(
+                {"format": artifacts.FORMAT, "active": name, "versions": [artifacts.version_summary(manifest)]}
+            )
+        )
         (build / graph_rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, build / graph_rel)
         if artifacts.PROMPTS in manifest["files"]:

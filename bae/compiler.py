@@ -33,10 +33,6 @@ def title(cls: type) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", cls.__name__)
 
 
-def _doc(cls: type) -> str:
-    return " ".join((cls.__dict__.get("__doc__") or "").split())
-
-
 def _fields(specs: tuple[FieldSpec, ...], kind: Any) -> dict[str, tuple[Any, Any]]:
     return {f.name: (f.annotation, kind(desc=f.description) if f.description else kind()) for f in specs}
 
@@ -44,7 +40,7 @@ def _fields(specs: tuple[FieldSpec, ...], kind: Any) -> dict[str, tuple[Any, Any
 def node_to_signature(cls: type[Node]) -> type[dspy.Signature]:
     """The make signature of ``cls``: its ``Context`` fields in, its generated fields out."""
     spec = spec_of(cls)
-    instructions = f"{title(cls)}. {_doc(cls)}".strip()
+    instructions = f"{title(cls)}. {spec.doc}".strip()
     fields = {**_fields(spec.context, dspy.InputField), **_fields(spec.generated, dspy.OutputField)}
     return dspy.make_signature(fields, instructions, signature_name=f"Make{cls.__name__}")
 
@@ -52,10 +48,10 @@ def node_to_signature(cls: type[Node]) -> type[dspy.Signature]:
 def choice_signature(cls: type[Node]) -> type[dspy.Signature]:
     """The choice signature of a deciding node: its visible state in, the next step's name out."""
     spec = spec_of(cls)
-    options = "\n".join(f"- {s.__name__}: {title(s)}. {_doc(s)}".rstrip() for s in spec.successors) + (
+    options = "\n".join(f"- {s.__name__}: {title(s)}. {spec_of(s).doc}".rstrip() for s in spec.successors) + (
         "\n- None: nothing follows; the work ends here." if spec.may_end else ""
     )
-    instructions = f"{title(cls)}. {_doc(cls)}\nChoose the step that follows:\n{options}".strip()
+    instructions = f"{title(cls)}. {spec.doc}\nChoose the step that follows:\n{options}".strip()
     answer = Literal[spec.choices]  # type: ignore[valid-type]
     fields = {
         **_fields(spec.visible, dspy.InputField),
@@ -132,39 +128,3 @@ def new_predictor(cls: type[Node], kind: str) -> NodePredict:
     """A fresh, naive predictor making ``cls`` (``make``) or choosing its successor (``choice``)."""
     signature = node_to_signature(cls) if kind == MAKE else choice_signature(cls)
     return NodePredict(signature, cls.__name__, kind)
-
-
-class CompiledGraph:
-    """A graph with its compiled predictors: load once, run many times through ``OptimizedLM``."""
-
-    def __init__(
-        self,
-        graph: Any,
-        predictors: dict[tuple[str, str], NodePredict] | None = None,
-        stale: set[tuple[str, str]] | None = None,
-        manifest: dict[str, Any] | None = None,
-    ) -> None:
-        self.graph = graph
-        self.optimized = dict(predictors or {})
-        self.stale = set(stale or ())
-        self.manifest = manifest or {}
-
-    @classmethod
-    def load(cls, graph: Any, path: Any) -> CompiledGraph:
-        """Verify and load a compiled root (its active version) or a version dir for ``graph``."""
-        from pathlib import Path
-
-        from bae.optimizer import load_optimized
-
-        loaded = load_optimized(graph, Path(path))
-        return cls(graph, loaded.predictors, loaded.stale, loaded.manifest)
-
-    def lm(self, **backend: Any) -> Any:
-        """An ``OptimizedLM`` over these predictors (``lm=``, ``adapter=``... go to ``DSPyBackend``)."""
-        from bae.optimized_lm import OptimizedLM
-
-        return OptimizedLM(self.optimized, stale=self.stale, version=self.manifest.get("version"), **backend)
-
-    def run(self, start_node: Node, lm: Any = None, **deps: Any) -> Any:
-        """Run the graph with the compiled predictors; ``lm`` is the DSPy LM they call."""
-        return self.graph.run(start_node, lm=self.lm(lm=lm), **deps)

@@ -5,7 +5,7 @@ the questions that come after: does v3 beat v2 on a held-out set, did last week'
 traffic get worse under the new version, is the active version still above 0.8 on
 ``golden.jsonl``. Each version is one *column*: every trace's start node is run through the
 graph with that version's predictors and scored exactly as ``bae compile`` scores dev
-(``bae.evaluation``: one scoring path), so the numbers compare with the recorded ones.
+(``bae.scoring``: one scoring path), so the numbers compare with the recorded ones.
 
 Columns are the versions asked for (the active one by default), then the naive graph with
 ``naive=True``, then the ``baseline`` if it was not already among them. Deltas are against the
@@ -28,17 +28,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from bae import artifacts
 from bae.dataset import Dataset, GoldTrace, load_dataset
-from bae.evaluation import EvaluationInterrupted, GraphScore, TraceRun, run_traces, summarize
 from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.graph import Graph
 from bae.loader import LoadedGraph, load_graph
 from bae.node import spec_of
+from bae.scoring import EvaluationInterrupted, GraphScore, TraceRun, run_traces, summarize
 from bae.usage import lm_usage
 
 if TYPE_CHECKING:
     import dspy
 
-    from bae.optimizer import LoadedVersion
+    from bae.optimized_lm import LoadedVersion
     from bae.runlog import RunLog
 
 logger = logging.getLogger("bae")
@@ -387,9 +387,8 @@ def evaluate(
     ``EvaluationInterrupted`` (a ``KeyboardInterrupt``) on Ctrl-C, its ``evaluation`` holding the
     columns and runs that finished.
     """
-    from bae.lms import lm_name, resolve_lm
-    from bae.optimized_lm import OptimizedLM
-    from bae.optimizer import load_optimized
+    from bae.lm_specs import lm_name, resolve_lm
+    from bae.optimized_lm import OptimizedLM, load_optimized
     from bae.runlog import EVAL, RunLog, RunLogError
 
     if max_drop is not None and baseline is None:
@@ -421,11 +420,7 @@ def evaluate(
     )
     for plan in plans:
         version = versions_loaded.get(plan.name)
-        backend = (
-            OptimizedLM(version.predictors, stale=version.stale, version=version.version, lm=model)
-            if version is not None
-            else OptimizedLM(lm=model)
-        )
+        backend = version.lm(lm=model) if version is not None else OptimizedLM(lm=model)
 
         def record(run: TraceRun, plan: _Plan = plan, version: LoadedVersion | None = version) -> None:
             if run_log is None:

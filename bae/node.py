@@ -16,6 +16,7 @@ import sys
 import types
 import typing
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
@@ -76,6 +77,7 @@ class NodeSpec:
     """The static reading of one node class."""
 
     cls: type[Node]
+    doc: str  # the class's own docstring, whitespace collapsed: part of the prompt and the fingerprint
     context: tuple[FieldSpec, ...]
     generated: tuple[FieldSpec, ...]
     bound: tuple[FieldSpec, ...]
@@ -166,6 +168,7 @@ def _read_spec(cls: type[Node]) -> NodeSpec:
     problems.extend(dep_problems)
     return NodeSpec(
         cls=cls,
+        doc=" ".join((cls.__dict__.get("__doc__") or "").split()),
         context=context,
         generated=generated,
         bound=bound,
@@ -278,9 +281,15 @@ def schema_fingerprint(cls: type[Node]) -> str:
     roles = (("context", spec.context), ("generated", spec.generated), ("bind", spec.bound))
     schema = {
         "name": cls.__name__,
-        "doc": " ".join((cls.__dict__.get("__doc__") or "").split()),
+        "doc": spec.doc,
         "fields": [[role, f.name, type_name(f.annotation), f.description] for role, fs in roles for f in fs],
         "successors": [s.__name__ for s in spec.successors],
         "may_end": spec.may_end,
     }
     return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def graph_fingerprint(nodes: Iterable[type[Node]]) -> str:
+    """One hash over every node's fingerprint: whether a compiled version was made for this graph."""
+    joined = ",".join(f"{cls.__name__}={schema_fingerprint(cls)}" for cls in nodes)
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]

@@ -1,5 +1,10 @@
-"""``OptimizedLM``: the production backend, compiled predictors first, naive ones as fallback.
+"""The runtime: load a compiled version (verified) and serve a graph with it through ``OptimizedLM``.
 
+``load_optimized`` is the one loading path: ``CompiledGraph.load``, ``create_optimized_lm``
+and the CLI's runner all go through it, so they agree on what a version is called and
+which predictors are usable. Training lives in ``bae.optimizer``; nothing here imports it.
+
+``OptimizedLM`` is the production backend, compiled predictors first, naive ones as fallback.
 Built on ``DSPyBackend``, so retries, self-correction and two-step decide are the same
 code. Predictors are looked up by node *name*: a class imported twice (the seeds'
 pitfall 2) still finds its compiled predictor, and a node without one falls back to
@@ -11,14 +16,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bae.compiler import NodePredict
+from bae import artifacts
+from bae.compiler import CHOICE, MAKE, NodePredict, new_predictor
 from bae.dspy_backend import DSPyBackend
+from bae.exceptions import BaeArtifactError
 from bae.graph import Graph
-from bae.node import Node
-from bae.result import CallRecord
+from bae.node import Node, schema_fingerprint, spec_of
+from bae.result import CallRecord, GraphResult
 
 logger = logging.getLogger("bae")
 
@@ -89,9 +97,88 @@ class OptimizedLM(DSPyBackend):
         }
 
 
+@dataclass
+class LoadedVersion:
+    """A verified compiled version: predictors keyed by (node, kind), and what could not be used."""
+
+    version_dir: Path
+    manifest: dict[str, Any]
+    predictors: dict[Key, NodePredict] = field(default_factory=dict)
+    stale: set[Key] = field(default_factory=set)
+    missing: set[Key] = field(default_factory=set)
+
+    @property
+    def version(self) -> str:
+        """The version's name as its manifest records it (a copied or renamed dir keeps its name)."""
+        return str(self.manifest.get("version", self.version_dir.name))
+
+    def lm(self, **backend: Any) -> OptimizedLM:
+        """An ``OptimizedLM`` over these predictors (``lm=``, ``adapter=``... go to ``DSPyBackend``)."""
+        return OptimizedLM(self.predictors, stale=self.stale, version=self.version, **backend)
+
+
+def load_optimized(graph: Graph, path: str | Path) -> LoadedVersion:
+    """Load a compiled root (its active version) or a version dir for ``graph``: JSON only,
+    checksums and fingerprints checked.
+
+    A node whose schema changed since compile is *stale* (its predictor is not used);
+    a node no longer in the graph is *missing*. Each predictor loads into a fresh
+    ``Predict``, so a failed load never leaves a half-updated one behind.
+    """
+    version_dir = artifacts.resolve_version_dir(Path(path))
+    manifest = artifacts.read_manifest(version_dir)
+    loaded = LoadedVersion(version_dir=version_dir, manifest=manifest)
+    for rel, entry in manifest["files"].items():
+        if entry.get("kind") not in (MAKE, CHOICE):
+            continue
+        document = artifacts.read_verified(version_dir, rel, manifest)
+        state = artifacts.predictor_state(document, str(version_dir / rel))
+        key = (str(entry.get("node")), str(entry["kind"]))
+        cls = graph.node(key[0])
+        if cls is None or (key[1] == CHOICE and not spec_of(cls).decides):
+            loaded.missing.add(key)
+            continue
+        if entry.get("fingerprint") != schema_fingerprint(cls):
+            loaded.stale.add(key)
+            continue
+        predictor = new_predictor(cls, key[1])
+        try:
+            predictor.load_state(state)
+        except Exception as exc:
+            raise BaeArtifactError(f"{version_dir / rel}: predictor state does not load: {exc}") from exc
+        k = artifacts.retrieval_k(document, str(version_dir / rel))
+        if k is not None:
+            predictor.retrieve(k)
+        loaded.predictors[key] = predictor
+    return loaded
+
+
 def create_optimized_lm(graph: Graph, path: str | Path, **backend: Any) -> OptimizedLM:
     """Load a compiled root or version dir once and serve ``graph`` with it."""
-    from bae.optimizer import load_optimized
+    return load_optimized(graph, path).lm(**backend)
 
-    loaded = load_optimized(graph, Path(path))
-    return OptimizedLM(loaded.predictors, stale=loaded.stale, version=loaded.version, **backend)
+
+class CompiledGraph:
+    """A graph with its compiled version: load once, run many times through ``OptimizedLM``."""
+
+    def __init__(self, graph: Graph, version: LoadedVersion) -> None:
+        self.graph = graph
+        self.version = version
+
+    @classmethod
+    def load(cls, graph: Graph, path: str | Path) -> CompiledGraph:
+        """Verify and load a compiled root (its active version) or a version dir for ``graph``."""
+        return cls(graph, load_optimized(graph, path))
+
+    @property
+    def optimized(self) -> dict[Key, NodePredict]:
+        """The usable compiled predictors by (node, kind)."""
+        return self.version.predictors
+
+    def lm(self, **backend: Any) -> OptimizedLM:
+        """An ``OptimizedLM`` over these predictors (``lm=``, ``adapter=``... go to ``DSPyBackend``)."""
+        return self.version.lm(**backend)
+
+    def run(self, start_node: Node, lm: Any = None, **deps: Any) -> GraphResult:
+        """Run the graph with the compiled predictors; ``lm`` is the DSPy LM they call."""
+        return self.graph.run(start_node, lm=self.lm(lm=lm), **deps)

@@ -1,8 +1,8 @@
-"""Training examples from gold traces, DSPy optimizers per predictor, and loading compiled ones.
+"""Training: examples from gold traces, and a DSPy optimizer per predictor.
 
 Every make predictor and every choice predictor is optimized on its own examples by
 a stock DSPy teleprompter; bae adds only what DSPy lacks: examples resolved the way
-runs resolve inputs, and verified, fingerprint-checked loading.
+runs resolve inputs. Loading what was trained is runtime work: ``bae.optimized_lm``.
 """
 
 from __future__ import annotations
@@ -12,18 +12,16 @@ import io
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import dspy
 
-from bae import artifacts
 from bae.compiler import CHOICE, CHOICE_FIELD, MAKE, NodePredict, new_predictor
-from bae.exceptions import BaeArtifactError, BaeInputError
+from bae.exceptions import BaeInputError
 from bae.graph import Graph
 from bae.metrics import fields_score
-from bae.node import Node, schema_fingerprint, spec_of
+from bae.node import Node, spec_of
 from bae.resolve import RunState, context_inputs, visible_state
 
 logger = logging.getLogger("bae")
@@ -273,54 +271,3 @@ def quiet(what: str) -> Iterator[None]:
             yield
     finally:
         logger.debug("%s optimizer output:\n%s", what, chatter.getvalue())
-
-
-# -- loading compiled predictors -------------------------------------------------------
-@dataclass
-class LoadedVersion:
-    """A verified compiled version: predictors keyed by (node, kind), and what could not be used."""
-
-    version_dir: Path
-    manifest: dict[str, Any]
-    predictors: dict[Key, NodePredict] = field(default_factory=dict)
-    stale: set[Key] = field(default_factory=set)
-    missing: set[Key] = field(default_factory=set)
-
-    @property
-    def version(self) -> str:
-        return str(self.manifest.get("version", self.version_dir.name))
-
-
-def load_optimized(graph: Graph, path: Path) -> LoadedVersion:
-    """Load a compiled root or version dir for ``graph``: JSON only, checksums and fingerprints checked.
-
-    A node whose schema changed since compile is *stale* (its predictor is not used);
-    a node no longer in the graph is *missing*. Each predictor loads into a fresh
-    ``Predict``, so a failed load never leaves a half-updated one behind.
-    """
-    version_dir = artifacts.resolve_version_dir(path)
-    manifest = artifacts.read_manifest(version_dir)
-    loaded = LoadedVersion(version_dir=version_dir, manifest=manifest)
-    for rel, entry in manifest["files"].items():
-        if entry.get("kind") not in (MAKE, CHOICE):
-            continue
-        document = artifacts.read_verified(version_dir, rel, manifest)
-        state = artifacts.predictor_state(document, str(version_dir / rel))
-        key = (str(entry.get("node")), str(entry["kind"]))
-        cls = graph.node(key[0])
-        if cls is None or (key[1] == CHOICE and not spec_of(cls).decides):
-            loaded.missing.add(key)
-            continue
-        if entry.get("fingerprint") != schema_fingerprint(cls):
-            loaded.stale.add(key)
-            continue
-        predictor = fresh_predictor(graph, key)
-        try:
-            predictor.load_state(state)
-        except Exception as exc:
-            raise BaeArtifactError(f"{version_dir / rel}: predictor state does not load: {exc}") from exc
-        k = artifacts.retrieval_k(document, str(version_dir / rel))
-        if k is not None:
-            predictor.retrieve(k)
-        loaded.predictors[key] = predictor
-    return loaded

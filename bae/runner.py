@@ -120,9 +120,8 @@ class Backend:
 
 def open_backend(loaded: LoadedGraph, compiled: Path | None, lm_spec: str | None) -> Backend:
     """Resolve the LM and load the compiled version (verified) once; ``compiled=None`` runs naive predictors."""
-    from bae.lms import lm_name, resolve_lm
-    from bae.optimized_lm import OptimizedLM
-    from bae.optimizer import load_optimized
+    from bae.lm_specs import lm_name, resolve_lm
+    from bae.optimized_lm import OptimizedLM, load_optimized
 
     model = resolve_lm(lm_spec)
     meta: dict[str, Any] = {"version": None, "compiled_dir": None, "lm": lm_name(model)}
@@ -130,8 +129,7 @@ def open_backend(loaded: LoadedGraph, compiled: Path | None, lm_spec: str | None
         return Backend(OptimizedLM(lm=model), meta)
     version = load_optimized(loaded.graph, compiled)
     meta.update(version=version.version, compiled_dir=str(version.version_dir))
-    backend = OptimizedLM(version.predictors, stale=version.stale, version=version.version, lm=model)
-    return Backend(backend, meta, set(version.stale))
+    return Backend(version.lm(lm=model), meta, set(version.stale))
 
 
 class Runner:

@@ -34,7 +34,7 @@ from bae.exceptions import BaeError, BaeGraphError, BaeInputError, BaeLMError, B
 from bae.jsontext import JSONTextError, check_text
 from bae.loader import LoadedGraph
 from bae.markers import Bind, Context
-from bae.node import Node, spec_of
+from bae.node import Node, graph_fingerprint, spec_of
 from bae.redaction import redact
 from bae.runlog import RunLog
 from bae.runner import Backend, BackgroundLog, Outcome, Runner, node_json, trace_json
@@ -211,14 +211,12 @@ def version_info(loaded: LoadedGraph, manifest: dict[str, Any], backend: Backend
     """What ``GET /version`` answers: which compiled version of which graph, on which bae and DSPy."""
     import dspy
 
-    from bae.compilation import graph_fingerprint
-
     return {
         "version": backend.meta["version"],
         "created_at": manifest.get("created_at"),
         "graph": loaded.reference,
         "start": loaded.graph.start.__name__,
-        "graph_fingerprint": graph_fingerprint(loaded.graph),
+        "graph_fingerprint": graph_fingerprint(loaded.graph.nodes),
         "compiled_fingerprint": manifest.get("graph", {}).get("fingerprint"),
         "stale": sorted(f"{node}.{kind}" for node, kind in backend.stale),
         "scores": manifest.get("scores"),

@@ -60,7 +60,7 @@ def _debug_log() -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("bae").setLevel(logging.DEBUG)
-    logging.getLogger("bae.local_lm.llama_cpp").setLevel(logging.INFO)
+    logging.getLogger("bae.local.engine.llama_cpp").setLevel(logging.INFO)
 
 
 def _debugging() -> bool:

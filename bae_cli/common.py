@@ -95,8 +95,8 @@ def confusion_tables(graph: Any, matrices: list[dict[str, Any]], joiner: str, ti
     (and ``error`` if a run failed there), each cell the counts of every matrix in order, joined."""
     from rich.table import Table
 
-    from bae.evaluation import FAILED
     from bae.node import spec_of
+    from bae.scoring import FAILED
 
     tables = []
     for key in sorted({k for m in matrices for k in m}):

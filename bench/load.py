@@ -22,10 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bae.compilation import CompileOptions, compile_graph
+from bae.compile_version import CompileOptions, compile_graph
 from bae.graph import Graph
 from bae.loader import load_graph
-from bae.optimizer import OptimizeSettings, fresh_predictor, load_optimized
+from bae.optimized_lm import load_optimized
+from bae.optimizer import OptimizeSettings, fresh_predictor
 from bae.testing import ScriptedLM
 from bench.common import Report, interleave, parse, parser, summary
 

@@ -27,7 +27,7 @@ from bench.common import EXAMPLE, ROOT, Report, interleave, parse, parser
 _PROMPT_SPEED = """
 import json, sys, time
 import llama_cpp
-import bae.local_lm as engine
+import bae.local.engine as engine
 extra = sys.argv[1] == "on"
 original = engine._no_extra_buffer_types
 if extra:  # the guard bypassed: llama.cpp's own defaults
@@ -61,10 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds = 2 if args.smoke else 5
     import dspy
 
-    from bae.compiler import CompiledGraph
     from bae.loader import load_graph
-    from bae.local_decoding import PrefixCache
-    from bae.local_lm import _load, _resolve, local_lm
+    from bae.local.decoding import PrefixCache
+    from bae.local.engine import _load, _resolve, local_lm
+    from bae.optimized_lm import CompiledGraph
     from bae.optimizer import stratified
 
     report = Report(

@@ -23,8 +23,7 @@ import dspy
 from bae.dspy_backend import DSPyBackend
 from bae.loader import LoadedGraph, load_graph
 from bae.node import Node
-from bae.optimized_lm import OptimizedLM
-from bae.optimizer import load_optimized
+from bae.optimized_lm import OptimizedLM, load_optimized
 from bench.common import COMPILED, EXAMPLE, Report, interleave, parse, parser, summary
 from bench.scripted import QUEUES, instant, tickets
 

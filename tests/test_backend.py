@@ -159,7 +159,7 @@ def test_caching_adapter_renders_exactly_what_json_adapter_renders() -> None:
     from bae.adapter import CachingJSONAdapter
     from bae.compiler import with_feedback
     from bae.loader import load_graph
-    from bae.optimizer import load_optimized
+    from bae.optimized_lm import load_optimized
     from tests.cli import EXAMPLE, ROOT
 
     graph = load_graph(EXAMPLE).graph

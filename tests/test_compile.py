@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from bae import artifacts
-from bae.compilation import CompileOptions, compile_graph
-from bae.compiler import CompiledGraph
+from bae.compile_version import CompileOptions, compile_graph
 from bae.dataset import load_dataset, split
 from bae.loader import load_graph
-from bae.optimizer import OptimizeSettings, load_optimized, trace_to_examples
+from bae.optimized_lm import CompiledGraph, load_optimized
+from bae.optimizer import OptimizeSettings, trace_to_examples
 from tests import lms
 from tests.cli import EXAMPLE, LMS, bae, bae_popen
 

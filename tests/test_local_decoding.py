@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from bae.dataset import load_dataset, split
 from bae.loader import load_graph
-from bae.local_decoding import closed_fields, compact_formatter, content_free
+from bae.local.decoding import closed_fields, compact_formatter, content_free
 from bae.optimizer import collect_examples, fresh_predictor
 from tests.cli import EXAMPLE
 from tests.test_local_lm import needs_model
@@ -96,8 +96,8 @@ def test_likelihood_choice_matches_scoring_each_answer_by_hand(calibrate: bool) 
     within 0.3 nat of it, two differences of slightly different numerics)."""
     import numpy as np
 
-    from bae.local_decoding import render
-    from bae.local_lm import _load, _resolve, local_lm
+    from bae.local.decoding import render
+    from bae.local.engine import _load, _resolve, local_lm
 
     train, dev = _choice_examples()
     predictor = _predictor(train[:6])
@@ -144,7 +144,7 @@ def test_likelihood_choice_matches_scoring_each_answer_by_hand(calibrate: bool) 
 def test_prefix_cache_changes_nothing_but_speed() -> None:
     """Every dev ticket of the example, fixed demos and similar-example demos: the same answers with the
     cache on (in dev order) and off (in reverse order)."""
-    from bae.local_lm import local_lm
+    from bae.local.engine import local_lm
 
     train, dev = _choice_examples()
     adapter = dspy.JSONAdapter()

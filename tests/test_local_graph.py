@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from bae.compilation import CompileOptions, compile_graph
-from bae.compiler import CompiledGraph
+from bae.compile_version import CompileOptions, compile_graph
 from bae.dataset import load_dataset
 from bae.dspy_backend import DSPyBackend
 from bae.loader import load_graph
-from bae.optimizer import OptimizeSettings, load_optimized
+from bae.optimized_lm import CompiledGraph, load_optimized
+from bae.optimizer import OptimizeSettings
 from tests.cli import EXAMPLE
 from tests.test_local_lm import HAS_LOCAL_EXTRA
 
@@ -28,7 +28,7 @@ TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
 
 @pytest.fixture(scope="module")
 def lm():
-    from bae.local_lm import local_lm
+    from bae.local.engine import local_lm
 
     return local_lm()
 

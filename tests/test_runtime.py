@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bae.compilation import CompileOptions, compile_graph
+from bae.compile_version import CompileOptions, compile_graph
 from bae.loader import load_graph
-from bae.optimized_lm import OptimizedLM, create_optimized_lm
-from bae.optimizer import OptimizeSettings, load_optimized
+from bae.optimized_lm import OptimizedLM, create_optimized_lm, load_optimized
+from bae.optimizer import OptimizeSettings
 from tests import lms
 from tests.cli import EXAMPLE, LMS, bae
 

@@ -44,7 +44,7 @@ def bundle(
     loaded = graph_from(graph, artifacts.read_manifest(version_dir), version_dir)
     model = None
     if lm is not None:
-        from bae.lms import resolve_lm
+        from bae.lm_specs import resolve_lm
 
         model = resolve_lm(lm)
     made = write_bundle(loaded, version_dir, output, model)

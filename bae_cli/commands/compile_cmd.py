@@ -65,8 +65,8 @@ def compile_(
     Scores the naive and the optimized graph on the same dev traces and records both.
     Writes atomically: an interrupted compile leaves no version behind.
     """
-    from bae.compilation import CompileOptions, compile_graph
-    from bae.lms import resolve_lm
+    from bae.compile_version import CompileOptions, compile_graph
+    from bae.lm_specs import resolve_lm
     from bae.optimizer import OPTIMIZERS, OptimizeSettings, default_metric
 
     if optimizer not in OPTIMIZERS:

@@ -76,9 +76,9 @@ def eval_(
     [--max-drop D] (the first scores at most D below vM here). Exit 1 when a gate fails. Runs go to
     the run log as eval runs (`bae stats --eval`).
     """
-    from bae.evaluation import EvaluationInterrupted
     from bae.evaluator import evaluate, plan_columns
     from bae.runlog import default_log_path
+    from bae.scoring import EvaluationInterrupted
 
     if output is not None and (output.is_dir() or not output.resolve().parent.is_dir()):
         problem = "is a directory" if output.is_dir() else "is in a folder that does not exist"

@@ -38,7 +38,7 @@ def resolve_lm(spec: str | None) -> dspy.BaseLM:
     """Build the LM a spec names; failures are one line (exit 4 unavailable, 2 malformed spec)."""
     spec = lm_spec(spec)
     if spec == "local" or spec.startswith("local:"):
-        from bae.local_lm import local_lm
+        from bae.local.engine import local_lm
 
         return local_lm(spec.partition(":")[2] or None)
     if _is_factory(spec):

@@ -11,7 +11,7 @@ demos, air-gapped machines). Design choices and their reasons:
   a 270M *base* model cannot be trusted to follow format instructions on its own. An answer that
   runs out of tokens (a small model repeating itself inside a string) is redone under length caps.
 * Decoding is greedy with a fixed seed, and a prompt is always evaluated as its cached static prefix
-  plus the rest (``bae.local_decoding``), because compiled artifacts and their manifests must be
+  plus the rest (``bae.local.decoding``), because compiled artifacts and their manifests must be
   reproducible run to run. Answers whose fields are all closed (literals, enums, bools) are chosen
   by likelihood, not decoded (same module).
 * A GGUF with a chat template is prompted through it; one without is a base model (the bundled
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bae.exceptions import BaeLMError
-from bae.local_decoding import (
+from bae.local.decoding import (
     ClosedAnswer,
     PrefixCache,
     Prompt,
@@ -96,7 +96,7 @@ N_CTX = 8192
 N_BATCH = 256
 SEED = 0
 # A one-field closed answer (a choice among options) is calibrated against a content-free input
-# (bae.local_decoding). Leave-one-out on the example's training traces: the choice 0.83 calibrated;
+# (bae.local.decoding). Leave-one-out on the example's training traces: the choice 0.83 calibrated;
 # made fields worse calibrated (BillingIssue 0.45 vs 0.50, AccountIssue 0.48 vs 0.58), so never those.
 CALIBRATE = True
 # Used only to redo an answer that ran out of tokens: caps under which every string and list ends.
@@ -724,7 +724,7 @@ def local_lm(
 
     ``calibrate`` subtracts a one-field closed answer's (a choice's) score for a content-free input;
     ``prefix_cache=False`` evaluates every prompt prefix afresh, for checking that the cache changes
-    nothing but speed (``bae.local_decoding``).
+    nothing but speed (``bae.local.decoding``).
     """
     _import_llama_cpp()
     model_file, label, recorded = _resolve(model_path)

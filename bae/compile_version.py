@@ -20,10 +20,9 @@ from bae import __version__, artifacts
 from bae.compiler import CHOICE, MAKE, NodePredict
 from bae.dataset import Dataset, GoldTrace, load_dataset, split
 from bae.dspy_backend import DSPyBackend
-from bae.evaluation import GraphScore, evaluate_graph
-from bae.lms import lm_name
+from bae.lm_specs import lm_name
 from bae.loader import LoadedGraph
-from bae.node import schema_fingerprint
+from bae.node import graph_fingerprint, schema_fingerprint
 from bae.optimized_lm import OptimizedLM
 from bae.optimizer import (
     OptimizeSettings,
@@ -34,6 +33,7 @@ from bae.optimizer import (
     quiet,
 )
 from bae.result import CallRecord
+from bae.scoring import GraphScore, evaluate_graph
 from bae.usage import lm_usage
 
 
@@ -184,7 +184,7 @@ def compile_graph(
         "graph": {
             "reference": loaded.reference,
             "start": graph.start.__name__,
-            "fingerprint": graph_fingerprint(graph),
+            "fingerprint": graph_fingerprint(graph.nodes),
             "nodes": {cls.__name__: schema_fingerprint(cls) for cls in graph.nodes},
         },
         "optimizer": {"name": options.settings.optimizer, "params": options.settings.params()},
@@ -209,13 +209,6 @@ def compile_graph(
     }
     version_dir = artifacts.write_version(options.out, files, manifest, activate=options.activate)
     return CompileReport(version_dir, manifest, outcomes, naive, optimized, dataset.invalid)
-
-
-def graph_fingerprint(graph: Any) -> str:
-    import hashlib
-
-    joined = ",".join(f"{cls.__name__}={schema_fingerprint(cls)}" for cls in graph.nodes)
-    return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
 def node_file_name(node: str, kind: str) -> str:

@@ -14,10 +14,10 @@ import pytest
 
 from bae.dataset import GoldTrace, load_dataset
 from bae.dspy_backend import DSPyBackend
-from bae.evaluation import evaluate_graph, lm_steps, score_trace
 from bae.graph import Graph
 from bae.loader import LoadedGraph, load_graph
 from bae.node import Node
+from bae.scoring import evaluate_graph, lm_steps, score_trace
 from bae.testing import ScriptedLM
 from tests import graphs as g
 from tests import lms

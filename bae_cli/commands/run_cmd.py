@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -196,6 +197,31 @@ def _report_single(outcome: Outcome, meta: dict[str, Any], verbose: bool, as_jso
         raise outcome.error
 
 
+@dataclass
+class Batch:
+    """A batch's runs so far: one outcome per input line that finished (or was refused)."""
+
+    inputs: int
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[int]:
+        return sorted(line for line, o in self.outcomes.items() if o.result is None)
+
+    @property
+    def calls(self) -> list[CallRecord]:
+        return [c for o in self.outcomes.values() for c in o.calls]
+
+    def exit_code(self) -> int:
+        """0 when every run worked; the LM's own code when every failure was the LM's (a retry later
+        may succeed); else 1, some runs failed."""
+        errors = [self.outcomes[line].error for line in self.failed]
+        if not errors:
+            return 0
+        return BaeLMError.exit_code if all(isinstance(e, BaeLMError) for e in errors) else 1
+
+
 def _run_batch(
     runner: Runner,
     inputs: list[tuple[int, Node | BaeInputError]],
@@ -205,55 +231,65 @@ def _run_batch(
     meta: dict[str, Any],
     as_json: bool,
 ) -> None:
-    outcomes: dict[int, Outcome] = {}
-    for line, item in inputs:
-        if isinstance(item, BaeInputError):
-            outcomes[line] = Outcome(line, error=item)
+    """Run, save, report, then exit by the batch's outcome: each step survives a Ctrl-C in the first."""
+    batch = Batch(len(inputs), {line: Outcome(line, error=item) for line, item in inputs if not isinstance(item, Node)})
     pending = [(line, item) for line, item in inputs if isinstance(item, Node)]
+    try:
+        _execute(runner, pending, batch, concurrency, max_steps, transient=as_json)
+    finally:
+        _write_results(output, batch.outcomes)
+    _report_batch(batch, meta, output, as_json)
+    if batch.interrupted:
+        raise KeyboardInterrupt
+    if batch.exit_code():
+        raise typer.Exit(batch.exit_code())
+
+
+def _execute(
+    runner: Runner, pending: list[tuple[int, Node]], batch: Batch, concurrency: int, max_steps: int, transient: bool
+) -> None:
+    """Run ``pending`` on a thread pool with a progress bar; on Ctrl-C, finish the runs in flight."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     pool = ThreadPoolExecutor(max_workers=concurrency)
     futures: dict[Future[Outcome], int] = {}
-    interrupted = False
     try:
-        with Progress(*columns, console=err, transient=as_json) as progress:
-            task = progress.add_task("running batch", total=len(inputs), completed=len(outcomes))
+        with Progress(*columns, console=err, transient=transient) as progress:
+            task = progress.add_task("running batch", total=batch.inputs, completed=len(batch.outcomes))
             futures = {pool.submit(runner.run, line, node, max_steps): line for line, node in pending}
             for future in as_completed(futures):
-                outcomes[futures[future]] = future.result()
+                batch.outcomes[futures[future]] = future.result()
                 progress.advance(task)
     except KeyboardInterrupt:
-        interrupted = True
-        _finish_in_flight(pool, futures, outcomes)
+        batch.interrupted = True
+        _finish_in_flight(pool, futures, batch.outcomes)
     finally:
-        pool.shutdown(wait=not interrupted, cancel_futures=True)
-        _write_results(output, outcomes)
-    calls = [c for o in outcomes.values() for c in o.calls]
-    failed = sorted(line for line, o in outcomes.items() if o.result is None)
+        pool.shutdown(wait=not batch.interrupted, cancel_futures=True)
+
+
+def _report_batch(batch: Batch, meta: dict[str, Any], output: Path | None, as_json: bool) -> None:
+    """The summary as JSON (results inline unless they went to --output), or failures, usage and counts."""
+    failed = batch.failed
     summary = {
-        "inputs": len(inputs),
-        "ok": len(outcomes) - len(failed),
+        "inputs": batch.inputs,
+        "ok": len(batch.outcomes) - len(failed),
         "failed": len(failed),
-        "unfinished": len(inputs) - len(outcomes),
+        "unfinished": batch.inputs - len(batch.outcomes),
         "version": meta["version"],
-        "usage": _usage_json(calls),
+        "usage": _usage_json(batch.calls),
     }
     if as_json:
-        print_json({**summary, "results": [outcomes[k].as_dict() for k in sorted(outcomes)] if not output else None})
-    else:
-        for line in failed:
-            message = outcomes[line].error.message if outcomes[line].error else "failed"
-            err.print(f"[red]line {line}[/]: {escape(message)}")
-        out.print(_usage_table(calls, f"LM usage over the batch ({meta['version'] or 'naive'})"))
-        out.print(
-            f"{summary['ok']} ok, {summary['failed']} failed"
-            + (f", {summary['unfinished']} not run (interrupted)" if interrupted else "")
-            + (f"; results in {output}" if output else "")
-        )
-    if interrupted:
-        raise KeyboardInterrupt
-    if failed:
-        lm_errors = all(isinstance(outcomes[line].error, BaeLMError) for line in failed)
-        raise typer.Exit(4 if lm_errors else 1)
+        results = None if output else [batch.outcomes[k].as_dict() for k in sorted(batch.outcomes)]
+        print_json({**summary, "results": results})
+        return
+    for line in failed:
+        error = batch.outcomes[line].error
+        err.print(f"[red]line {line}[/]: {escape(error.message if error else 'failed')}")
+    out.print(_usage_table(batch.calls, f"LM usage over the batch ({meta['version'] or 'naive'})"))
+    out.print(
+        f"{summary['ok']} ok, {summary['failed']} failed"
+        + (f", {summary['unfinished']} not run (interrupted)" if batch.interrupted else "")
+        + (f"; results in {output}" if output else "")
+    )
 
 
 def _finish_in_flight(

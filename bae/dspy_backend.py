@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -143,12 +143,12 @@ def _usage(prediction: dspy.Prediction) -> tuple[int | None, int | None, float |
 
 
 @dataclass
-class _Attempts:
-    """One call's tally: answers parsed (self-correction) and requests sent (those plus transient retries).
-    The record keeps ``requests``, so a failure that a retry recovered still shows in the run log."""
+class _Tally:
+    """One call's bookkeeping for its run-log record: requests sent (answers plus transient retries, so a
+    failure that a retry recovered still shows in the run log) and each answer's token usage."""
 
-    answers: int = 0
     requests: int = 0
+    tokens: list[tuple[int | None, int | None, float | None]] = field(default_factory=list)
 
 
 class DSPyBackend:
@@ -228,39 +228,44 @@ class DSPyBackend:
         inputs: dict[str, Any],
         build: Callable[[dict[str, Any]], Any],
     ) -> Any:
-        """Call ``predictor`` and ``build`` the result, self-correcting parse failures."""
-        feedback: str | None = None
-        count = _Attempts()
+        """Call ``predictor`` and ``build`` the result; every outcome, success or failure, is recorded."""
+        tally = _Tally()
         started = time.perf_counter()
-        tokens: list[tuple[int | None, int | None, float | None]] = []
-        error: BaseException | None = None
         try:
-            for _ in range(self.max_retries + 1):
-                count.answers += 1
-                try:
-                    prediction = self._call(predictor, inputs, feedback, count)
-                    tokens.append(_usage(prediction))
-                    outputs = {name: prediction[name] for name in _output_names(predictor.signature)}
-                    built = build(outputs)
-                    error = None
-                    return built
-                except (AdapterParseError, ValidationError) as exc:
-                    error = exc
-                    feedback = _short(exc)
-                    logger.debug("%s %s: rejected answer (%s); retrying", predictor.node_name, predictor.kind, feedback)
-            raise BaeParseError(
-                f"{predictor.node_name} ({predictor.kind}): the LM's answer did not parse after {count.answers} "
-                f"attempts: {feedback}",
-                cause=error,
-            )
+            result = self._self_correcting(predictor, inputs, build, tally)
         except BaseException as exc:
-            error = exc
+            self._record(predictor, source, started, tally, exc)
             raise
-        finally:
-            self._record(predictor, source, started, count.requests, tokens, error)
+        self._record(predictor, source, started, tally, None)
+        return result
+
+    def _self_correcting(
+        self,
+        predictor: NodePredict,
+        inputs: dict[str, Any],
+        build: Callable[[dict[str, Any]], Any],
+        tally: _Tally,
+    ) -> Any:
+        """Up to ``max_retries + 1`` answers; a rejected one is shown to the model with the error."""
+        feedback: str | None = None
+        rejected: BaseException | None = None
+        answers = self.max_retries + 1
+        for _ in range(answers):
+            try:
+                prediction = self._call(predictor, inputs, feedback, tally)
+                tally.tokens.append(_usage(prediction))
+                return build({name: prediction[name] for name in _output_names(predictor.signature)})
+            except (AdapterParseError, ValidationError) as exc:
+                rejected, feedback = exc, _short(exc)
+                logger.debug("%s %s: rejected answer (%s); retrying", predictor.node_name, predictor.kind, feedback)
+        raise BaeParseError(
+            f"{predictor.node_name} ({predictor.kind}): the LM's answer did not parse after {answers} "
+            f"attempts: {feedback}",
+            cause=rejected,
+        )
 
     def _call(
-        self, predictor: NodePredict, inputs: dict[str, Any], feedback: str | None, count: _Attempts
+        self, predictor: NodePredict, inputs: dict[str, Any], feedback: str | None, tally: _Tally
     ) -> dspy.Prediction:
         """One answer, its request retried with backoff and jitter while the LM fails transiently."""
         kwargs = dict(inputs)
@@ -269,7 +274,7 @@ class DSPyBackend:
         if self.lm is None and dspy.settings.lm is None:
             raise BaeLMError("no LM configured: pass lm= to DSPyBackend or call dspy.configure(lm=...)")
         for attempt in range(self.max_transient_retries + 1):
-            count.requests += 1
+            tally.requests += 1
             try:
                 with dspy.context(**self._overrides):
                     return predictor(**kwargs)
@@ -302,10 +307,10 @@ class DSPyBackend:
         predictor: NodePredict,
         source: str,
         started: float,
-        attempts: int,
-        tokens: list[tuple[int | None, int | None, float | None]],
+        tally: _Tally,
         error: BaseException | None,
     ) -> None:
+        tokens = tally.tokens
         if len(tokens) == 1:
             prompt, completion, cost = tokens[0]
         else:
@@ -315,7 +320,7 @@ class DSPyBackend:
             kind=predictor.kind,
             source=source,
             latency_s=time.perf_counter() - started,
-            attempts=attempts,
+            attempts=tally.requests,
             prompt_tokens=prompt,
             completion_tokens=completion,
             cost=cost,

@@ -14,12 +14,17 @@ from bae.lm import LM
 from bae.markers import Bind, Context, Dep
 from bae.result import CallRecord, GraphResult
 
-if TYPE_CHECKING:  # for type checkers: at run time these load on first use, below
+if TYPE_CHECKING:  # for type checkers: at run time these load on first use (_LAZY, below); keep the two in step
+    from bae.compiler import node_to_signature as node_to_signature
+    from bae.dspy_backend import DSPyBackend as DSPyBackend
     from bae.evaluator import Evaluation as Evaluation
     from bae.evaluator import evaluate as evaluate
     from bae.graph import Graph as Graph
     from bae.graph import Problem as Problem
     from bae.node import Node as Node
+    from bae.optimized_lm import CompiledGraph as CompiledGraph
+    from bae.optimized_lm import OptimizedLM as OptimizedLM
+    from bae.optimized_lm import create_optimized_lm as create_optimized_lm
 
 __version__ = "0.1.0"
 

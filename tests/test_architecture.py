@@ -1,0 +1,121 @@
+"""The layers of bae, enforced: a module imports only from its own layer or the layers below.
+
+Bottom to top: core (the graph model, errors, artifacts as data) -> DSPy (signatures, predictors,
+backends, the embedded engine) -> runtime (loading a version, ``OptimizedLM``) -> compile (datasets,
+metrics, scoring, optimizers; it scores with the runtime, which never imports training) ->
+application (runner, serving, bundles, ``bae.evaluate``) -> ``bae_cli``. Every import counts,
+also one inside a function: a lazy import is still a dependency, and a cycle through one is still
+a cycle. ``bae/__init__.py`` is the public facade over every layer and is not part of them.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+import bae
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS: dict[str, tuple[str, ...]] = {
+    "core": (
+        "markers", "exceptions", "result", "node", "lm", "resolve", "graph", "jsontext", "redaction", "usage",
+        "artifacts", "loader", "runlog", "telemetry",
+    ),
+    "dspy": ("adapter", "compiler", "dspy_backend", "retrieval", "local", "lm_specs", "testing"),
+    "runtime": ("optimized_lm",),
+    "compile": ("dataset", "metrics", "scoring", "optimizer", "compile_version"),
+    "application": ("runner", "serving", "bundle", "evaluator"),
+}  # fmt: skip
+RANK = {name: rank for rank, modules in enumerate(LAYERS.values()) for name in modules}
+CLI_RANK = len(LAYERS)
+# The one upward import: ``Graph.run`` without an LM builds the default ``DSPyBackend``, inside the call.
+ALLOWED_UPWARD = {("graph", "dspy_backend")}
+
+
+def unit(module: str) -> str | None:
+    """``bae.local.engine`` -> ``local``; ``bae_cli.app`` -> ``bae_cli``; the facade and others -> None."""
+    parts = module.split(".")
+    if parts[0] == "bae_cli":
+        return "bae_cli"
+    return parts[1] if parts[0] == "bae" and len(parts) > 1 else None
+
+
+def bae_imports(path: Path) -> set[str]:
+    """Every bae module ``path`` imports, at the top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            if node.module == "bae":  # ``from bae import artifacts`` imports a module; ``__version__`` the facade
+                found.update(f"bae.{a.name}" for a in node.names if (ROOT / "bae" / f"{a.name}.py").exists())
+    return {name for name in found if name.split(".")[0] in ("bae", "bae_cli")}
+
+
+def sources() -> list[tuple[str, Path]]:
+    """(unit, file) for every source file of the library and the CLI but the facade."""
+    files = [p for p in (ROOT / "bae").rglob("*.py") if p != ROOT / "bae" / "__init__.py"]
+    named = [(unit("bae." + ".".join(p.relative_to(ROOT / "bae").with_suffix("").parts)), p) for p in files]
+    return [(name, p) for name, p in named if name] + [("bae_cli", p) for p in (ROOT / "bae_cli").rglob("*.py")]
+
+
+def violations() -> list[str]:
+    found = []
+    for name, path in sources():
+        rank = CLI_RANK if name == "bae_cli" else RANK[name]
+        for imported in sorted(bae_imports(path)):
+            target = unit(imported)
+            if target is None or target == name:
+                continue
+            target_rank = CLI_RANK if target == "bae_cli" else RANK[target]
+            if target_rank > rank and (name, target) not in ALLOWED_UPWARD:
+                found.append(f"{path.relative_to(ROOT)} imports {imported} (a higher layer)")
+    return found
+
+
+def test_every_module_has_a_layer() -> None:
+    unplaced = sorted({name for name, _ in sources() if name != "bae_cli" and name not in RANK})
+    assert not unplaced, f"place these modules in a layer of tests/test_architecture.py: {unplaced}"
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    assert violations() == []
+
+
+def test_the_check_sees_lazy_imports(tmp_path: Path) -> None:
+    """The walk must find an import inside a function, the kind that hid the old cycle."""
+    source = tmp_path / "mod.py"
+    source.write_text("def load():\n    from bae.optimizer import collect_examples\n    import bae.runner\n")
+    assert bae_imports(source) == {"bae.optimizer", "bae.runner"}
+
+
+@pytest.mark.parametrize("module", ["bae.compiler", "bae.optimizer", "bae.optimized_lm", "bae.graph"])
+def test_seed_module_names_stay_importable(module: str) -> None:
+    __import__(module)
+
+
+def documented_api() -> set[str]:
+    """The names the README's "Public API" bullet lists."""
+    readme = (ROOT / "README.md").read_text()
+    bullet = readme[readme.index("- **Public API**") :].split("\n- ")[0]
+    return set(re.findall(r"`([A-Za-z_]+)`", bullet)) - {"py"}
+
+
+def test_public_names_are_exactly_the_documented_ones() -> None:
+    assert set(bae.__all__) == documented_api()
+    for name in bae.__all__:
+        assert getattr(bae, name) is not None
+
+
+def test_type_checkers_see_every_lazy_name() -> None:
+    """Each name ``bae`` loads on first use is also imported under TYPE_CHECKING, from the same
+    module, so type checkers see the real class instead of ``Any`` from ``__getattr__``."""
+    tree = ast.parse((ROOT / "bae" / "__init__.py").read_text())
+    guarded = next(n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    typed = {a.name: i.module for i in guarded.body if isinstance(i, ast.ImportFrom) for a in i.names}
+    assert typed == bae._LAZY
+    assert (ROOT / "bae" / "py.typed").exists()

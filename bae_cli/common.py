@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,8 +17,25 @@ from bae.exceptions import BaeInputError
 if TYPE_CHECKING:
     from bae.loader import LoadedGraph
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one greppable line
+LOG_WIDTH = 200  # columns for output that is not a terminal (a CI log, a file, a pipe)
+
+
+def _width(stream: Any) -> int | None:
+    """The width a console renders at: ``$COLUMNS`` if set, the terminal's (None: Rich asks it), else
+    ``LOG_WIDTH``. Rich falls back to 80 columns when stdout is not a terminal, which cut table cells
+    (``optimi…``) and wrapped rows in CI logs; a log line has no width, so tables stay whole."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return None if stream.isatty() else LOG_WIDTH
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return LOG_WIDTH
+
+
+out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
+# soft_wrap: an error stays one greppable line
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 LmOption = Annotated[

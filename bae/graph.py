@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bae import telemetry
 from bae.exceptions import BaeError, BaeGraphError
 from bae.node import Node, NodeSpec, spec_of
 from bae.resolve import RunState, inject_deps, running
@@ -176,12 +177,18 @@ class Graph:
 
             lm = DSPyBackend()
         state = RunState(services=dict(deps))
+        tracer = telemetry.tracer()  # None unless a program configured OpenTelemetry
+        if tracer is not None:
+            return telemetry.traced_run(tracer, self, start_node, lm, max_steps, state, self._loop)
+        return self._loop(start_node, lm, max_steps, state, self._step)
+
+    def _loop(self, start_node: Node, lm: LM, max_steps: int, state: RunState, step: Any) -> GraphResult:
         state.append(start_node)
         node = start_node
         try:
             with running(state):
                 for _ in range(max_steps):
-                    following = self._step(node, lm, state)
+                    following = step(node, lm, state)
                     if following is None:
                         return GraphResult(node=node, trace=state.trace, calls=state.calls)
                     state.append(following)

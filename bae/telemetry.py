@@ -1,0 +1,247 @@
+"""OpenTelemetry traces of graph runs: a ``bae.run`` span, a child per node step, a child per LM call.
+
+Spans go through the *global* tracer provider, so a program that configured OpenTelemetry
+gets bae's spans inside its own traces. Nothing here imports OpenTelemetry: a run is traced
+only when ``opentelemetry.trace`` is already imported (anyone who configured a provider
+imported it) and the global provider is a real one, so a process without the ``otel``
+extra, or with it but unconfigured, pays one dictionary lookup per run.
+
+LM-call spans follow the GenAI semantic conventions and are made from the ``CallRecord`` a
+backend appends when a call ends (its latency gives the start time), so the backends
+themselves know nothing of tracing. Field values never leave the process unless
+``BAE_OTEL_CONTENT=1`` (``--otel-content``) opts in, and then only through ``redact``.
+
+``install`` is the CLI's ``--otel``: an SDK provider exporting OTLP/HTTP, configured by the
+standard ``OTEL_EXPORTER_OTLP_*`` and ``OTEL_SERVICE_NAME`` variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from bae.exceptions import BaeError, BaeInputError
+from bae.result import CallRecord
+
+if TYPE_CHECKING:
+    from bae.graph import Graph
+    from bae.node import Node
+    from bae.resolve import RunState
+    from bae.result import GraphResult
+
+CONTENT_ENV = "BAE_OTEL_CONTENT"
+ENABLE_ENV = "BAE_OTEL"
+_OFF = ("ProxyTracerProvider", "NoOpTracerProvider")
+_tracers: dict[int, tuple[Any, Any]] = {}  # id(provider) -> (provider, its bae tracer)
+
+
+def tracer() -> Any | None:
+    """bae's tracer from the global provider, or None when no provider is configured (tracing off)."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
+    provider = trace.get_tracer_provider()
+    if type(provider).__name__ in _OFF:
+        return None
+    cached = _tracers.get(id(provider))
+    if cached is None or cached[0] is not provider:
+        from bae import __version__
+
+        cached = (provider, provider.get_tracer("bae", __version__))
+        _tracers[id(provider)] = cached
+    return cached[1]
+
+
+def _content() -> bool:
+    return os.environ.get(CONTENT_ENV, "") not in ("", "0")
+
+
+def _fields(node: Node) -> str:
+    from bae.node import spec_of
+    from bae.redaction import redact
+
+    bound = {f.name for f in spec_of(type(node)).bound}  # Bind values are services, not data
+    return redact(json.dumps(node.model_dump(mode="json", exclude=bound), ensure_ascii=False, default=str)) or ""
+
+
+def _model(lm: Any) -> str | None:
+    """The model an LM backend calls (a DSPy LM's ``model``), if it says."""
+    inner = getattr(lm, "lm", None)
+    if inner is None:
+        dspy = sys.modules.get("dspy")
+        inner = getattr(getattr(dspy, "settings", None), "lm", None) if dspy is not None else None
+    model = getattr(inner, "model", None)
+    return model if isinstance(model, str) else None
+
+
+class _CallSpans(list):
+    """``RunState.calls`` while a run is traced: each appended ``CallRecord`` becomes an LM-call span,
+    child of the step span current in the appending thread, ended when the call ended."""
+
+    def __init__(self, tracer: Any, attributes: dict[str, Any]) -> None:
+        super().__init__()
+        self.tracer, self.attributes, self.live = tracer, attributes, True
+
+    def append(self, record: CallRecord) -> None:
+        super().append(record)
+        if self.live and isinstance(record, CallRecord):
+            _call_span(self.tracer, record, self.attributes)
+
+
+def _call_span(tracer: Any, record: CallRecord, common: dict[str, Any]) -> None:
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    from bae.redaction import redact
+
+    end = time.time_ns()
+    attributes = {
+        **common,
+        "bae.node": record.node,
+        "bae.predictor.kind": record.kind,
+        "bae.source": record.source,
+        "bae.attempts": record.attempts,
+    }
+    if record.prompt_tokens is not None:
+        attributes["gen_ai.usage.input_tokens"] = record.prompt_tokens
+    if record.completion_tokens is not None:
+        attributes["gen_ai.usage.output_tokens"] = record.completion_tokens
+    if record.cost is not None:
+        attributes["bae.cost_usd"] = record.cost
+    model = common.get("gen_ai.request.model")
+    span = tracer.start_span(
+        f"chat {model}" if model else "chat",
+        kind=SpanKind.CLIENT,
+        start_time=end - int(record.latency_s * 1e9),
+        attributes=attributes,
+    )
+    if record.error is not None:
+        message = redact(record.error) or ""
+        kind = message.split(":", 1)[0] if ":" in message[:80] else "BaeLMError"
+        span.set_attribute("error.type", kind if kind.isidentifier() else "BaeLMError")
+        span.add_event("exception", {"exception.message": message})
+        span.set_status(Status(StatusCode.ERROR, message))
+    span.end(end_time=end)
+
+
+def _failed(span: Any, exc: BaseException) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
+    from bae.redaction import redact
+
+    message = redact(exc.message if isinstance(exc, BaeError) else str(exc)) or type(exc).__name__
+    span.set_attribute("error.type", type(exc).__name__)
+    span.add_event(
+        "exception",
+        {"exception.type": f"{type(exc).__module__}.{type(exc).__qualname__}", "exception.message": message},
+    )
+    span.set_status(Status(StatusCode.ERROR, message))
+
+
+Step = Callable[["Node", Any, "RunState"], "Node | None"]
+RunLoop = Callable[["Node", Any, int, "RunState", Step], "GraphResult"]
+
+
+def traced_run(
+    tracer: Any, graph: Graph, start_node: Node, lm: Any, max_steps: int, state: RunState, loop: RunLoop
+) -> GraphResult:
+    """``loop`` (the graph's run loop) inside a ``bae.run`` span, each step inside a ``bae.step`` span."""
+    from opentelemetry.trace import SpanKind, Status, StatusCode, use_span
+
+    content = _content()
+    version = getattr(lm, "version", None)
+    common: dict[str, Any] = {"gen_ai.operation.name": "chat"}
+    model = _model(lm)
+    if model:
+        common["gen_ai.request.model"] = model
+    if version:
+        common["bae.version"] = version
+    attributes: dict[str, Any] = {
+        "bae.graph": f"{graph.start.__module__}:{graph.start.__qualname__}",
+        "bae.start_node": graph.start.__name__,
+        **({"bae.version": version} if version else {}),
+    }
+    if content:
+        attributes["bae.input"] = _fields(start_node)
+    calls = _CallSpans(tracer, common)
+    state.calls = calls
+
+    def step(node: Node, lm: Any, state: RunState) -> Node | None:
+        span = tracer.start_span("bae.step " + type(node).__name__, attributes={"bae.node": type(node).__name__})
+        with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+            try:
+                following = graph._step(node, lm, state)
+            except BaseException as exc:
+                _failed(span, exc)
+                raise
+            if following is not None:
+                span.set_attribute("bae.next", type(following).__name__)
+                if content:
+                    span.set_attribute("bae.output", _fields(following))
+            return following
+
+    span = tracer.start_span("bae.run", kind=SpanKind.INTERNAL, attributes=attributes)
+    with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+        try:
+            result = loop(start_node, lm, max_steps, state, step)
+        except BaseException as exc:
+            partial = getattr(exc, "result", None)
+            if partial is not None:
+                span.set_attribute("bae.path", partial.path)
+            span.set_attribute("bae.status", "interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
+            _failed(span, exc)
+            raise
+        finally:
+            calls.live = False
+        span.set_attribute("bae.path", result.path)
+        span.set_attribute("bae.status", "ok")
+        if content:
+            span.set_attribute("bae.output", _fields(result.node))
+        span.set_status(Status(StatusCode.OK))
+        return result
+
+
+# -- the CLI's --otel: an SDK provider exporting OTLP/HTTP --------------------------------
+_installed: Any | None = None
+
+
+def enabled(flag: bool) -> bool:
+    """``--otel`` or ``BAE_OTEL=1``."""
+    return flag or os.environ.get(ENABLE_ENV, "") not in ("", "0")
+
+
+def install(content: bool = False) -> Callable[[], None]:
+    """Install an SDK tracer provider exporting OTLP/HTTP as the global one; returns its flush-and-shutdown.
+
+    The exporter reads ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``, ``_HEADERS``, ``_TIMEOUT`` and the
+    resource ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` itself. Without the extra: exit 2, one line.
+    """
+    global _installed
+    try:
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        raise BaeInputError(
+            f"--otel needs the otel extra: pip install 'bae[otel]' ({getattr(exc, 'name', None) or exc} missing)"
+        ) from None
+    if content:
+        os.environ[CONTENT_ENV] = "1"
+    if _installed is None:
+        defaults = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": "bae"}
+        provider = TracerProvider(resource=Resource.create(defaults))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        trace.set_tracer_provider(provider)
+        _installed = provider
+    provider = _installed
+
+    def shutdown() -> None:
+        provider.force_flush(timeout_millis=5000)
+        provider.shutdown()
+
+    return shutdown

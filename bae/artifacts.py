@@ -265,7 +265,7 @@ def resolve_version_dir(path: Path) -> Path:
                 f"active version {active} of {path} is missing its manifest: restore {version_dir} from version "
                 f"control or make another version active (`bae promote {path} vN`)"
             )
-        return version_dir
+        return Path(version_dir)
     raise BaeArtifactError(
         f"{path} is not a compiled directory (no manifest.json or versions.json): pass the --out of `bae compile` "
         "or one of its vN directories"
@@ -350,7 +350,7 @@ def predictor_state(document: Any, where: str) -> dict[str, Any]:
         raise BaeArtifactError(
             f"{where}: predictor state malformed (demos must be a list, signature an object): {RESTORE}"
         )
-    return state
+    return dict(state)
 
 
 def retrieval_k(document: dict[str, Any], where: str) -> int | None:

@@ -126,8 +126,8 @@ class _SharedUsage(UsageTracker):
 def _dataset_split(loaded: LoadedGraph, options: CompileOptions) -> tuple[Dataset, list[GoldTrace], list[GoldTrace]]:
     dataset = load_dataset(options.trainset, loaded.graph, strict=options.strict)
     if options.devset is not None:
-        dev = load_dataset(options.devset, loaded.graph, strict=options.strict)
-        return dataset, dataset.traces, dev.traces
+        devset = load_dataset(options.devset, loaded.graph, strict=options.strict)
+        return dataset, dataset.traces, devset.traces
     train, dev = split(dataset.traces, options.dev_split, options.settings.seed)
     return dataset, train, dev
 

@@ -42,7 +42,8 @@ def node_to_signature(cls: type[Node]) -> type[dspy.Signature]:
     spec = spec_of(cls)
     instructions = f"{title(cls)}. {spec.doc}".strip()
     fields = {**_fields(spec.context, dspy.InputField), **_fields(spec.generated, dspy.OutputField)}
-    return dspy.make_signature(fields, instructions, signature_name=f"Make{cls.__name__}")
+    signature: type[dspy.Signature] = dspy.make_signature(fields, instructions, signature_name=f"Make{cls.__name__}")
+    return signature
 
 
 def choice_signature(cls: type[Node]) -> type[dspy.Signature]:
@@ -52,21 +53,23 @@ def choice_signature(cls: type[Node]) -> type[dspy.Signature]:
         "\n- None: nothing follows; the work ends here." if spec.may_end else ""
     )
     instructions = f"{title(cls)}. {spec.doc}\nChoose the step that follows:\n{options}".strip()
-    answer = Literal[spec.choices]  # type: ignore[valid-type]
+    answer = Literal.__getitem__(spec.choices)  # the options are data, known only at run time
     fields = {
         **_fields(spec.visible, dspy.InputField),
         CHOICE_FIELD: (answer, dspy.OutputField(desc="the name of the step that follows")),
     }
-    return dspy.make_signature(fields, instructions, signature_name=f"Choose{cls.__name__}")
+    signature: type[dspy.Signature] = dspy.make_signature(fields, instructions, signature_name=f"Choose{cls.__name__}")
+    return signature
 
 
 def with_feedback(signature: type[dspy.Signature]) -> type[dspy.Signature]:
     """The same signature plus an input that tells the LM why its last answer was rejected."""
-    return signature.append(
+    extended: type[dspy.Signature] = signature.append(
         FEEDBACK_FIELD,
         dspy.InputField(desc="why the previous answer was rejected; answer again and fix it"),
         type_=str,
     )
+    return extended
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ class NodePredict(dspy.Predict):
         inputs = {k: v for k, v in kwargs.items() if k not in ("signature", "demos", "config", "lm")}
         if self.retriever is not None and "demos" not in kwargs:
             kwargs["demos"] = self.retriever.select(inputs)
-        demos = len(kwargs.get("demos", self.demos))
+        demos = len(kwargs.get("demos", self.demos) or ())
         with _calling(PredictorCall(self.node_name, self.kind, inputs, demos)):
             return super().forward(**kwargs)
 

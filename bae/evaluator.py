@@ -294,8 +294,8 @@ def plan_columns(
         plans.append(_Plan(NAIVE, NAIVE_ROLE, None))
         names.append(NAIVE)
     if baseline is not None and baseline not in names:
-        version_dir = None if baseline == NAIVE else _version_dir(_root_of(compiled or Path(".")), baseline)
-        plans.append(_Plan(baseline, BASELINE, version_dir))
+        baseline_dir = None if baseline == NAIVE else _version_dir(_root_of(compiled or Path(".")), baseline)
+        plans.append(_Plan(baseline, BASELINE, baseline_dir))
     return plans
 
 
@@ -419,10 +419,10 @@ def evaluate(
         columns=[],
     )
     for plan in plans:
-        version = versions_loaded.get(plan.name)
-        backend = version.lm(lm=model) if version is not None else OptimizedLM(lm=model)
+        loaded_version = versions_loaded.get(plan.name)
+        backend = loaded_version.lm(lm=model) if loaded_version is not None else OptimizedLM(lm=model)
 
-        def record(run: TraceRun, plan: _Plan = plan, version: LoadedVersion | None = version) -> None:
+        def record(run: TraceRun, plan: _Plan = plan, version: LoadedVersion | None = loaded_version) -> None:
             if run_log is None:
                 return
             try:

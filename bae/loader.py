@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from bae.exceptions import BaeInputError
 from bae.graph import Graph
@@ -163,4 +163,4 @@ def load_function(reference: str, what: str) -> Callable[..., Any]:
             f"{what} {reference!r}: {target} has no function {attribute!r}"
             + (f" (it defines: {', '.join(functions[:12])})" if functions else "")
         )
-    return fn
+    return cast(Callable[..., Any], fn)

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict
 
@@ -131,15 +131,10 @@ def _namespaces(cls: type[Node]) -> tuple[dict[str, Any], dict[str, Any]]:
     return globalns, localns
 
 
-class _AnnotationHolder:
-    __annotations__: ClassVar[dict[str, Any]]
-
-
 def _resolve(annotation: Any, globalns: dict[str, Any], localns: dict[str, Any]) -> Any:
     if not isinstance(annotation, str):
         return annotation
-    holder = _AnnotationHolder()
-    holder.__annotations__ = {"value": annotation}
+    holder = types.SimpleNamespace(__annotations__={"value": annotation})
     try:
         return typing.get_type_hints(holder, globalns, localns, include_extras=True)["value"]
     except Exception as exc:  # NameError, SyntaxError, TypeError: all mean "does not resolve"

@@ -242,7 +242,8 @@ def _optimize_one(
         kwargs["valset"] = train
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()), quiet(f"{predictor.node_name} {predictor.kind}"):
         compiled = build_optimizer(settings, lm).compile(_Single(predictor), **kwargs)
-    return compiled.predictor
+    optimized: NodePredict = compiled.predictor
+    return optimized
 
 
 def stratified(train: list[dspy.Example]) -> list[dspy.Example]:

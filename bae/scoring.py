@@ -50,7 +50,7 @@ from bae.graph import Graph
 from bae.lm import LM
 from bae.metrics import fields_score
 from bae.node import Node, spec_of
-from bae.result import CallRecord
+from bae.result import CallRecord, GraphResult
 
 Key = tuple[str, str]  # (node name, "make" | "choice")
 ENDED = "None"  # a choice predictor's answer for ending the run
@@ -122,6 +122,7 @@ def score_trace(gold: Sequence[Node], predicted: Sequence[Node], error: str | No
             per[(type(gold[i - 1]).__name__, "choice")] = float(right_node)
         if i not in scored or not right_node:
             continue
+        assert got is not None  # right_node
         fields = _generated(want)
         match = fields_score(fields, _generated(got))
         if fields:
@@ -235,6 +236,7 @@ def run_traces(
         started_at = datetime.now(UTC)
         began = time.perf_counter()
         error: BaeError | None = None
+        result: GraphResult | None
         try:
             result = graph.run(trace.nodes[0].model_copy(), lm=lm, max_steps=max_steps, **deps)
         except BaeError as exc:

@@ -358,7 +358,7 @@ def choose(
     """
 
     def tokenize(text: str) -> list[int]:
-        return llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        return list(llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     chosen = "{\n"
     states: dict[int, bytes] = {}

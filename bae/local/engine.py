@@ -175,7 +175,7 @@ def _import_llama_cpp() -> Any:
         if _log_callback is None:
             lib_logger = logging.getLogger(f"{__name__}.llama_cpp")
 
-            @llama_cpp.llama_log_callback
+            @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
             def _forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
                 message = text.decode("utf-8", errors="replace").rstrip()
                 if level == _LLAMA_LOG_ERROR:
@@ -243,7 +243,7 @@ def _default_model_path() -> Path:
                 exc,
             ) from exc
         _default_path = target
-        return target
+        return Path(target)
 
 
 def _check_gguf(path: Path) -> Path:
@@ -353,7 +353,7 @@ def _gbnf(schema_json: str | None, bounded: bool = False) -> str:
 
     if schema_json is not None:
         try:
-            return json_schema_to_gbnf(json.dumps(_bounded(json.loads(schema_json))) if bounded else schema_json)
+            return str(json_schema_to_gbnf(json.dumps(_bounded(json.loads(schema_json))) if bounded else schema_json))
         except Exception as exc:  # the converter raises bare Exceptions and assertion errors
             logger.warning(
                 "output schema not expressible as a llama.cpp grammar (%s); constraining to any JSON object",

@@ -8,11 +8,12 @@ would a real model's. Answers are chosen by node name, so tests read like the gr
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dspy
@@ -42,15 +43,20 @@ class ScriptedLM(dspy.LM):
 
     - ``make={"Billing": {"priority": "high"}}``: the generated fields for a node.
     - ``choose={"Triage": "Billing"}``: the successor a deciding node picks (``"None"`` to end).
-    - A callable answer receives the ``PredictorCall`` (``.inputs``, ``.demos``: how many
-      few-shot demos the prompt carries) and returns the answer.
+    - A callable answer receives the ``PredictorCall`` and returns the answer. Its ``.inputs``
+      and ``.demos`` are read from the messages the LM actually receives, not from bae's call
+      record: ``.demos`` counts the few-shot demo turns (assistant messages before the request),
+      ``.inputs`` holds the input fields rendered in the final user message (text fields as
+      rendered; a field missing from the prompt is missing here). So a test fails when demos or
+      inputs never reach the model.
     - A list of answers is used in order, the last one repeating.
     - ``faults={"Billing": [TimeoutError("slow"), "not json"], "Triage.choice": [...]}``:
       happen before the scripted answers, in order: an exception instance is raised,
       a string is returned verbatim as the model's text (garbage, wrong JSON...).
     - ``delay_s`` sleeps per call, to stand in for a slow model in benchmarks.
 
-    Every request is recorded in ``calls``.
+    Every request is recorded in ``calls``; ``max_in_flight`` is the most requests that were
+    being answered at the same time (evidence of a concurrency limit, without timing anything).
     """
 
     def __init__(
@@ -66,6 +72,8 @@ class ScriptedLM(dspy.LM):
         self.faults: dict[str, list[BaseException | str]] = {k: list(v) for k, v in (faults or {}).items()}
         self.delay_s = delay_s
         self.calls: list[ScriptedCall] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._used: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
         super().__init__(model, engine=_ScriptedEngine(self), cache=False, num_retries=0)
@@ -73,11 +81,22 @@ class ScriptedLM(dspy.LM):
     def calls_for(self, node: str, kind: str | None = None) -> list[ScriptedCall]:
         return [c for c in self.calls if c.node == node and (kind is None or c.kind == kind)]
 
-    def answer(self) -> str:
-        """The text for the current request: a fault, or the scripted answer as JSON."""
-        call = current_call()
-        if call is None:
+    def answer(self, messages: Sequence[Message]) -> str:
+        """The text for a request of ``messages``: a fault, or the scripted answer as JSON."""
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return self._answer(messages)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(self, messages: Sequence[Message]) -> str:
+        record = current_call()
+        if record is None:
             raise LookupError("ScriptedLM answers bae predictors only (no bae predictor is calling)")
+        call = _as_received(record, messages)
         key = f"{call.node}.choice" if call.kind == CHOICE else call.node
         with self._lock:
             pending = self.faults.get(key)
@@ -111,6 +130,28 @@ class ScriptedLM(dspy.LM):
             self.calls.append(call)
 
 
+_FIELD_HEADER = re.compile(r"\[\[ ## (\w+) ## \]\]\n")
+_OUTPUT_REQUEST = "\n\nRespond with "  # what DSPy's JSON adapter appends after the last input field
+
+
+def _as_received(record: PredictorCall, messages: Sequence[Message]) -> PredictorCall:
+    """``record`` (which node and kind is calling) with its demos and inputs read from ``messages``."""
+    demos = sum(1 for m in messages[:-1] if m.role == "assistant")
+    request = next((m.text or "" for m in reversed(messages) if m.role == "user"), "")
+    parts = _FIELD_HEADER.split(request)
+    rendered = {name: text.removesuffix("\n\n") for name, text in zip(parts[1::2], parts[2::2], strict=True)}
+    if rendered:
+        last = list(rendered)[-1]
+        cut = rendered[last].rfind(_OUTPUT_REQUEST)
+        rendered[last] = rendered[last][:cut] if cut >= 0 else rendered[last]
+    inputs = {
+        name: (rendered[name] if isinstance(value, str) else value)
+        for name, value in record.inputs.items()
+        if name in rendered
+    }
+    return replace(record, inputs=inputs, demos=demos)
+
+
 class _ScriptedEngine:
     """The DSPy engine behind ``ScriptedLM`` (the non-deprecated custom-LM route)."""
 
@@ -120,7 +161,7 @@ class _ScriptedEngine:
         self.owner = owner
 
     def complete(self, request: Any) -> Response:
-        text = self.owner.answer()
+        text = self.owner.answer(request.messages)
         prompt_words = sum(len((m.text or "").split()) for m in request.messages)
         return Response(
             id=None,

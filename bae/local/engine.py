@@ -138,7 +138,7 @@ space ::= " "?
 class _LoadedModel:
     llama: Llama
     lock: threading.Lock
-    formatter: Any  # messages -> local_decoding.Rendered
+    formatter: Any  # messages -> bae.local.decoding.Rendered
     prefixes: PrefixCache
 
 

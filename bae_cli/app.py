@@ -12,6 +12,7 @@ import typer
 
 from bae import __version__
 from bae.exceptions import BaeError
+from bae_cli.commands import LazyGroup
 
 INTERRUPTED = 130
 EXIT_CODES = (
@@ -24,6 +25,7 @@ EXIT_CODES = (
 
 app = typer.Typer(
     name="bae",
+    cls=LazyGroup,  # `bae --help` lists the commands without importing them
     help="Type-driven agent graphs, compiled with DSPy.\n\n" + EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
@@ -107,10 +109,6 @@ def main() -> None:
     one line (exit 2) like bae's own; Typer maps Ctrl-C to 130; bae's errors carry their
     exit code, and anything unexpected is exit 1 with a hint to use --debug.
     """
-    from bae_cli.commands import register
-
-    register(sys.argv[1:])
-
     try:
         code = app(prog_name="bae", standalone_mode=False)
         if code == INTERRUPTED:  # Typer turns Ctrl-C into a silent exit 130: say why the command stopped

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def bae(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bae_cli", *args], capture_output=True, text=True, timeout=60)
@@ -35,3 +37,41 @@ def test_unknown_option_is_a_usage_error() -> None:
     result = bae("--no-such-flag")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_help_lists_every_command_without_importing_them() -> None:
+    code = (
+        "import sys; sys.argv=['bae','--help']\n"
+        "from bae_cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('bae.graph', 'pydantic')\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('bae_cli.commands.') or m in heavy)\n"
+        "print('loaded:' + ','.join(loaded))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines()[-1] == "loaded:", out.stdout
+    from bae_cli.commands import COMMANDS
+
+    listed = bae("--help").stdout
+    assert all(f" {name} " in listed for name in COMMANDS), listed
+
+
+def test_every_command_help_shows_all_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one line ``bae --help`` shows is the command's own, and ``bae CMD --help`` loads the real command."""
+    import inspect
+
+    from typer.main import get_command_from_info
+    from typer.testing import CliRunner
+
+    from bae_cli.app import app
+    from bae_cli.commands import COMMANDS
+
+    monkeypatch.setenv("COLUMNS", "250")
+    for name, (_, summary) in COMMANDS.items():
+        result = CliRunner().invoke(app, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        info = next(c for c in app.registered_commands if c.name == name)
+        assert " ".join(inspect.getdoc(info.callback).split("\n\n")[0].split()) == summary, name
+        command = get_command_from_info(info, pretty_exceptions_short=False, rich_markup_mode="rich")
+        for param in command.params:
+            assert all(opt in result.output for opt in param.opts if opt.startswith("--")), (name, param.opts)

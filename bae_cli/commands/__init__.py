@@ -1,33 +1,76 @@
-"""The commands, one module each, imported only for the command being run.
+"""The commands, one module each, imported only when a command is run or shows its own --help.
 
-Registering every command would import what all of them need (Rich progress bars, the
-graph machinery) before the fast ones (``stats``, ``inspect``, ``versions``) could start.
-A name not listed here (``--help``, a typo, a new command) imports them all, so nothing
-is ever missing from the app.
+Importing every command would import what all of them need (Rich progress bars, the graph
+machinery, Pydantic models) before the fast ones (``stats``, ``inspect``, ``versions``)
+could start, and ``bae --help`` needs only names and one line each. So the app's Click group
+is a ``LazyGroup``: it lists the commands from ``COMMANDS`` and imports a command's module
+when Click resolves that command (to run it, or for ``bae CMD --help``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from importlib import import_module
+from typing import Any
 
-MODULES = {
-    "compile": "compile_cmd",
-    "eval": "eval_cmd",
-    "inspect": "inspect_cmd",
-    "stats": "manage_cmd",
-    "versions": "manage_cmd",
-    "promote": "manage_cmd",
-    "graph": "manage_cmd",
-    "run": "run_cmd",
-    "serve": "serve_cmd",
-    "bundle": "bundle_cmd",
+from typer.core import TyperCommand, TyperGroup
+
+COMMANDS = {  # name: (module, the first paragraph of its docstring, shown by `bae --help`)
+    "compile": ("compile_cmd", "Optimize every predictor of GRAPH from gold traces and write a new compiled version."),
+    "eval": (
+        "eval_cmd",
+        "Score versions of GRAPH on a dataset of gold traces, side by side, exactly as compile scores dev.",
+    ),
+    "inspect": ("inspect_cmd", "Check compiled artifacts against the graph: a CI gate."),
+    "stats": ("manage_cmd", "Usage, latency, tokens, cost and errors per version and node, and the version history."),
+    "versions": ("manage_cmd", "List compiled versions, the active one marked."),
+    "promote": ("manage_cmd", "Make a version active; rolling back is promoting an older version."),
+    "graph": ("manage_cmd", "Show a graph's structure, and which nodes a compiled version optimized."),
+    "run": ("run_cmd", "Run GRAPH with compiled predictors (or naive ones without --compiled)."),
+    "serve": (
+        "serve_cmd",
+        "Serve GRAPH with a compiled version over HTTP until stopped (Ctrl-C or SIGTERM finish in-flight runs).",
+    ),
+    "bundle": ("bundle_cmd", "Write a self-contained deployment folder for one compiled version."),
 }
 
 
-def register(argv: Sequence[str]) -> None:
-    """Register the command ``argv`` names (its first word that is not an option), or every command."""
-    name = next((arg for arg in argv if not arg.startswith("-")), None)
-    modules = [MODULES[name]] if name in MODULES else list(dict.fromkeys(MODULES.values()))
-    for module in modules:
-        import_module(f"bae_cli.commands.{module}")
+class _Listed(TyperCommand):
+    """A command not imported yet, as ``bae --help`` lists it: a name and one line. Never run:
+    ``resolve_command`` puts the real command in its place first."""
+
+    def __init__(self, name: str, summary: str) -> None:
+        super().__init__(name=name, help=summary, short_help=summary, add_help_option=False)
+
+
+class LazyGroup(TyperGroup):
+    """bae's Click group: every command listed from ``COMMANDS``, each module imported on first use."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        for name, (_, summary) in COMMANDS.items():
+            self.commands.setdefault(name, _Listed(name, summary))
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] in COMMANDS:
+            self.load(args[0])
+        return super().resolve_command(ctx, args)
+
+    def load(self, name: str) -> Any:
+        """The real command ``name``, importing its module (which registers it on the app) the first time."""
+        command = self.commands.get(name)
+        if not isinstance(command, _Listed):
+            return command
+        from typer.main import get_command_from_info
+
+        from bae_cli.app import app
+
+        import_module(f"bae_cli.commands.{COMMANDS[name][0]}")
+        for info in app.registered_commands:
+            if info.name == name:
+                self.commands[name] = get_command_from_info(
+                    info, pretty_exceptions_short=app.pretty_exceptions_short, rich_markup_mode=app.rich_markup_mode
+                )
+        return self.commands[name]
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)

@@ -53,10 +53,11 @@ class Floor:
             return self.make[chosen](text=ticket.text, plan=plan)
 
 
-def _calls_per_run(lm: Any, fn: Callable[[], Any], runs: int) -> float:
+def _calls_per_run(lm: Any, fn: Callable[[], Any], runs: int) -> tuple[float, list[int]]:
+    """LM calls per run of ``fn``, and the few-shot demos each of those calls' prompts carried."""
     before = len(lm.calls)
     fn()
-    return (len(lm.calls) - before) / runs
+    return (len(lm.calls) - before) / runs, [call.demos for call in lm.calls[before:]]
 
 
 def measure(loaded: LoadedGraph, backend: OptimizedLM, lm: Any, starts: Sequence[Node], rounds: int) -> dict[str, Any]:
@@ -71,7 +72,21 @@ def measure(loaded: LoadedGraph, backend: OptimizedLM, lm: Any, starts: Sequence
         for start in starts:
             floor.run(start)
 
-    calls = {"bae": _calls_per_run(lm, through_bae, len(starts)), "raw": _calls_per_run(lm, by_hand, len(starts))}
+    (bae_calls, bae_demos), (raw_calls, raw_demos) = (
+        _calls_per_run(lm, through_bae, len(starts)),
+        _calls_per_run(lm, by_hand, len(starts)),
+    )
+    calls = {"bae": bae_calls, "raw": raw_calls}
+    stats = backend.get_stats()
+    # What this row ran: the predictors' sources as OptimizedLM counted them, and the demos the LM
+    # saw in each prompt (read from the messages it received), on both sides.
+    ran = {
+        "sources": {source: stats[source] for source in ("optimized", "naive", "stale", "errors")},
+        "demos_per_call": {
+            "bae": {"min": min(bae_demos), "max": max(bae_demos)},
+            "raw": {"min": min(raw_demos), "max": max(raw_demos)},
+        },
+    }
     if calls["bae"] != calls["raw"]:
         raise RuntimeError(f"bae and the floor made different numbers of LM calls per run: {calls}")
     per_call = len(starts) * calls["bae"]
@@ -80,6 +95,7 @@ def measure(loaded: LoadedGraph, backend: OptimizedLM, lm: Any, starts: Sequence
     per = {name: [s / per_call for s in values] for name, values in samples.items()}
     ratios = [b / r for b, r in zip(per["bae"], per["raw"], strict=True)]
     return {
+        "ran": ran,
         "calls_per_run": calls["bae"],
         "bae_s_per_call": summary(per["bae"]),
         "raw_s_per_call": summary(per["raw"]),

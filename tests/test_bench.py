@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +34,21 @@ def test_smoke_run_writes_its_results(name: str, tmp_path: Path, capsys: pytest.
     for target in results["targets"]:
         assert isinstance(target["value"], float) and target["op"] in ("<=", ">=") and isinstance(target["met"], bool)
     assert list(tmp_path.iterdir()) == [tmp_path / f"{name}.json"]  # nothing else left behind
+    if name in RAN:
+        RAN[name](results["figures"])
+
+
+def _overhead_ran(figures: dict[str, Any]) -> None:
+    """Each row measured what its label says: compiled predictors with demos, or naive ones without."""
+    optimized, naive = figures["optimized"]["ran"], figures["naive"]["ran"]
+    assert optimized["sources"]["optimized"] > 0, optimized
+    assert optimized["sources"]["naive"] == optimized["sources"]["stale"] == optimized["sources"]["errors"] == 0
+    assert all(optimized["demos_per_call"][side]["min"] > 0 for side in ("bae", "raw")), optimized
+    assert naive["sources"]["naive"] > 0 and naive["sources"]["optimized"] == naive["sources"]["stale"] == 0, naive
+    assert all(naive["demos_per_call"][side]["max"] == 0 for side in ("bae", "raw")), naive
+
+
+RAN: dict[str, Callable[[dict[str, Any]], None]] = {"overhead": _overhead_ran}
 
 
 def test_every_benchmark_is_tested() -> None:

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic.errors import PydanticUserError
 from pydantic.fields import FieldInfo
 
-from bae import __version__
+from bae import __version__, telemetry
 from bae.exceptions import BaeError, BaeGraphError, BaeInputError, BaeLMError, BaeParseError
 from bae.jsontext import JSONTextError, check_text
 from bae.loader import LoadedGraph
@@ -146,7 +146,7 @@ class Service:
         self.ready = False
         self._numbers = itertools.count(1)
 
-    async def run(self, start: Node) -> Outcome:
+    async def run(self, start: Node, parent: Any = None) -> Outcome:
         """Run one input within the deadline; the slot is held until the run's thread finishes.
 
         A run that outlives its deadline cannot be killed (it is a thread in blocking I/O):
@@ -161,8 +161,9 @@ class Service:
         except TimeoutError:
             raise HTTPException(504, f"timed out after {self.settings.timeout_s:g}s waiting for a free slot") from None
         try:
+            run = self.runner.run
             future = loop.run_in_executor(
-                self.pool, self.runner.run, next(self._numbers), start, self.settings.max_steps
+                self.pool, telemetry.within, parent, run, next(self._numbers), start, self.settings.max_steps
             )
         except BaseException:
             slots.release()
@@ -271,7 +272,7 @@ def create_app(
     )
     protected = _auth(settings.token)
 
-    async def run(body: request_model) -> RunResponse:  # type: ignore[valid-type]
+    async def run(body: request_model, request: Request) -> RunResponse:  # type: ignore[valid-type]
         data = body.model_dump()  # type: ignore[attr-defined]
         try:
             check_text(data)
@@ -282,7 +283,7 @@ def create_app(
         except ValidationError as exc:  # the node's own validators, beyond the field types
             raise RequestValidationError(exc.errors(include_url=False)) from None
         try:
-            outcome = await service.run(node)
+            outcome = await service.run(node, telemetry.incoming(request.headers))  # continues a traceparent
         except HTTPException:
             raise
         except Exception as exc:  # a bug in user code or in bae: logged here in full, answered in one line

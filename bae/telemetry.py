@@ -245,3 +245,27 @@ def install(content: bool = False) -> Callable[[], None]:
         provider.shutdown()
 
     return shutdown
+
+
+# -- bae serve: continue the caller's trace ---------------------------------------------
+def incoming(headers: Any) -> Any | None:
+    """The OpenTelemetry context of a request's W3C ``traceparent`` header; None when tracing is off or none came."""
+    if tracer() is None or headers.get("traceparent") is None:
+        return None
+    from opentelemetry.propagate import extract
+
+    return extract(headers)
+
+
+def within(parent: Any | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with ``parent`` (from ``incoming``) as the current context, so a run in a worker
+    thread joins the caller's trace."""
+    if parent is None:
+        return fn(*args)
+    from opentelemetry import context
+
+    token = context.attach(parent)
+    try:
+        return fn(*args)
+    finally:
+        context.detach(token)

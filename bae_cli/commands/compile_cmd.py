@@ -13,6 +13,7 @@ from bae.exceptions import BaeInputError
 from bae.loader import load_graph, split_reference
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, LmOption, RichProgress, confusion_tables, err, out, print_json
+from bae_cli.otel import OtelContentFlag, OtelFlag, start_otel
 
 if TYPE_CHECKING:
     pass
@@ -59,6 +60,8 @@ def compile_(
     notes: Annotated[str, typer.Option("--notes", help="Free text recorded with the version.")] = "",
     activate: Annotated[bool, typer.Option("--activate/--no-activate", help="Make the new version active.")] = True,
     as_json: JsonFlag = False,
+    otel: OtelFlag = False,
+    otel_content: OtelContentFlag = False,
 ) -> None:
     """Optimize every predictor of GRAPH from gold traces and write a new compiled version.
 
@@ -69,6 +72,7 @@ def compile_(
     from bae.lm_specs import resolve_lm
     from bae.optimizer import OPTIMIZERS, OptimizeSettings, default_metric
 
+    start_otel(otel, otel_content)
     if optimizer not in OPTIMIZERS:
         raise BaeInputError(f"unknown --optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     loaded = load_graph(graph)

@@ -24,6 +24,7 @@ from bae.runner import Outcome, Runner, node_json, open_backend
 from bae.usage import usage_rows
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, LmOption, err, graph_from, out, print_json, warn, warn_stale
+from bae_cli.otel import OtelContentFlag, OtelFlag, start_otel
 
 MAX_INPUT_BYTES = 1024 * 1024  # far beyond any prompt; a bigger input is a mistake, not a ticket
 
@@ -99,6 +100,8 @@ def run(
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not write the run log.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every node's fields.")] = False,
     as_json: JsonFlag = False,
+    otel: OtelFlag = False,
+    otel_content: OtelContentFlag = False,
 ) -> None:
     """Run GRAPH with compiled predictors (or naive ones without --compiled).
 
@@ -107,6 +110,7 @@ def run(
     """
     from bae.runlog import RunLog, default_log_path
 
+    start_otel(otel, otel_content)
     graph, stdin = _stdin_marker(graph, dash)
     if batch is None and output is not None:
         raise BaeInputError("--output goes with --batch: add --batch F.jsonl, or drop --output")

@@ -17,6 +17,7 @@ from bae import artifacts
 from bae.exceptions import BaeInputError
 from bae_cli.app import app
 from bae_cli.common import LmOption, err, graph_from, warn, warn_stale
+from bae_cli.otel import OtelContentFlag, OtelFlag, start_otel
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -85,6 +86,8 @@ def serve(
         Path | None, typer.Option("--log-db", envvar="BAE_LOG_DB", help="Run log (SQLite). Default .bae/runs.db.")
     ] = None,
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not write the run log.")] = False,
+    otel: OtelFlag = False,
+    otel_content: OtelContentFlag = False,
 ) -> None:
     """Serve GRAPH with a compiled version over HTTP until stopped (Ctrl-C or SIGTERM finish in-flight runs).
 
@@ -100,6 +103,7 @@ def serve(
     from bae.runlog import RunLog, default_log_path
     from bae.runner import open_backend
 
+    start_otel(otel, otel_content, serving=True)
     version_dir = artifacts.resolve_version_dir(compiled)
     manifest = artifacts.read_manifest(version_dir)
     artifacts.refuse_invalid(artifacts.verify_files(version_dir, manifest)[0])  # all files, before listening

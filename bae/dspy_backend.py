@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -149,6 +150,38 @@ class _Tally:
 
     requests: int = 0
     tokens: list[tuple[int | None, int | None, float | None]] = field(default_factory=list)
+    cut: str | None = None  # "length" or "timeout": a request was cut short by a bound bae set
+
+
+_TALLY: ContextVar[_Tally | None] = ContextVar("bae_call_tally", default=None)
+
+
+class _TruncationFilter(logging.Filter):
+    """Marks the call in progress ``cut="length"`` when DSPy reports an answer stopped at ``max_tokens``.
+
+    DSPy sees ``finish_reason == "length"`` and only logs it (logger ``dspy.clients.lm``); the answer then
+    fails to parse and is self-corrected. Inside a bae call the multi-line warning is replaced by the
+    run-log mark and a debug line; outside one it passes through untouched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tally = _TALLY.get()
+        if tally is None or not str(record.msg).startswith("LM response was truncated"):
+            return True
+        tally.cut = tally.cut or "length"
+        logger.debug("answer cut at max_tokens")
+        return False
+
+
+logging.getLogger("dspy.clients.lm").addFilter(_TruncationFilter())
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether an LM failure is a request that ran out of time (the per-call ``timeout``)."""
+    return any(
+        isinstance(link, TimeoutError) or any("Timeout" in c.__name__ and "Lock" not in c.__name__
+                                               for c in type(link).__mro__)
+        for link in _chain(exc)
+    )  # fmt: skip
 
 
 class DSPyBackend:
@@ -231,11 +264,14 @@ class DSPyBackend:
         """Call ``predictor`` and ``build`` the result; every outcome, success or failure, is recorded."""
         tally = _Tally()
         started = time.perf_counter()
+        token = _TALLY.set(tally)
         try:
             result = self._self_correcting(predictor, inputs, build, tally)
         except BaseException as exc:
             self._record(predictor, source, started, tally, exc)
             raise
+        finally:
+            _TALLY.reset(token)
         self._record(predictor, source, started, tally, None)
         return result
 
@@ -281,6 +317,8 @@ class DSPyBackend:
             except (AdapterParseError, ValidationError, BaeError):
                 raise
             except Exception as exc:
+                if is_timeout(exc):
+                    tally.cut = "timeout"
                 if not is_transient(exc):
                     raise BaeLMError(
                         f"{predictor.node_name} ({predictor.kind}): LM call failed: {_short(exc)}", cause=exc
@@ -325,6 +363,7 @@ class DSPyBackend:
             completion_tokens=completion,
             cost=cost,
             error=None if error is None or isinstance(error, GeneratorExit) else _short(error),
+            cut=tally.cut,
         )
         state = active_state()
         if state is not None:

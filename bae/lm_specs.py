@@ -6,6 +6,13 @@
 | ``local`` / ``local:path.gguf`` | the embedded llama.cpp model (extra ``local``) |
 | ``file.py:fn`` / ``pkg.module:fn`` | whatever DSPy LM ``fn()`` returns |
 | anything else | ``dspy.LM(spec)``: a LiteLLM model string such as ``openai/gpt-4o-mini`` |
+
+Every LM call is bounded: a model string gets ``max_tokens`` (``$BAE_MAX_TOKENS``, default
+``DEFAULT_MAX_TOKENS``) and a per-request ``timeout`` in seconds (``$BAE_LM_TIMEOUT``, default
+``DEFAULT_LM_TIMEOUT_S``); the CLI's ``--max-tokens`` and ``--lm-timeout`` set those variables. Without
+them a small model that loops inside a string generates up to the server's context length, and
+nothing bounds the wait. A timeout is a transient failure to bae (retried with backoff, then exit 4).
+The embedded model has its own ``max_tokens``; a factory's LM is taken as built.
 """
 
 from __future__ import annotations
@@ -20,6 +27,21 @@ if TYPE_CHECKING:
     import dspy
 
 DEFAULT_LM = "local"
+DEFAULT_MAX_TOKENS = 1024  # generous for a structured answer; a looping model stops here
+DEFAULT_LM_TIMEOUT_S = 180.0  # one request, on a slow CPU server; retried, so a stuck call ends in minutes
+
+
+def lm_limits() -> tuple[int, float]:
+    """``max_tokens`` and the per-request timeout in force: ``$BAE_MAX_TOKENS``, ``$BAE_LM_TIMEOUT``, else defaults."""
+    tokens, timeout = os.environ.get("BAE_MAX_TOKENS") or "", os.environ.get("BAE_LM_TIMEOUT") or ""
+    try:
+        max_tokens = int(tokens) if tokens else DEFAULT_MAX_TOKENS
+        timeout_s = float(timeout) if timeout else DEFAULT_LM_TIMEOUT_S
+    except ValueError:
+        raise BaeInputError(f"BAE_MAX_TOKENS={tokens!r} / BAE_LM_TIMEOUT={timeout!r}: not numbers") from None
+    if max_tokens < 1 or not 0 < timeout_s < float("inf"):
+        raise BaeInputError(f"max tokens ({max_tokens}) and LM timeout ({timeout_s}) must be positive")
+    return max_tokens, timeout_s
 
 
 def lm_spec(spec: str | None) -> str:
@@ -59,11 +81,12 @@ def resolve_lm(spec: str | None) -> dspy.BaseLM:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network: skip the cost-map download
     import dspy
 
+    max_tokens, timeout_s = lm_limits()
     try:
         # bae owns retries, so each failure is seen and logged; and no disk cache, so each call really
         # reaches the model (an answer replayed from ~/.dspy_cache would hide an outage, log zero tokens
-        # and keep every customer's text on disk).
-        return dspy.LM(spec, num_retries=0, cache=False)
+        # and keep every customer's text on disk). Bounded: see the module docstring.
+        return dspy.LM(spec, num_retries=0, cache=False, max_tokens=max_tokens, timeout=timeout_s)
     except Exception as exc:
         raise BaeLMError(f"--lm {spec}: {type(exc).__name__}: {exc}") from exc
 

@@ -30,6 +30,8 @@ class CallRecord:
     ``source`` is ``optimized`` (a compiled predictor), ``naive`` (none compiled) or
     ``stale`` (compiled for a schema that has since changed, so not used). ``attempts``
     counts every request sent for the call: self-corrections and transient retries alike.
+    ``cut`` says a request of the call was cut short by a bound bae set: ``length`` (the answer
+    reached ``max_tokens``) or ``timeout`` (the per-call timeout), even when a retry recovered.
     """
 
     node: str
@@ -41,3 +43,4 @@ class CallRecord:
     completion_tokens: int | None = None
     cost: float | None = None
     error: str | None = None
+    cut: str | None = None

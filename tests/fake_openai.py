@@ -27,9 +27,11 @@ class Fail:
 
 @dataclass(frozen=True)
 class Say:
-    """A 200 response whose assistant message is ``text`` verbatim (empty, garbage...)."""
+    """A 200 response whose assistant message is ``text`` verbatim (empty, garbage...); ``finish_reason``
+    ``length`` is an answer the server cut at ``max_tokens``."""
 
     text: str
+    finish_reason: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,14 @@ class FakeOpenAI:
     answer: Callable[[dict[str, Any]], str]
     script: list[Step]
     requests: list[float] = field(default_factory=list)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_step(self, body: dict[str, Any]) -> Step:
         with self.lock:
             self.requests.append(time.monotonic())
+            self.bodies.append(body)
             return self.script.pop(0) if self.script else Say(self.answer(body))
 
 
@@ -80,7 +84,11 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     "created": 0,
                     "model": body.get("model", "fake"),
                     "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": step.text}, "finish_reason": "stop"}
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": step.text},
+                            "finish_reason": step.finish_reason,
+                        }
                     ],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
                 }

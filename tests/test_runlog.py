@@ -70,7 +70,7 @@ def test_round_trip_of_runs_and_calls(tmp_path: Path) -> None:
     runlog = RunLog(tmp_path / "runs.db")
     calls = [
         CallRecord("Question", "make", "optimized", 0.5, 1, 120, 30, 0.0012, None),
-        CallRecord("Answer", "choice", "stale", 1.25, 3, None, None, None, "ParseError: no JSON"),
+        CallRecord("Answer", "choice", "stale", 1.25, 3, None, None, None, "ParseError: no JSON", cut="length"),
     ]
     first = log(runlog, calls=calls)
     second = log(
@@ -240,12 +240,13 @@ def test_a_schema_1_log_keeps_working(tmp_path: Path, create: bool) -> None:
     runlog = RunLog(path, create=create)
     (old,) = runlog.runs()
     assert (old.id, old.purpose, old.version, old.duration_s) == (1, "run", "v1", 1.5)
-    assert old.calls == (CallRecord("Answer", "make", "optimized", 0.5, 1, 10, 2, None, None),)
+    assert old.calls == (CallRecord("Answer", "make", "optimized", 0.5, 1, 10, 2, None, None, cut=None),)
     assert [(v.version, v.runs) for v in runlog.stats().versions] == [("v1", 1)]
     log(RunLog(path), purpose=EVAL)
     assert [(r.id, r.purpose) for r in runlog.runs()] == [(2, "eval"), (1, "run")]  # newest first
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert "cut" in {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
 
 
 def _write_runs(path: str, worker: int, barrier: Any, runs: int) -> None:

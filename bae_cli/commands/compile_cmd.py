@@ -13,6 +13,7 @@ from bae.exceptions import BaeInputError
 from bae.loader import load_graph, split_reference
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, LmOption, RichProgress, confusion_tables, err, out, print_json
+from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
 from bae_cli.otel import OtelContentFlag, OtelFlag, start_otel
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ def compile_(
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Compiled root; the new version is vN+1.")] = Path("compiled"),
     lm: LmOption = None,
+    max_tokens: MaxTokensOption = None,
+    lm_timeout: LmTimeoutOption = None,
     optimizer: Annotated[str, typer.Option("--optimizer", help=OPTIMIZER_HELP)] = "knn",
     max_demos: Annotated[int, typer.Option("--max-demos", min=0, help="Bootstrapped demos per predictor.")] = 4,
     max_labeled_demos: Annotated[
@@ -68,6 +71,7 @@ def compile_(
     Scores the naive and the optimized graph on the same dev traces and records both.
     Writes atomically: an interrupted compile leaves no version behind.
     """
+    apply_lm_limits(max_tokens, lm_timeout)
     from bae.compile_version import CompileOptions, compile_graph
     from bae.lm_specs import resolve_lm
     from bae.optimizer import OPTIMIZERS, OptimizeSettings, default_metric

@@ -15,6 +15,7 @@ from bae import artifacts
 from bae.exceptions import BaeError, BaeInputError
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, LmOption, RichProgress, confusion_tables, err, graph_from, out, print_json, warn
+from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
 
 if TYPE_CHECKING:
     from bae.evaluator import Evaluation
@@ -58,6 +59,8 @@ def eval_(
         typer.Option("--max-drop", min=0, help="With --baseline: how far below it the first may score (default 0)."),
     ] = None,
     lm: LmOption = None,
+    max_tokens: MaxTokensOption = None,
+    lm_timeout: LmTimeoutOption = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Concurrent runs.")] = 4,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Stop a run after this many steps.")] = 100,
     strict: Annotated[
@@ -76,6 +79,7 @@ def eval_(
     [--max-drop D] (the first scores at most D below vM here). Exit 1 when a gate fails. Runs go to
     the run log as eval runs (`bae stats --eval`).
     """
+    apply_lm_limits(max_tokens, lm_timeout)
     from bae.evaluator import evaluate, plan_columns
     from bae.runlog import default_log_path
     from bae.scoring import EvaluationInterrupted

@@ -24,6 +24,7 @@ from bae.runner import Outcome, Runner, node_json, open_backend
 from bae.usage import usage_rows
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, LmOption, err, graph_from, out, print_json, warn, warn_stale
+from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
 from bae_cli.otel import OtelContentFlag, OtelFlag, start_otel
 
 MAX_INPUT_BYTES = 1024 * 1024  # far beyond any prompt; a bigger input is a mistake, not a ticket
@@ -93,6 +94,8 @@ def run(
         Path | None, typer.Option("--record", help="Append each run's trace here, in the dataset format.")
     ] = None,
     lm: LmOption = None,
+    max_tokens: MaxTokensOption = None,
+    lm_timeout: LmTimeoutOption = None,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Stop a run after this many steps.")] = 100,
     log_db: Annotated[
         Path | None, typer.Option("--log-db", envvar="BAE_LOG_DB", help="Run log (SQLite). Default .bae/runs.db.")
@@ -108,6 +111,7 @@ def run(
     Input is the start node's fields as JSON: --input '{...}', --input-file F, or - to read stdin
     (after GRAPH, if given). Prints the result, the trace and which nodes used optimized prompts.
     """
+    apply_lm_limits(max_tokens, lm_timeout)
     from bae.runlog import RunLog, default_log_path
 
     start_otel(otel, otel_content)

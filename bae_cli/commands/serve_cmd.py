@@ -17,6 +17,7 @@ from bae import artifacts
 from bae.exceptions import BaeInputError
 from bae_cli.app import app
 from bae_cli.common import LmOption, err, graph_from, warn, warn_stale
+from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
 from bae_cli.otel import OtelContentFlag, OtelFlag, start_otel
 
 
@@ -66,6 +67,8 @@ def serve(
     ),
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 8000,
     lm: LmOption = None,
+    max_tokens: MaxTokensOption = None,
+    lm_timeout: LmTimeoutOption = None,
     max_concurrency: Annotated[
         int, typer.Option("--max-concurrency", min=1, help="Runs in flight at once; more requests wait.")
     ] = 8,
@@ -94,6 +97,7 @@ def serve(
     POST /run takes the start node's fields as JSON and returns the final node, the trace and
     the LM usage per node. GET /health, /ready, /version, /stats; OpenAPI docs at /docs.
     """
+    apply_lm_limits(max_tokens, lm_timeout)
     try:
         import uvicorn
 

@@ -1,0 +1,50 @@
+"""Every LM bae builds is bounded: ``max_tokens`` and a per-request timeout, and a call cut by either
+is marked in the run log (``cut``: ``length`` or ``timeout``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bae.exceptions import BaeInputError
+from bae.lm_specs import DEFAULT_LM_TIMEOUT_S, DEFAULT_MAX_TOKENS, resolve_lm
+from bae.runlog import RunLog
+from tests.cli import EXAMPLE, bae
+from tests.fake_openai import Say, Stall, fake_openai
+from tests.test_faults import TICKET, triage_answer
+
+
+def test_a_model_string_gets_bounded_tokens_and_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BAE_MAX_TOKENS", raising=False)
+    monkeypatch.delenv("BAE_LM_TIMEOUT", raising=False)
+    lm = resolve_lm("openai/some-model")
+    assert (lm.kwargs["max_tokens"], lm.kwargs["timeout"]) == (DEFAULT_MAX_TOKENS, DEFAULT_LM_TIMEOUT_S)
+    monkeypatch.setenv("BAE_MAX_TOKENS", "64")
+    monkeypatch.setenv("BAE_LM_TIMEOUT", "2.5")
+    lm = resolve_lm("openai/some-model")
+    assert (lm.kwargs["max_tokens"], lm.kwargs["timeout"]) == (64, 2.5)
+    monkeypatch.setenv("BAE_MAX_TOKENS", "many")
+    with pytest.raises(BaeInputError, match="BAE_MAX_TOKENS"):
+        resolve_lm("openai/some-model")
+
+
+def test_cli_marks_calls_cut_by_the_timeout_or_max_tokens(tmp_path: Path) -> None:
+    """Triage's first request stalls past --lm-timeout (retried); BillingIssue's first answer stops at
+    max_tokens (finish_reason length: cut JSON, self-corrected). The run succeeds; the log says both."""
+    db = tmp_path / "runs.db"
+    filled = triage_answer({"messages": ""})
+    with fake_openai(triage_answer, [Stall(3.0), Say(triage_answer({"messages": "next_step"})),
+                                     Say(filled[:12], finish_reason="length")]) as fake:  # fmt: skip
+        env = {"OPENAI_API_BASE": fake.url, "OPENAI_API_KEY": "none"}
+        result = bae("run", EXAMPLE, "--lm", "openai/fake-model", "--input", json.dumps(TICKET), "--max-tokens",
+                     "64", "--lm-timeout", "1", "--log-db", str(db), "--json", env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert {body["max_tokens"] for body in fake.bodies} == {64}
+    assert "truncated" not in result.stderr  # DSPy's multi-line warning is replaced by the run-log mark
+    (run,) = RunLog(db).runs()
+    assert [(c.node, c.attempts, c.cut, c.error) for c in run.calls] == [
+        ("Triage", 2, "timeout", None),
+        ("BillingIssue", 2, "length", None),
+    ]

@@ -12,7 +12,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import time
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -100,11 +100,17 @@ def test_a_second_ctrl_c_abandons_runs_stuck_on_a_hung_model(spawn: Spawn, tmp_p
     proc = spawn("run", EXAMPLE, "--lm", f"{LMS}:stuck", "--batch", str(batch), "--concurrency", "2",
                  "--no-log", "--output", str(output), cwd=tmp_path)  # fmt: skip
     wait_for(lambda: (tmp_path / "stuck.mark").exists(), proc)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
+    reader.start()
     proc.send_signal(signal.SIGINT)
-    time.sleep(1)
-    assert proc.poll() is None  # waiting for the runs in flight, as the first Ctrl-C says
+    # the first Ctrl-C was handled (an event, not a sleep): it says it waits for the runs in flight
+    wait_for(lambda: any("finishing 2 run(s) in flight" in line for line in lines), proc, timeout=60)
+    assert proc.poll() is None  # and it does wait: the model never answers, so only a second Ctrl-C ends it
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
+    proc.wait(timeout=30)
+    reader.join(timeout=30)
+    stderr = "".join(lines)
     assert proc.returncode == 130, stderr
     assert "finishing 2 run(s) in flight (Ctrl-C again to abandon them)" in stderr
     assert stderr.splitlines()[-2:] == ["interrupted again: runs in flight abandoned", "bae: error: interrupted"]

@@ -93,9 +93,7 @@ class _CallSpans(list):
 
 
 def _call_span(tracer: Any, record: CallRecord, common: dict[str, Any]) -> None:
-    from opentelemetry.trace import SpanKind, Status, StatusCode
-
-    from bae.redaction import redact
+    from opentelemetry.trace import SpanKind
 
     end = time.time_ns()
     attributes = {
@@ -119,6 +117,10 @@ def _call_span(tracer: Any, record: CallRecord, common: dict[str, Any]) -> None:
         attributes=attributes,
     )
     if record.error is not None:
+        from opentelemetry.trace import Status, StatusCode
+
+        from bae.redaction import redact
+
         message = redact(record.error) or ""
         kind = message.split(":", 1)[0] if ":" in message[:80] else "BaeLMError"
         span.set_attribute("error.type", kind if kind.isidentifier() else "BaeLMError")
@@ -149,7 +151,8 @@ def traced_run(
     tracer: Any, graph: Graph, start_node: Node, lm: Any, max_steps: int, state: RunState, loop: RunLoop
 ) -> GraphResult:
     """``loop`` (the graph's run loop) inside a ``bae.run`` span, each step inside a ``bae.step`` span."""
-    from opentelemetry.trace import SpanKind, Status, StatusCode, use_span
+    from opentelemetry.context import attach, detach
+    from opentelemetry.trace import Status, StatusCode, set_span_in_context
 
     content = _content()
     version = getattr(lm, "version", None)
@@ -170,38 +173,46 @@ def traced_run(
     state.calls = calls
 
     def step(node: Node, lm: Any, state: RunState) -> Node | None:
-        span = tracer.start_span("bae.step " + type(node).__name__, attributes={"bae.node": type(node).__name__})
-        with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
-            try:
-                following = graph._step(node, lm, state)
-            except BaseException as exc:
-                _failed(span, exc)
-                raise
+        name = type(node).__name__
+        span = tracer.start_span("bae.step " + name, attributes={"bae.node": name})
+        token = attach(set_span_in_context(span))  # not use_span: a generator context manager costs more
+        try:
+            following = graph._step(node, lm, state)
+        except BaseException as exc:
+            _failed(span, exc)
+            raise
+        else:
             if following is not None:
                 span.set_attribute("bae.next", type(following).__name__)
                 if content:
                     span.set_attribute("bae.output", _fields(following))
             return following
-
-    span = tracer.start_span("bae.run", kind=SpanKind.INTERNAL, attributes=attributes)
-    with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
-        try:
-            result = loop(start_node, lm, max_steps, state, step)
-        except BaseException as exc:
-            partial = getattr(exc, "result", None)
-            if partial is not None:
-                span.set_attribute("bae.path", partial.path)
-            span.set_attribute("bae.status", "interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
-            _failed(span, exc)
-            raise
         finally:
-            calls.live = False
+            detach(token)
+            span.end()
+
+    span = tracer.start_span("bae.run", attributes=attributes)
+    token = attach(set_span_in_context(span))
+    try:
+        result = loop(start_node, lm, max_steps, state, step)
+    except BaseException as exc:
+        partial = getattr(exc, "result", None)
+        if partial is not None:
+            span.set_attribute("bae.path", partial.path)
+        span.set_attribute("bae.status", "interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
+        _failed(span, exc)
+        raise
+    else:
         span.set_attribute("bae.path", result.path)
         span.set_attribute("bae.status", "ok")
         if content:
             span.set_attribute("bae.output", _fields(result.node))
         span.set_status(Status(StatusCode.OK))
         return result
+    finally:
+        calls.live = False
+        detach(token)
+        span.end()
 
 
 # -- the CLI's --otel: an SDK provider exporting OTLP/HTTP --------------------------------

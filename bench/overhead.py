@@ -8,6 +8,12 @@ in the same process. Both sides are timed in alternating blocks of a few runs; t
 figure is the median over rounds of bae's time per LM call over the floor's in the
 same round (neighbouring blocks share the machine's load). Target: at most 1.10.
 
+The last row is the cost of OpenTelemetry tracing (``bae.telemetry``): the same optimized runs
+with a global SDK tracer provider batching every span to the in-memory exporter (as ``--otel``
+does to OTLP, and each block waits for its export) against the same runs with tracing off,
+alternating the same way. Target: at most 5% of a step's time with an LM that
+answers instantly, where bae's own time is all there is (a real LM call makes it far less).
+
     python -m bench.overhead [--smoke] [--out DIR]
 """
 
@@ -28,6 +34,7 @@ from bench.common import COMPILED, EXAMPLE, Report, interleave, parse, parser, s
 from bench.scripted import QUEUES, instant, tickets
 
 TARGET = 1.10
+TRACING_TARGET = 1.05
 
 
 class Floor:
@@ -139,8 +146,86 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
         )
         report.target(f"bae/raw time per LM call, {key}", figures["ratio"], "<=", TARGET)
+    traced = measure_tracing(loaded, variants[f"optimized ({compiled.version}, with demos)"], starts, rounds)
+    if traced is None:
+        report.note("tracing row skipped: the otel extra (opentelemetry-sdk) is not installed")
+    else:
+        on, off = traced["on_s_per_call"]["median"], traced["off_s_per_call"]["median"]
+        report.figure("traced", traced)
+        report.row(
+            [
+                f"optimized, tracing on ({traced['spans_per_run']:g} spans/run) vs off",
+                f"{traced['calls_per_run']:g}",
+                f"{on * 1e6:.0f}",
+                f"{off * 1e6:.0f} (off)",
+                f"{(on - off) * traced['calls_per_run'] * 1e6:.0f}",
+                f"{traced['ratio']:.3f}",
+            ]
+        )
+        report.target("traced/untraced time per LM call", traced["ratio"], "<=", TRACING_TARGET)
+        report.note(
+            f"tracing costs {(on - off) * traced['calls_per_run'] * 1e6:.0f} µs a run ({traced['spans_per_run']:g} "
+            "spans, almost all of it the OpenTelemetry SDK's own span creation and export); against an instant LM "
+            "that is all a step's time, against a real LM call (the embedded model: ~1 s) it is well under 0.1%"
+        )
     report.finish()
     return 0
+
+
+def measure_tracing(
+    loaded: LoadedGraph, backend: OptimizedLM, starts: Sequence[Node], rounds: int
+) -> dict[str, Any] | None:
+    """Per-LM-call seconds of runs with a global tracer provider (batching to the in-memory exporter) and without."""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    except ImportError:
+        return None
+    graph, deps = loaded.graph, loaded.deps
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    before = trace._TRACER_PROVIDER  # the global provider is set-once; put back what was there after
+
+    def runs() -> None:
+        for start in starts:
+            graph.run(start, lm=backend, **deps)
+
+    def on() -> None:  # the export is counted: the block waits for it
+        trace._TRACER_PROVIDER = provider
+        try:
+            runs()
+            provider.force_flush()
+        finally:
+            trace._TRACER_PROVIDER = before
+            exporter.clear()
+
+    try:
+        on()  # warm up
+        trace._TRACER_PROVIDER = provider
+        runs()
+        provider.force_flush()
+        finished = exporter.get_finished_spans()
+        spans, calls = len(finished) / len(starts), sum(s.name.startswith("chat") for s in finished) / len(starts)
+    finally:
+        trace._TRACER_PROVIDER = before
+        exporter.clear()
+    gc.collect()
+    samples = interleave({"on": on, "off": runs}, rounds)
+    per_call = len(starts) * calls
+    per = {name: [s / per_call for s in values] for name, values in samples.items()}
+    ratios = [a / b for a, b in zip(per["on"], per["off"], strict=True)]
+    provider.shutdown()
+    return {
+        "calls_per_run": calls,
+        "spans_per_run": spans,
+        "on_s_per_call": summary(per["on"]),
+        "off_s_per_call": summary(per["off"]),
+        "ratio": statistics.median(ratios),
+        "ratio_per_round": summary(ratios),
+    }
 
 
 if __name__ == "__main__":

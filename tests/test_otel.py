@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,7 +39,7 @@ from bae.exceptions import BaeLMError
 from bae.loader import load_graph
 from bae.optimized_lm import OptimizedLM, create_optimized_lm
 from tests import lms
-from tests.cli import EXAMPLE, LMS, ROOT, bae
+from tests.cli import EXAMPLE, LMS, ROOT, bae, environment
 from tests.test_runtime import TICKET, account_ticket, partial  # noqa: F401  (partial: a fixture)
 
 SECRET = "sk-abcdefghijklmnopqrstuvwx"
@@ -289,3 +290,21 @@ def test_bae_serve_continues_an_incoming_traceparent(receiver: Receiver, tmp_pat
     assert span.trace_id.hex() == trace_id and span.parent_span_id.hex() == parent_id
     ours = [s for _, s in receiver.spans if s.name.startswith(("bae.", "chat "))]  # FastAPI traces itself too
     assert len(ours) == 6 and {s.trace_id.hex() for s in ours} == {trace_id}
+
+
+def test_sigterm_mid_batch_still_flushes_the_finished_runs_spans(receiver: Receiver, tmp_path: Path) -> None:
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps(t[0]["fields"]) + "\n" for t in lms.TRACES * 40))  # minutes of 10 ms calls
+    command = [sys.executable, "-m", "bae_cli", "run", EXAMPLE, "--lm", f"{LMS}:slow", "--no-log", "--otel",
+               "--batch", str(batch), "--concurrency", "1"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path, env=environment(receiver.env()))  # fmt: skip
+    try:
+        time.sleep(4)  # started, and some runs finished (their spans wait in the batch processor)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    runs = [span for _, span in receiver.spans if span.name == "bae.run"]
+    assert runs, stderr

@@ -29,6 +29,7 @@ from bae import BaeLMError, BaeParseError, Graph, dspy_backend
 from bae.compiler import FEEDBACK_FIELD
 from bae.dspy_backend import MAX_DELAY_S, DSPyBackend, backoff_delay, retry_after
 from bae.loader import load_graph
+from bae.redaction import MAX_ERROR_CHARS, redact
 from bae.result import CallRecord, GraphResult
 from bae.runlog import RunLog
 from bae.testing import ScriptedLM
@@ -174,6 +175,29 @@ def test_transient_and_bad_output_together_count_every_request() -> None:
     result, records = run(lm)
     assert result.node.answer == 42
     assert records[-1].attempts == len(lm.calls_for("MathAnswer")) == 5
+
+
+# -- error lines stay short, however much the model's client says ---------------------------------
+def test_a_huge_lm_error_becomes_one_short_line() -> None:
+    """A client error can quote a whole response body; the record and the raised error keep one line of it."""
+    body = "upstream said:\n" + "a very long html page " * 500 + "\nTHE END"
+    lm = scripted(MathAnswer=[LMAuthError(body, status=401)])
+    error, records = failing_run(lm, BaeLMError)
+    [record] = [r for r in records if r.node == "MathAnswer"]
+    head = "MathAnswer (make): LM call failed: "
+    assert error.message.startswith(head + "upstream said: a very long html page")
+    assert len(error.message) == len(head) + 300 and error.message.endswith("...")  # the client's text: 300 chars
+    assert record.error == error.message[:297] + "..."  # the record's line: 300 chars in all
+    assert "\n" not in error.message and "THE END" not in str(error)
+
+
+def test_redact_cuts_error_text_to_its_cap() -> None:
+    assert redact("short and clean") == "short and clean"
+    exact = "x" * MAX_ERROR_CHARS
+    assert redact(exact) == exact  # at the cap: kept whole
+    cut = redact("token=abcdef123456 " + "y" * 10 * MAX_ERROR_CHARS)
+    assert cut is not None and len(cut) == MAX_ERROR_CHARS and cut.endswith("…")
+    assert cut.startswith("[redacted] yyy")  # scrubbed first, then cut
 
 
 # -- backoff, jitter, Retry-After ---------------------------------------------------------------

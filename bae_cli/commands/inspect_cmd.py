@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from bae import artifacts
-from bae.graph import Graph
 from bae.node import schema_fingerprint
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, graph_from, out, print_json
+
+if TYPE_CHECKING:
+    from bae.graph import Graph
 
 
 def node_rows(graph: Graph, manifest: dict[str, Any], checks: dict[str, artifacts.FileCheck]) -> list[dict[str, Any]]:
@@ -121,6 +122,8 @@ def _print_report(
     gate: list[str],
     prompt_doc: Any,
 ) -> None:
+    from rich.table import Table  # only for the report: --json does without
+
     scores = manifest.get("scores", {})
     dataset = manifest.get("dataset", {})
     out.print(

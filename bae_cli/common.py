@@ -33,9 +33,10 @@ def _width(stream: Any) -> int | None:
         return LOG_WIDTH
 
 
-out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
+# emoji=False: ":x:" in a node name or a message stays text (and Rich's emoji table is never loaded);
 # soft_wrap: an error stays one greppable line
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
+out = Console(highlight=False, emoji=False, soft_wrap=True, width=_width(sys.stdout))
+err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True, width=_width(sys.stderr))
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 LmOption = Annotated[

@@ -389,7 +389,20 @@ class RunLog:
                 ):
                     calls[row[0]].append(CallRecord(*row[1:]))
         return [
-            LoggedRun(row[0], datetime.fromisoformat(row[1]), *row[2:10], calls=tuple(calls[row[0]]), purpose=row[10])
+            LoggedRun(
+                id=row[0],
+                started_at=datetime.fromisoformat(row[1]),
+                duration_s=row[2],
+                status=row[3],
+                error=row[4],
+                graph=row[5],
+                start_node=row[6],
+                version=row[7],
+                compiled_dir=row[8],
+                lm=row[9],
+                calls=tuple(calls[row[0]]),
+                purpose=row[10],
+            )
             for row in rows
         ]
 

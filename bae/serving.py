@@ -105,7 +105,7 @@ def input_model(start: type[Node]) -> type[BaseModel]:
             field.metadata = [m for m in field.metadata if not isinstance(m, Context | Bind)]
             fields[name] = (info.annotation, field)
     config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    model = create_model(f"{start.__name__}Input", __config__=config, __doc__=start.__doc__, **fields)
+    model: type[BaseModel] = create_model(f"{start.__name__}Input", __config__=config, __doc__=start.__doc__, **fields)
     try:
         model.model_json_schema()
     except PydanticUserError as exc:

@@ -122,11 +122,18 @@ def _call_span(tracer: Any, record: CallRecord, common: dict[str, Any]) -> None:
         from bae.redaction import redact
 
         message = redact(record.error) or ""
-        kind = message.split(":", 1)[0] if ":" in message[:80] else "BaeLMError"
-        span.set_attribute("error.type", kind if kind.isidentifier() else "BaeLMError")
+        span.set_attribute("error.type", _error_type(message))
         span.add_event("exception", {"exception.message": message})
         span.set_status(Status(StatusCode.ERROR, message))
     span.end(end_time=end)
+
+
+def _error_type(message: str) -> str:
+    """A failed call's error class from its record's text: a backend raises ``BaeParseError`` for answers that
+    never parsed and ``BaeLMError`` for the rest; a bare class name is an interruption (``KeyboardInterrupt``)."""
+    if message.isidentifier():
+        return message
+    return "BaeParseError" if "did not parse" in message else "BaeLMError"
 
 
 def _failed(span: Any, exc: BaseException) -> None:
@@ -260,8 +267,16 @@ def install(content: bool = False) -> Callable[[], None]:
 
 # -- bae serve: continue the caller's trace ---------------------------------------------
 def incoming(headers: Any) -> Any | None:
-    """The OpenTelemetry context of a request's W3C ``traceparent`` header; None when tracing is off or none came."""
-    if tracer() is None or headers.get("traceparent") is None:
+    """The context a served run's spans belong under, to hand to its worker thread: the request's server span
+    when the server traces itself (FastAPI does, and it continues ``traceparent``), else the trace of the
+    request's W3C ``traceparent`` header; None when tracing is off or there is neither."""
+    if tracer() is None:
+        return None
+    from opentelemetry import context, trace
+
+    if trace.get_current_span().get_span_context().is_valid:
+        return context.get_current()
+    if headers.get("traceparent") is None:
         return None
     from opentelemetry.propagate import extract
 

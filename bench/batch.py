@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import statistics
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ def run_level(folder: Path, batch: Path, concurrency: int, lm: str, tag: str) ->
     runs = RunLog(log_db, create=False).runs()
     if any(r.status != "ok" for r in runs):
         raise RuntimeError(f"concurrency {concurrency}: not every run succeeded")
+    sources = Counter(call.source for r in runs for call in r.calls)  # what ran: compiled or naive predictors
     first = min(r.started_at.timestamp() for r in runs)
     last = max(r.started_at.timestamp() + r.duration_s for r in runs)
     return {
@@ -50,6 +52,7 @@ def run_level(folder: Path, batch: Path, concurrency: int, lm: str, tag: str) ->
         "process_wall_s": proc.wall_s,
         "process_cpu_s": proc.cpu_s,
         "max_rss_mb": proc.max_rss_mb,
+        "ran": {source: sources[source] for source in ("optimized", "naive", "stale")},
     }
 
 
@@ -91,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "max_rss_mb": rss,
                 "cpu_s_per_run": cpu,
                 "process_wall_s": summary([m["process_wall_s"] for m in measured[c]]),
+                "ran": {k: sum(m["ran"][k] for m in measured[c]) for k in measured[c][0]["ran"]},
             },
         )
         report.row([c, f"{rate:.1f}", f"{c * sequential:.1f}", f"{efficiency:.2f}", f"{bound:.2f}", f"{rss:.0f}"])

@@ -67,8 +67,11 @@ def wait_until_up(process: subprocess.Popen[bytes], log: Path) -> str:
     raise RuntimeError(f"bae serve did not come up:\n{log.read_text()[-2000:]}")
 
 
-async def _burst(url: str, inputs: list[dict[str, str]], in_flight: int) -> tuple[float, list[float]]:
-    """Post every input with ``in_flight`` requests open at a time; wall seconds and each request's latency."""
+async def _burst(
+    url: str, inputs: list[dict[str, str]], in_flight: int, ran: dict[str, int]
+) -> tuple[float, list[float]]:
+    """Post every input with ``in_flight`` requests open at a time; wall seconds and each request's latency.
+    ``ran`` adds up the LM calls by source (optimized, naive, stale) that the answers report."""
     pending = iter(inputs)
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
@@ -81,6 +84,9 @@ async def _burst(url: str, inputs: list[dict[str, str]], in_flight: int) -> tupl
                 latencies.append(time.perf_counter() - began)
                 if response.status_code != 200:
                     raise RuntimeError(f"/run answered {response.status_code}: {response.text[:300]}")
+                for row in response.json()["usage"]:
+                    for source in ran:
+                        ran[source] += row[source]
 
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(in_flight)))
@@ -88,7 +94,8 @@ async def _burst(url: str, inputs: list[dict[str, str]], in_flight: int) -> tupl
 
 
 def burst(url: str, inputs: list[dict[str, str]], in_flight: int) -> dict[str, Any]:
-    wall, latencies = asyncio.run(_burst(url, inputs, in_flight))
+    ran = dict.fromkeys(("optimized", "naive", "stale"), 0)
+    wall, latencies = asyncio.run(_burst(url, inputs, in_flight, ran))
     ordered = sorted(latencies)
     return {
         "requests": len(inputs),
@@ -96,7 +103,13 @@ def burst(url: str, inputs: list[dict[str, str]], in_flight: int) -> dict[str, A
         "runs_per_s": len(inputs) / wall,
         "p50_s": statistics.median(ordered),
         "p95_s": ordered[max(0, round(0.95 * len(ordered)) - 1)],
+        "ran": ran,
     }
+
+
+def ran_in(bursts: list[dict[str, Any]]) -> dict[str, int]:
+    """LM calls by source over ``bursts``: what a row measured, compiled predictors or naive ones."""
+    return {source: sum(b["ran"][source] for b in bursts) for source in bursts[0]["ran"]}
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -147,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "efficiency": rate / ideal,
                 "p50_s": summary([m["p50_s"] for m in measured[n]]),
                 "p95_s": summary([m["p95_s"] for m in measured[n]]),
+                "ran": ran_in(measured[n]),
             },
         )
         p50 = statistics.median(m["p50_s"] for m in measured[n])
@@ -156,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if n == limit:
             report.target(f"efficiency at {n} in flight (--max-concurrency {limit})", rate / ideal, ">=", TARGET)
     top = statistics.median(m["runs_per_s"] for m in ceiling)
-    report.figure("ceiling_instant_lm", {"runs_per_s": summary([m["runs_per_s"] for m in ceiling])})
+    report.figure("ceiling_instant_lm", {"runs_per_s": summary([m["runs_per_s"] for m in ceiling]),
+                                         "ran": ran_in(ceiling)})  # fmt: skip
     report.row([f"{limit} (0 ms LM: CPU ceiling)", f"{top:.1f}", "-", "-",
                 f"{statistics.median(m['p50_s'] for m in ceiling) * 1000:.0f} ms",
                 f"{statistics.median(m['p95_s'] for m in ceiling) * 1000:.0f} ms"])  # fmt: skip

@@ -75,3 +75,15 @@ def test_every_command_help_shows_all_its_options(monkeypatch: pytest.MonkeyPatc
         command = get_command_from_info(info, pretty_exceptions_short=False, rich_markup_mode="rich")
         for param in command.params:
             assert all(opt in result.output for opt in param.opts if opt.startswith("--")), (name, param.opts)
+
+
+@pytest.mark.parametrize(("command", "collects"), [("run", True), ("serve", True), ("eval", True), ("inspect", False)])
+def test_garbage_collection_is_back_on_for_commands_that_run_long(command: str, collects: bool) -> None:
+    code = (
+        f"import gc, sys; sys.argv=['bae', {command!r}, '--help']\n"
+        "from bae_cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('gc:', gc.isenabled())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines()[-1] == f"gc: {collects}", out.stdout + out.stderr

@@ -9,6 +9,7 @@ when Click resolves that command (to run it, or for ``bae CMD --help``).
 
 from __future__ import annotations
 
+import gc
 from importlib import import_module
 from typing import Any
 
@@ -32,6 +33,7 @@ COMMANDS = {  # name: (module, the first paragraph of its docstring, shown by `b
     ),
     "bundle": ("bundle_cmd", "Write a self-contained deployment folder for one compiled version."),
 }
+BRIEF = {"inspect", "stats", "versions", "promote", "graph"}  # read, print, exit: no garbage collection needed
 
 
 class _Listed(TyperCommand):
@@ -53,6 +55,8 @@ class LazyGroup(TyperGroup):
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         if args and args[0] in COMMANDS:
             self.load(args[0])
+            if args[0] not in BRIEF:  # runs, serves, compiles: collect garbage (main() turned it off)
+                gc.enable()
         return super().resolve_command(ctx, args)
 
     def load(self, name: str) -> Any:

@@ -7,18 +7,29 @@ process keeps in flight (``bench/batch.py``). Both depend only on the signature 
 objects, which a loaded predictor never changes, so they are rendered once and reused; the
 messages are exactly the ones JSONAdapter renders. A demo mutated in place after it was
 rendered is not re-rendered: DSPy's optimizers replace demos, they do not edit them.
+
+``$BAE_RESPONSE_FORMAT`` forces how each answer's JSON schema is sent, for a server LiteLLM does not
+know (``openai/<alias>``), where DSPy sends no ``response_format`` and a small model answers in free
+text that does not parse: ``json_schema`` (OpenAI's form: vLLM, llama.cpp's ``llama-server``) or
+``json_object_schema`` (``{"type": "json_object", "schema": ...}``: llama-cpp-python's server, which
+refuses OpenAI's form with a 400). Unset, DSPy decides from LiteLLM's model information.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
 import dspy
+from dspy.adapters.json_adapter import _get_structured_outputs_response_format
+
+from bae.exceptions import BaeInputError
 
 Messages = list[dict[str, Any]]
+RESPONSE_FORMATS = frozenset({"", "json_schema", "json_object_schema"})  # see the module doc; "" is DSPy's choice
 
 
 class _LRU:
@@ -51,6 +62,19 @@ class CachingJSONAdapter(dspy.JSONAdapter):
         super().__init__(**kwargs)
         self._systems = _LRU(cache_size)
         self._demos = _LRU(cache_size)
+
+    def _prepare_response_format(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature]) -> None:
+        forced = os.environ.get("BAE_RESPONSE_FORMAT") or ""
+        if forced not in RESPONSE_FORMATS:
+            raise BaeInputError(f"BAE_RESPONSE_FORMAT={forced!r}: use one of {', '.join(sorted(RESPONSE_FORMATS))}")
+        if not forced:
+            super()._prepare_response_format(lm, lm_kwargs, signature)
+            return
+        model = _get_structured_outputs_response_format(signature, self.use_native_function_calling)
+        if forced == "json_schema":
+            lm_kwargs["response_format"] = model  # LiteLLM sends a Pydantic model in OpenAI's form
+        else:
+            lm_kwargs["response_format"] = {"type": "json_object", "schema": model.model_json_schema()}
 
     def format_system_message(self, signature: type[dspy.Signature]) -> str:
         rendered = self._systems.get(signature)

@@ -48,3 +48,20 @@ def test_cli_marks_calls_cut_by_the_timeout_or_max_tokens(tmp_path: Path) -> Non
         ("Triage", 2, "timeout", None),
         ("BillingIssue", 2, "length", None),
     ]
+
+
+@pytest.mark.parametrize("forced", ["json_object_schema", "json_schema", "bogus"])
+def test_response_format_can_be_forced_for_a_server_litellm_does_not_know(forced: str, tmp_path: Path) -> None:
+    """``openai/<alias>``: LiteLLM knows nothing of the model, so DSPy sends no response_format unless
+    ``BAE_RESPONSE_FORMAT`` says which form the server takes (llama-cpp-python's, or OpenAI's)."""
+    with fake_openai(triage_answer) as fake:
+        env = {"OPENAI_API_BASE": fake.url, "OPENAI_API_KEY": "none", "BAE_RESPONSE_FORMAT": forced}
+        result = bae("run", EXAMPLE, "--lm", "openai/fake-model", "--input", json.dumps(TICKET), "--no-log", env=env)
+    if forced == "bogus":
+        assert result.returncode == 2 and "BAE_RESPONSE_FORMAT='bogus'" in result.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    sent = fake.bodies[0]["response_format"]
+    schema = sent["schema"] if forced == "json_object_schema" else sent["json_schema"]["schema"]
+    assert sent["type"] == ("json_object" if forced == "json_object_schema" else "json_schema")
+    assert schema["required"] == ["next_step"] and "BillingIssue" in json.dumps(schema)

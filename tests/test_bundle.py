@@ -68,7 +68,8 @@ def test_config_names_the_lm_but_keeps_no_key_or_endpoint(tmp_path: Path) -> Non
         built = bae("bundle", "--compiled", str(COMPILED), "--out", str(out), "--lm", spec, cwd=ROOT, env=secrets)
         assert built.returncode == 0, built.stderr
         lm = json.loads((out / "config.json").read_text())["lm"]
-        expected = {"max_tokens": 256, "temperature": 0.3} if name == "factory" else {}
+        # a model string gets bae's bounded max_tokens (a factory's LM keeps its own settings)
+        expected = {"max_tokens": 256, "temperature": 0.3} if name == "factory" else {"max_tokens": 1024}
         assert lm == {"model": "openai/gpt-4o-mini", "settings": expected}
         written = every_byte(out)
         assert FAKE_KEY not in written and "secret-host" not in written

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
 from typing import Any
 
 import dspy
@@ -37,17 +36,17 @@ class _LRU:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._items: OrderedDict[object, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> Any:
+    def get(self, key: object) -> Any:
         with self._lock:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
             return value
 
-    def put(self, key: Hashable, value: Any) -> None:
+    def put(self, key: object, value: Any) -> None:
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
@@ -77,9 +76,9 @@ class CachingJSONAdapter(dspy.JSONAdapter):
             lm_kwargs["response_format"] = {"type": "json_object", "schema": model.model_json_schema()}
 
     def format_system_message(self, signature: type[dspy.Signature]) -> str:
-        rendered = self._systems.get(signature)
+        rendered: str | None = self._systems.get(signature)
         if rendered is None:
-            rendered = super().format_system_message(signature)
+            rendered = str(super().format_system_message(signature))
             self._systems.put(signature, rendered)
         return rendered
 

@@ -43,6 +43,7 @@ from bae.result import CallRecord
 logger = logging.getLogger("bae")
 
 T = TypeVar("T", bound=Node)
+R = TypeVar("R")  # what a call builds from the answer: a node, or the chosen name
 Listener = Callable[[CallRecord], None]
 MAX_DELAY_S = 30.0  # no single wait is longer, whatever the backoff or the service asks
 
@@ -97,7 +98,7 @@ def _retry_after_header(exc: BaseException) -> Any:
     for headers in (getattr(exc, "headers", None), getattr(response, "headers", None),
                     getattr(exc, "litellm_response_headers", None)):  # fmt: skip
         try:
-            items = headers.items() if hasattr(headers, "items") else ()
+            items = headers.items() if headers is not None and hasattr(headers, "items") else ()
             value = next((v for k, v in items if str(k).lower() == "retry-after"), None)
         except Exception:  # a header object of an unknown shape is no hint
             value = None
@@ -113,7 +114,7 @@ def _seconds(value: Any) -> float | None:
         seconds = float(value)
     except ValueError:
         try:
-            when = parsedate_to_datetime(value)
+            when = parsedate_to_datetime(str(value))
         except (TypeError, ValueError, IndexError):
             return None
         when = when if when.tzinfo else when.replace(tzinfo=UTC)
@@ -126,7 +127,7 @@ def backoff_delay(attempt: int, backoff_s: float, hint: float | None = None, cap
     service's ``Retry-After`` hint plus up to 20% (never sooner than asked), capped at ``cap_s``."""
     if hint is not None:
         return min(hint, cap_s) * random.uniform(1.0, 1.2)
-    return min(backoff_s * 2**attempt, cap_s) * random.uniform(0.8, 1.2)
+    return float(min(backoff_s * 2**attempt, cap_s)) * random.uniform(0.8, 1.2)
 
 
 def _usage(prediction: dspy.Prediction) -> tuple[int | None, int | None, float | None]:
@@ -233,7 +234,7 @@ class DSPyBackend:
             chosen = spec.choices[0]
         else:
             predictor, source = self.predictor_for(type(node), CHOICE)
-            chosen = self._predict(predictor, source, visible_state(node), lambda out: out[CHOICE_FIELD])
+            chosen = self._predict(predictor, source, visible_state(node), lambda out: str(out[CHOICE_FIELD]))
         target = spec.successor(chosen)
         return None if target is None else self.make(node, target)
 
@@ -259,8 +260,8 @@ class DSPyBackend:
         predictor: NodePredict,
         source: str,
         inputs: dict[str, Any],
-        build: Callable[[dict[str, Any]], Any],
-    ) -> Any:
+        build: Callable[[dict[str, Any]], R],
+    ) -> R:
         """Call ``predictor`` and ``build`` the result; every outcome, success or failure, is recorded."""
         tally = _Tally()
         started = time.perf_counter()
@@ -279,9 +280,9 @@ class DSPyBackend:
         self,
         predictor: NodePredict,
         inputs: dict[str, Any],
-        build: Callable[[dict[str, Any]], Any],
+        build: Callable[[dict[str, Any]], R],
         tally: _Tally,
-    ) -> Any:
+    ) -> R:
         """Up to ``max_retries + 1`` answers; a rejected one is shown to the model with the error."""
         feedback: str | None = None
         rejected: BaseException | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -209,7 +210,8 @@ class Graph:
     def _step(self, node: Node, lm: LM, state: RunState) -> Node | None:
         spec = self.specs.get(type(node)) or spec_of(type(node))
         if not spec.routed:
-            following = node(lm, **inject_deps(node, state))
+            custom: Callable[..., Node | None] = node.__call__  # a subclass's own edges, not the base's None
+            following = custom(lm, **inject_deps(node, state))
         elif spec.decides:
             following = lm.decide(node)
         elif spec.successors:

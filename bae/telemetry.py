@@ -78,7 +78,7 @@ def _model(lm: Any) -> str | None:
     return model if isinstance(model, str) else None
 
 
-class _CallSpans(list):
+class _CallSpans(list[CallRecord]):
     """``RunState.calls`` while a run is traced: each appended ``CallRecord`` becomes an LM-call span,
     child of the step span current in the appending thread, ended when the call ended."""
 

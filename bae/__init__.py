@@ -10,9 +10,12 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from bae.exceptions import BaeArtifactError, BaeError, BaeGraphError, BaeInputError, BaeLMError, BaeParseError
+from bae import telemetry as _telemetry  # noqa: F401  (registers OpenTelemetry tracing as an observer of every run)
 from bae.lm import LM
 from bae.markers import Bind, Context, Dep
+from bae.observe import Observer
 from bae.result import CallRecord, GraphResult
+from bae.version import __version__
 
 if TYPE_CHECKING:  # for type checkers: at run time these load on first use (_LAZY, below); keep the two in step
     from bae.compiler import node_to_signature as node_to_signature
@@ -25,8 +28,6 @@ if TYPE_CHECKING:  # for type checkers: at run time these load on first use (_LA
     from bae.optimized_lm import CompiledGraph as CompiledGraph
     from bae.optimized_lm import OptimizedLM as OptimizedLM
     from bae.optimized_lm import create_optimized_lm as create_optimized_lm
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "Graph": "bae.graph",
@@ -50,5 +51,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "LM", "Bind", "BaeArtifactError", "BaeError", "BaeGraphError", "BaeInputError", "BaeLMError",
-    "BaeParseError", "CallRecord", "Context", "Dep", "GraphResult", "__version__", *_LAZY,
+    "BaeParseError", "CallRecord", "Context", "Dep", "GraphResult", "Observer", "__version__", *_LAZY,
 ]  # fmt: skip

@@ -37,14 +37,15 @@ from bae.compiler import (
 )
 from bae.exceptions import BaeError, BaeLMError, BaeParseError
 from bae.node import Node, spec_of
-from bae.resolve import active_state, context_inputs, current_state, visible_state
+from bae.resolve import RunState, context_inputs, visible_state
 from bae.result import CallRecord
+from bae.run import active_run
+from bae.usage import SOURCES, UsageCounter
 
 logger = logging.getLogger("bae")
 
 T = TypeVar("T", bound=Node)
 R = TypeVar("R")  # what a call builds from the answer: a node, or the chosen name
-Listener = Callable[[CallRecord], None]
 MAX_DELAY_S = 30.0  # no single wait is longer, whatever the backoff or the service asks
 
 _TRANSIENT_NAMES = {
@@ -188,21 +189,22 @@ def is_timeout(exc: BaseException) -> bool:
 class DSPyBackend:
     """Make and decide nodes with DSPy predictors, one naive predictor per node and kind.
 
-    ``lm`` and ``adapter`` default to DSPy's configured ones; each call runs under
-    ``dspy.context`` so worker threads never touch global settings. DSPy's trace and
-    history are not grown by calls made here, so a long-lived backend stays bounded.
+    ``model`` is the DSPy LM the predictors call and ``adapter`` how they talk to it (default: DSPy's
+    configured LM, bae's JSON adapter); each call runs under ``dspy.context`` so worker threads never
+    touch global settings. DSPy's trace and history are not grown by calls made here, so a long-lived
+    backend stays bounded. Every call is recorded on the run in progress (``bae.run``) and counted
+    here (``get_stats``).
     """
 
     def __init__(
         self,
-        lm: dspy.BaseLM | None = None,
+        model: dspy.BaseLM | None = None,
         adapter: dspy.Adapter | None = None,
         max_retries: int = 2,
         max_transient_retries: int = 3,
         backoff_s: float = 0.5,
-        listeners: list[Listener] | None = None,
     ) -> None:
-        self.lm = lm
+        self.model = model
         self.adapter = adapter if adapter is not None else CachingJSONAdapter()
         # every call's dspy.context; built once, so the LM and adapter are fixed at construction
         self._overrides: dict[str, Any] = {
@@ -210,18 +212,19 @@ class DSPyBackend:
             "track_usage": True,
             "max_trace_size": 0,
             "disable_history": True,
-            **({"lm": lm} if lm is not None else {}),
+            **({"lm": model} if model is not None else {}),
         }
         self.max_retries = max_retries
         self.max_transient_retries = max_transient_retries
         self.backoff_s = backoff_s
-        self.listeners: list[Listener] = list(listeners or [])
+        self.usage = UsageCounter()
         self._naive: dict[tuple[type[Node], str], NodePredict] = {}
         self._lock = threading.Lock()
 
     # -- the LM protocol ---------------------------------------------------------------
     def make(self, node: Node, target: type[T]) -> T:
-        state = current_state(node)
+        run = active_run()
+        state = run.state if run is not None else RunState.of(node)
         inputs = context_inputs(target, node, state)
         if not spec_of(target).generated:
             return target(**inputs)  # nothing to generate: no LM call
@@ -308,7 +311,7 @@ class DSPyBackend:
         kwargs = dict(inputs)
         if feedback is not None:
             kwargs.update(signature=with_feedback(predictor.signature), **{FEEDBACK_FIELD: feedback})
-        if self.lm is None and dspy.settings.lm is None:
+        if self.model is None and dspy.settings.lm is None:
             raise BaeLMError("no LM configured: pass lm= to DSPyBackend or call dspy.configure(lm=...)")
         for attempt in range(self.max_transient_retries + 1):
             tally.requests += 1
@@ -366,12 +369,18 @@ class DSPyBackend:
             error=None if error is None or isinstance(error, GeneratorExit) else _short(error),
             cut=tally.cut,
         )
-        state = active_state()
-        if state is not None:
-            state.calls.append(record)
-        for listener in self.listeners:
-            listener(record)
+        self.usage.add(record)
+        run = active_run()
+        if run is not None:
+            run.record_call(record)
         logger.debug("call %s", record)
+
+    def get_stats(self) -> dict[str, Any]:
+        """Calls by source overall and per ``Node.kind``: answers "which nodes ran optimized?"."""
+        rows = self.usage.rows()
+        nodes = {f"{r.node}.{r.kind}": {**{s: getattr(r, s) for s in SOURCES}, "errors": r.errors} for r in rows}
+        totals = {source: sum(getattr(r, source) for r in rows) for source in SOURCES}
+        return {**totals, "errors": sum(r.errors for r in rows), "nodes": nodes}
 
 
 def _total(values: list[Any]) -> Any:

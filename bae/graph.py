@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bae import telemetry
-from bae.exceptions import BaeError, BaeGraphError
+from bae.exceptions import BaeGraphError
 from bae.node import Node, NodeSpec, spec_of
-from bae.resolve import RunState, inject_deps, running
+from bae.resolve import RunState, inject_deps
 from bae.result import GraphResult
+from bae.run import Observer, Run
 
 if TYPE_CHECKING:
     from bae.lm import LM
@@ -167,8 +167,18 @@ class Graph:
                 lines.append(f"    {cls.__name__} --> END([end])")
         return "\n".join(lines)
 
-    def run(self, start_node: Node, lm: LM | None = None, max_steps: int = 100, **deps: Any) -> GraphResult:
-        """Run from ``start_node`` until a node ends the run; services for ``Dep`` come from ``deps``."""
+    def run(
+        self,
+        start_node: Node,
+        lm: LM | None = None,
+        max_steps: int = 100,
+        observers: Sequence[Observer] = (),
+        **deps: Any,
+    ) -> GraphResult:
+        """Run from ``start_node`` until a node ends the run; services for ``Dep`` come from ``deps``.
+
+        Without ``lm``, bae's default LM: ``$BAE_LM``, else the embedded model. ``observers`` are told
+        what the run does (``bae.run.Observer``)."""
         if not isinstance(start_node, self.start):
             raise BaeGraphError(f"this graph starts at {self.start.__name__}, got {type(start_node).__name__}")
         if self._unresolved:
@@ -177,37 +187,25 @@ class Graph:
             from bae.dspy_backend import DSPyBackend
 
             lm = DSPyBackend()
-        state = RunState(services=dict(deps))
-        tracer = telemetry.tracer()  # None unless a program configured OpenTelemetry
-        if tracer is not None:
-            return telemetry.traced_run(tracer, self, start_node, lm, max_steps, state, self._loop)
-        return self._loop(start_node, lm, max_steps, state, self._step)
+        return Run(self, start_node, lm, services=deps, observers=observers, max_steps=max_steps).execute()
 
-    def _loop(self, start_node: Node, lm: LM, max_steps: int, state: RunState, step: Any) -> GraphResult:
-        state.append(start_node)
-        node = start_node
-        try:
-            with running(state):
-                for _ in range(max_steps):
-                    following = step(node, lm, state)
-                    if following is None:
-                        return GraphResult(node=node, trace=state.trace, calls=state.calls)
-                    state.append(following)
-                    node = following
-            raise BaeError(f"run exceeded max_steps={max_steps}: {_loop_of(state.trace)}")
-        except BaeError as exc:
-            # what ran before the failure is kept on the error, so callers can log and show it
-            exc.result = GraphResult(node=node, trace=state.trace, calls=state.calls)
-            raise
-
-    async def arun(self, start_node: Node, lm: LM | None = None, max_steps: int = 100, **deps: Any) -> GraphResult:
+    async def arun(
+        self,
+        start_node: Node,
+        lm: LM | None = None,
+        max_steps: int = 100,
+        observers: Sequence[Observer] = (),
+        **deps: Any,
+    ) -> GraphResult:
         """``run`` for asyncio code: the run happens in a worker thread, so many can be in flight at once
         while the event loop stays free (LM calls are blocking I/O in DSPy's sync path)."""
         import asyncio
 
-        return await asyncio.to_thread(self.run, start_node, lm, max_steps, **deps)
+        return await asyncio.to_thread(self.run, start_node, lm, max_steps, observers, **deps)
 
-    def _step(self, node: Node, lm: LM, state: RunState) -> Node | None:
+    def step(self, node: Node, lm: LM, state: RunState) -> Node | None:
+        """The node that follows ``node``: from its own logic, or made or chosen by ``lm``; checked
+        against its return annotation."""
         spec = self.specs.get(type(node)) or spec_of(type(node))
         if not spec.routed:
             custom: Callable[..., Node | None] = node.__call__  # a subclass's own edges, not the base's None
@@ -228,12 +226,3 @@ class Graph:
             raise BaeGraphError(f"{spec.name} returned None, but its return annotation does not allow ending")
         return following
 
-
-def _loop_of(trace: list[Node]) -> str:
-    """Name the cycle at the tail of a trace, e.g. ``loop: Draft -> Review -> Draft``."""
-    names = [type(n).__name__ for n in trace]
-    last = names[-1]
-    earlier = [i for i, name in enumerate(names[:-1]) if name == last]
-    if not earlier:
-        return "no node repeated: raise max_steps for this long a run"
-    return "loop: " + " -> ".join(names[earlier[-1] :])

@@ -244,6 +244,17 @@ def _has_no_logic(fn: Any) -> bool:
     return True
 
 
+def node_json(node: Node) -> dict[str, Any]:
+    """A node's fields as JSON, ``Bind`` values left out: they are services, not data to show, log or record."""
+    bound = {f.name for f in spec_of(type(node)).bound}
+    return node.model_dump(mode="json", exclude=bound)
+
+
+def steps_json(nodes: Iterable[Node]) -> list[dict[str, Any]]:
+    """Nodes as the steps of a dataset trace: ``{"node": name, "fields": {...}}`` each."""
+    return [{"node": type(n).__name__, "fields": node_json(n)} for n in nodes]
+
+
 def type_name(annotation: Any) -> str:
     """A stable, module-free spelling of a type, so fingerprints survive a change of import path."""
     if annotation is None or annotation is type(None):

@@ -6,57 +6,32 @@ One implementation serves ``Graph.run``, the LM backends and the compiler's
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from bae.exceptions import BaeGraphError
 from bae.node import Node, spec_of
-from bae.result import CallRecord
 
 
 @dataclass
 class RunState:
-    """The trace so far, ``Bind`` exports, the run's services, and the LM calls it made."""
+    """What values can flow from: the trace so far, its ``Bind`` exports, and the run's services."""
 
     trace: list[Node] = field(default_factory=list)
     binds: dict[Any, Any] = field(default_factory=dict)
     services: dict[str, Any] = field(default_factory=dict)
-    calls: list[CallRecord] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, node: Node) -> RunState:
+        """A one-node state: where ``lm.make`` called outside a run resolves its inputs."""
+        state = cls()
+        state.append(node)
+        return state
 
     def append(self, node: Node) -> None:
         self.trace.append(node)
         for bound in spec_of(type(node)).bound:
             self.binds[bound.annotation] = getattr(node, bound.name)
-
-
-_CURRENT: ContextVar[RunState | None] = ContextVar("bae_run_state", default=None)
-
-
-@contextmanager
-def running(state: RunState) -> Iterator[RunState]:
-    """Make ``state`` the current run for LM calls made in this context (thread or task)."""
-    token = _CURRENT.set(state)
-    try:
-        yield state
-    finally:
-        _CURRENT.reset(token)
-
-
-def active_state() -> RunState | None:
-    """The run in progress in this context, if any."""
-    return _CURRENT.get()
-
-
-def current_state(node: Node) -> RunState:
-    """The current run, or a one-node run when ``lm.make`` is called outside ``Graph.run``."""
-    state = _CURRENT.get()
-    if state is None:
-        state = RunState()
-        state.append(node)
-    return state
 
 
 def _bound_value(annotation: Any, binds: dict[Any, Any]) -> tuple[bool, Any]:

@@ -39,17 +39,18 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from bae.dataset import GoldTrace
 from bae.exceptions import BaeError, BaeLMError
+from bae.executor import Call, Executor
 from bae.graph import Graph
 from bae.lm import LM
 from bae.metrics import fields_score
 from bae.node import Node, spec_of
+from bae.observe import Observer
 from bae.result import CallRecord, GraphResult
 
 Key = tuple[str, str]  # (node name, "make" | "choice")
@@ -221,51 +222,38 @@ def run_traces(
     traces: Sequence[GoldTrace],
     lm: LM,
     deps: dict[str, Any],
-    num_threads: int = 1,
-    on_done: Callable[[], None] | None = None,
+    executor: Executor,
+    done: Callable[[TraceRun], None] | None = None,
     max_steps: int = 100,
-    on_run: Callable[[TraceRun], None] | None = None,
+    observers: Sequence[Observer] = (),
 ) -> list[TraceRun]:
     """Run every trace's start node through ``lm`` and score each run against its gold trace, in dataset order.
 
-    A run that fails scores 0; an LM that is unavailable stops the evaluation (``on_run`` still sees
-    that run, so it can be logged). Ctrl-C raises ``EvaluationInterrupted`` with the finished runs.
+    A run that fails scores 0; an LM that is unavailable stops the evaluation (the ``observers`` saw that
+    run end, so it is logged). ``done`` sees each run as it finishes. Ctrl-C raises ``EvaluationInterrupted``
+    with the finished runs.
     """
 
     def one(trace: GoldTrace) -> TraceRun:
-        started_at = datetime.now(UTC)
-        began = time.perf_counter()
         error: BaeError | None = None
         result: GraphResult | None
+        started_at = datetime.now(UTC)
+        began = time.perf_counter()
         try:
-            result = graph.run(trace.nodes[0].model_copy(), lm=lm, max_steps=max_steps, **deps)
+            result = graph.run(trace.nodes[0].model_copy(), lm=lm, max_steps=max_steps, observers=observers, **deps)
         except BaeError as exc:
             error, result = exc, exc.result
         predicted = list(result.trace) if result is not None else []
         scored = score_trace(trace.nodes, predicted, error=error.message if error is not None else None)
         calls = list(result.calls) if result is not None else []
-        run = TraceRun(trace, predicted, scored, calls, started_at, time.perf_counter() - began)
-        if on_run is not None:
-            on_run(run)
         if isinstance(error, BaeLMError):
             raise error
-        if on_done is not None:
-            on_done()
-        return run
+        return TraceRun(trace, predicted, scored, calls, started_at, time.perf_counter() - began)
 
-    pool = ThreadPoolExecutor(max_workers=max(1, num_threads))
-    futures = [pool.submit(one, trace) for trace in traces]
-    try:
-        for future in as_completed(futures):
-            future.result()  # the first failure stops the evaluation
-    except BaseException as exc:  # the rest is cancelled; do not wait for traces under way
-        pool.shutdown(wait=False, cancel_futures=True)
-        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, EvaluationInterrupted):
-            finished = [f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None]
-            raise EvaluationInterrupted(finished) from exc
-        raise
-    pool.shutdown()
-    return [future.result() for future in futures]
+    results = executor.map(Call(one), traces, None if done is None else lambda _, run: done(run))
+    if results.interrupted:
+        raise EvaluationInterrupted(results.finished)
+    return results.finished
 
 
 def summarize(graph: Graph, results: Sequence[TraceScore]) -> GraphScore:
@@ -285,19 +273,3 @@ def summarize(graph: Graph, results: Sequence[TraceScore]) -> GraphScore:
         confusion=confusion_matrices(graph, results),
     )
 
-
-def evaluate_graph(
-    graph: Graph,
-    traces: Sequence[GoldTrace],
-    lm: LM,
-    deps: dict[str, Any],
-    num_threads: int = 1,
-    on_done: Callable[[], None] | None = None,
-    max_steps: int = 100,
-) -> GraphScore:
-    """Run every trace's start node through ``lm`` and score the runs against the gold traces.
-
-    A run that fails scores 0 and is counted; an LM that is unavailable stops the evaluation.
-    """
-    runs = run_traces(graph, traces, lm, deps, num_threads, on_done, max_steps)
-    return summarize(graph, [run.scored for run in runs])

@@ -6,10 +6,11 @@ only when ``opentelemetry.trace`` is already imported (anyone who configured a p
 imported it) and the global provider is a real one, so a process without the ``otel``
 extra, or with it but unconfigured, pays one dictionary lookup per run.
 
-LM-call spans follow the GenAI semantic conventions and are made from the ``CallRecord`` a
-backend appends when a call ends (its latency gives the start time), so the backends
-themselves know nothing of tracing. Field values never leave the process unless
-``BAE_OTEL_CONTENT=1`` (``--otel-content``) opts in, and then only through ``redact``.
+Tracing is a run observer (``bae.run``): every run gets one while a provider is configured, so
+neither the graph nor the backends know anything of tracing. LM-call spans follow the GenAI
+semantic conventions and are made from the ``CallRecord`` a backend records when a call ends
+(its latency gives the start time). Field values never leave the process unless
+``record_content(True)`` (the CLI's ``--otel-content``) opts in, and then only through ``redact``.
 
 ``install`` is the CLI's ``--otel``: an SDK provider exporting OTLP/HTTP, configured by the
 standard ``OTEL_EXPORTER_OTLP_*`` and ``OTEL_SERVICE_NAME`` variables.
@@ -26,17 +27,23 @@ from typing import TYPE_CHECKING, Any
 
 from bae.exceptions import BaeError, BaeInputError
 from bae.result import CallRecord
+from bae.observe import Observer, observe_every_run
 
 if TYPE_CHECKING:
-    from bae.graph import Graph
     from bae.node import Node
-    from bae.resolve import RunState
     from bae.result import GraphResult
+    from bae.run import Run
 
-CONTENT_ENV = "BAE_OTEL_CONTENT"
-ENABLE_ENV = "BAE_OTEL"
 _OFF = ("ProxyTracerProvider", "NoOpTracerProvider")
 _tracers: dict[int, tuple[Any, Any]] = {}  # id(provider) -> (provider, its bae tracer)
+_content = False  # field values on spans: off unless asked (``record_content``; the CLI's --otel-content)
+
+
+def record_content(enabled: bool) -> None:
+    """Put field values (redacted) on the spans of runs from now on: inputs, each step's output, the result.
+    Off by default: they are customer data."""
+    global _content
+    _content = enabled
 
 
 def tracer() -> Any | None:
@@ -49,83 +56,28 @@ def tracer() -> Any | None:
         return None
     cached = _tracers.get(id(provider))
     if cached is None or cached[0] is not provider:
-        from bae import __version__
+        from bae.version import __version__
 
         cached = (provider, provider.get_tracer("bae", __version__))
         _tracers[id(provider)] = cached
     return cached[1]
 
 
-def _content() -> bool:
-    return os.environ.get(CONTENT_ENV, "") not in ("", "0")
-
-
 def _fields(node: Node) -> str:
-    from bae.node import spec_of
+    from bae.node import node_json
     from bae.redaction import redact
 
-    bound = {f.name for f in spec_of(type(node)).bound}  # Bind values are services, not data
-    return redact(json.dumps(node.model_dump(mode="json", exclude=bound), ensure_ascii=False, default=str)) or ""
+    return redact(json.dumps(node_json(node), ensure_ascii=False, default=str)) or ""
 
 
 def _model(lm: Any) -> str | None:
     """The model an LM backend calls (a DSPy LM's ``model``), if it says."""
-    inner = getattr(lm, "lm", None)
+    inner = getattr(lm, "model", None)
     if inner is None:
         dspy = sys.modules.get("dspy")
         inner = getattr(getattr(dspy, "settings", None), "lm", None) if dspy is not None else None
     model = getattr(inner, "model", None)
     return model if isinstance(model, str) else None
-
-
-class _CallSpans(list[CallRecord]):
-    """``RunState.calls`` while a run is traced: each appended ``CallRecord`` becomes an LM-call span,
-    child of the step span current in the appending thread, ended when the call ended."""
-
-    def __init__(self, tracer: Any, attributes: dict[str, Any]) -> None:
-        super().__init__()
-        self.tracer, self.attributes, self.live = tracer, attributes, True
-
-    def append(self, record: CallRecord) -> None:
-        super().append(record)
-        if self.live and isinstance(record, CallRecord):
-            _call_span(self.tracer, record, self.attributes)
-
-
-def _call_span(tracer: Any, record: CallRecord, common: dict[str, Any]) -> None:
-    from opentelemetry.trace import SpanKind
-
-    end = time.time_ns()
-    attributes = {
-        **common,
-        "bae.node": record.node,
-        "bae.predictor.kind": record.kind,
-        "bae.source": record.source,
-        "bae.attempts": record.attempts,
-    }
-    if record.prompt_tokens is not None:
-        attributes["gen_ai.usage.input_tokens"] = record.prompt_tokens
-    if record.completion_tokens is not None:
-        attributes["gen_ai.usage.output_tokens"] = record.completion_tokens
-    if record.cost is not None:
-        attributes["bae.cost_usd"] = record.cost
-    model = common.get("gen_ai.request.model")
-    span = tracer.start_span(
-        f"chat {model}" if model else "chat",
-        kind=SpanKind.CLIENT,
-        start_time=end - int(record.latency_s * 1e9),
-        attributes=attributes,
-    )
-    if record.error is not None:
-        from opentelemetry.trace import Status, StatusCode
-
-        from bae.redaction import redact
-
-        message = redact(record.error) or ""
-        span.set_attribute("error.type", _error_type(message))
-        span.add_event("exception", {"exception.message": message})
-        span.set_status(Status(StatusCode.ERROR, message))
-    span.end(end_time=end)
 
 
 def _error_type(message: str) -> str:
@@ -150,85 +102,133 @@ def _failed(span: Any, exc: BaseException) -> None:
     span.set_status(Status(StatusCode.ERROR, message))
 
 
-Step = Callable[["Node", Any, "RunState"], "Node | None"]
-RunLoop = Callable[["Node", Any, int, "RunState", Step], "GraphResult"]
+class TracingObserver(Observer):
+    """One run's spans: ``bae.run``, a ``bae.step <Node>`` child per step (current while the step runs, so
+    spans made inside it nest under it), and an LM-call child per ``CallRecord`` (its latency gives the
+    start time). Made per run, so it holds that run's open spans."""
 
+    def __init__(self, tracer: Any, content: bool = False) -> None:
+        self.tracer, self.content = tracer, content
+        self.common: dict[str, Any] = {"gen_ai.operation.name": "chat"}
+        self._run_span: Any = None
+        self._step_span: Any = None
+        self._tokens: list[Any] = []
 
-def traced_run(
-    tracer: Any, graph: Graph, start_node: Node, lm: Any, max_steps: int, state: RunState, loop: RunLoop
-) -> GraphResult:
-    """``loop`` (the graph's run loop) inside a ``bae.run`` span, each step inside a ``bae.step`` span."""
-    from opentelemetry.context import attach, detach
-    from opentelemetry.trace import Status, StatusCode, set_span_in_context
+    def _enter(self, span: Any) -> None:
+        from opentelemetry.context import attach
+        from opentelemetry.trace import set_span_in_context
 
-    content = _content()
-    version = getattr(lm, "version", None)
-    common: dict[str, Any] = {"gen_ai.operation.name": "chat"}
-    model = _model(lm)
-    if model:
-        common["gen_ai.request.model"] = model
-    if version:
-        common["bae.version"] = version
-    attributes: dict[str, Any] = {
-        "bae.graph": f"{graph.start.__module__}:{graph.start.__qualname__}",
-        "bae.start_node": graph.start.__name__,
-        **({"bae.version": version} if version else {}),
-    }
-    if content:
-        attributes["bae.input"] = _fields(start_node)
-    calls = _CallSpans(tracer, common)
-    state.calls = calls
+        self._tokens.append(attach(set_span_in_context(span)))  # not use_span: a generator costs more
 
-    def step(node: Node, lm: Any, state: RunState) -> Node | None:
+    def _leave(self) -> None:
+        from opentelemetry.context import detach
+
+        detach(self._tokens.pop())
+
+    def run_started(self, run: Run) -> None:
+        version = getattr(run.lm, "version", None)
+        model = _model(run.lm)
+        if model:
+            self.common["gen_ai.request.model"] = model
+        if version:
+            self.common["bae.version"] = version
+        start = run.graph.start
+        attributes: dict[str, Any] = {
+            "bae.graph": f"{start.__module__}:{start.__qualname__}",
+            "bae.start_node": start.__name__,
+            **({"bae.version": version} if version else {}),
+        }
+        if self.content:
+            attributes["bae.input"] = _fields(run.start)
+        self._run_span = self.tracer.start_span("bae.run", attributes=attributes)
+        self._enter(self._run_span)
+
+    def step_started(self, run: Run, node: Node) -> None:
         name = type(node).__name__
-        span = tracer.start_span("bae.step " + name, attributes={"bae.node": name})
-        token = attach(set_span_in_context(span))  # not use_span: a generator context manager costs more
-        try:
-            following = graph._step(node, lm, state)
-        except BaseException as exc:
-            _failed(span, exc)
-            raise
-        else:
-            if following is not None:
-                span.set_attribute("bae.next", type(following).__name__)
-                if content:
-                    span.set_attribute("bae.output", _fields(following))
-            return following
-        finally:
-            detach(token)
-            span.end()
+        self._step_span = self.tracer.start_span("bae.step " + name, attributes={"bae.node": name})
+        self._enter(self._step_span)
 
-    span = tracer.start_span("bae.run", attributes=attributes)
-    token = attach(set_span_in_context(span))
-    try:
-        result = loop(start_node, lm, max_steps, state, step)
-    except BaseException as exc:
-        partial = getattr(exc, "result", None)
-        if partial is not None:
-            span.set_attribute("bae.path", partial.path)
-        span.set_attribute("bae.status", "interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
-        _failed(span, exc)
-        raise
-    else:
-        span.set_attribute("bae.path", result.path)
-        span.set_attribute("bae.status", "ok")
-        if content:
-            span.set_attribute("bae.output", _fields(result.node))
-        span.set_status(Status(StatusCode.OK))
-        return result
-    finally:
-        calls.live = False
-        detach(token)
+    def step_ended(self, run: Run, node: Node, following: Node | None, error: BaseException | None) -> None:
+        span, self._step_span = self._step_span, None
+        if error is not None:
+            _failed(span, error)
+        elif following is not None:
+            span.set_attribute("bae.next", type(following).__name__)
+            if self.content:
+                span.set_attribute("bae.output", _fields(following))
+        self._leave()
         span.end()
+
+    def lm_called(self, run: Run, call: CallRecord) -> None:
+        from opentelemetry.trace import SpanKind, set_span_in_context
+
+        end = time.time_ns()
+        attributes = {
+            **self.common,
+            "bae.node": call.node,
+            "bae.predictor.kind": call.kind,
+            "bae.source": call.source,
+            "bae.attempts": call.attempts,
+        }
+        if call.prompt_tokens is not None:
+            attributes["gen_ai.usage.input_tokens"] = call.prompt_tokens
+        if call.completion_tokens is not None:
+            attributes["gen_ai.usage.output_tokens"] = call.completion_tokens
+        if call.cost is not None:
+            attributes["bae.cost_usd"] = call.cost
+        model = self.common.get("gen_ai.request.model")
+        parent = self._step_span or self._run_span
+        span = self.tracer.start_span(
+            f"chat {model}" if model else "chat",
+            context=set_span_in_context(parent) if parent is not None else None,
+            kind=SpanKind.CLIENT,
+            start_time=end - int(call.latency_s * 1e9),
+            attributes=attributes,
+        )
+        if call.error is not None:
+            from opentelemetry.trace import Status, StatusCode
+
+            from bae.redaction import redact
+
+            message = redact(call.error) or ""
+            span.set_attribute("error.type", _error_type(message))
+            span.add_event("exception", {"exception.message": message})
+            span.set_status(Status(StatusCode.ERROR, message))
+        span.end(end_time=end)
+
+    def run_ended(self, run: Run, result: GraphResult | None, error: BaseException | None) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        span = self._run_span
+        if span is None:
+            return
+        if error is not None:
+            partial = getattr(error, "result", None)
+            if partial is not None:
+                span.set_attribute("bae.path", partial.path)
+            span.set_attribute("bae.status", "interrupted" if isinstance(error, KeyboardInterrupt) else "error")
+            _failed(span, error)
+        elif result is not None:
+            span.set_attribute("bae.path", result.path)
+            span.set_attribute("bae.status", "ok")
+            if self.content:
+                span.set_attribute("bae.output", _fields(result.node))
+            span.set_status(Status(StatusCode.OK))
+        self._leave()
+        span.end()
+
+
+def tracing_observer() -> TracingObserver | None:
+    """A run's tracing, when a program configured an OpenTelemetry provider (else None: one dict lookup)."""
+    found = tracer()
+    return None if found is None else TracingObserver(found, _content)
+
+
+observe_every_run(tracing_observer)
 
 
 # -- the CLI's --otel: an SDK provider exporting OTLP/HTTP --------------------------------
 _installed: Any | None = None
-
-
-def enabled(flag: bool) -> bool:
-    """``--otel`` or ``BAE_OTEL=1``."""
-    return flag or os.environ.get(ENABLE_ENV, "") not in ("", "0")
 
 
 def install(content: bool = False) -> Callable[[], None]:
@@ -248,8 +248,7 @@ def install(content: bool = False) -> Callable[[], None]:
         raise BaeInputError(
             f"--otel needs the otel extra: pip install 'bae[otel]' ({getattr(exc, 'name', None) or exc} missing)"
         ) from None
-    if content:
-        os.environ[CONTENT_ENV] = "1"
+    record_content(content)
     if _installed is None:
         defaults = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": "bae"}
         provider = TracerProvider(resource=Resource.create(defaults))

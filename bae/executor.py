@@ -1,0 +1,131 @@
+"""Many independent items at once (a batch's inputs, an evaluation's traces), and stopping well.
+
+Every batch in bae goes through an ``Executor``, so they all behave alike: results come back to the
+caller's thread as they finish (a progress display and writers follow along) and are returned in
+input order; an item that raises stops the batch (callers that want a batch to carry on past a
+failed input turn the failure into a result inside the item); the first Ctrl-C starts nothing new
+and lets the items under way finish, their results kept; a second Ctrl-C abandons them.
+
+It is the seam another engine plugs into (``--engine``): the work is handed over as a ``Work``
+that each worker *opens* once, building what every item needs (a loaded version, an LM). A thread
+pool opens it once and shares it between its threads; an engine with worker processes opens it in
+each process, so a ``Work`` must be picklable as a recipe (names and paths), not as live objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+T_contra = TypeVar("T_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Work(Protocol[T_contra, R_co]):
+    """What a batch does to each item: ``open()`` (once per worker) gives the function applied to items."""
+
+    def open(self) -> Callable[[T_contra], R_co]: ...
+
+
+@dataclass(frozen=True)
+class Call(Generic[T, R]):
+    """A ``Work`` that is already open: a plain function, for work that never leaves this process."""
+
+    function: Callable[[T], R]
+
+    def open(self) -> Callable[[T], R]:
+        return self.function
+
+
+@dataclass
+class Results(Generic[R]):
+    """A batch's results by input position (None where an item never finished); whether Ctrl-C stopped it,
+    and whether a second Ctrl-C abandoned items under way."""
+
+    values: list[R | None] = field(default_factory=list)
+    interrupted: bool = False
+    abandoned: bool = False
+
+    @property
+    def finished(self) -> list[R]:
+        return [value for value in self.values if value is not None]
+
+
+class Executor(Protocol):
+    """Runs ``work`` over ``items``; ``done(index, result)`` is called in the caller's thread as each finishes,
+    ``stopping(in_flight)`` on the first Ctrl-C. Raises what an item raised, after cancelling the rest."""
+
+    def map(
+        self,
+        work: Work[T, R],
+        items: Sequence[T],
+        done: Callable[[int, R], None] | None = None,
+        stopping: Callable[[int], None] | None = None,
+    ) -> Results[R]: ...
+
+
+class ThreadExecutor:
+    """The default engine: ``workers`` threads in this process sharing one opened ``Work``.
+
+    LM calls are blocking I/O that release the GIL, so threads keep an LM busy until bae's own CPU
+    (about a few ms a run, mostly DSPy) saturates one core (``bench/batch.py``).
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+
+    def map(
+        self,
+        work: Work[T, R],
+        items: Sequence[T],
+        done: Callable[[int, R], None] | None = None,
+        stopping: Callable[[int], None] | None = None,
+    ) -> Results[R]:
+        results: Results[R] = Results([None] * len(items))
+        if not items:
+            return results
+        function = work.open()
+        pool = ThreadPoolExecutor(max_workers=min(self.workers, len(items)), thread_name_prefix="bae-batch")
+        futures: dict[Future[R], int] = {}
+        try:
+            futures = {pool.submit(function, item): index for index, item in enumerate(items)}
+            for future in as_completed(futures):
+                self._keep(results, futures[future], future.result(), done)
+        except KeyboardInterrupt:
+            results.interrupted = True
+            results.abandoned = not self._finish_in_flight(pool, futures, stopping)
+            for future, index in futures.items():  # what finished, also while waiting
+                if results.values[index] is None and future.done() and not future.cancelled():
+                    if future.exception() is None:
+                        self._keep(results, index, future.result(), done)
+            return results
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # an item failed: the rest is not wanted
+            raise
+        pool.shutdown()
+        return results
+
+    @staticmethod
+    def _keep(results: Results[R], index: int, value: R, done: Callable[[int, R], None] | None) -> None:
+        results.values[index] = value
+        if done is not None:
+            done(index, value)
+
+    @staticmethod
+    def _finish_in_flight(
+        pool: ThreadPoolExecutor, futures: dict[Future[R], int], stopping: Callable[[int], None] | None
+    ) -> bool:
+        """Start nothing new and wait for the items under way (True once they finished); a second Ctrl-C stops
+        waiting (False: their threads are left behind, and the process exits without them: ``bae_cli.app``)."""
+        if stopping is not None:
+            stopping(sum(1 for future in futures if future.running()))
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            return False
+        return True

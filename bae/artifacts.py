@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bae.exceptions import BaeArtifactError, BaeInputError
+from bae.wording import counted
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -399,4 +400,4 @@ def refuse_invalid(checks: list[FileCheck]) -> None:
     """Fail on a version with any invalid file: the first problem, and how many there are."""
     invalid = [c for c in checks if not c.ok]
     if invalid:
-        raise BaeArtifactError(f"{len(invalid)} invalid artifact file(s): {invalid[0].problem}")
+        raise BaeArtifactError(f"{counted(len(invalid), 'invalid artifact file')}: {invalid[0].problem}")

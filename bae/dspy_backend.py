@@ -39,6 +39,7 @@ from bae.exceptions import BaeError, BaeLMError, BaeParseError
 from bae.node import Node, spec_of
 from bae.resolve import active_state, context_inputs, current_state, visible_state
 from bae.result import CallRecord
+from bae.wording import counted
 
 logger = logging.getLogger("bae")
 
@@ -296,8 +297,8 @@ class DSPyBackend:
                 rejected, feedback = exc, _short(exc)
                 logger.debug("%s %s: rejected answer (%s); retrying", predictor.node_name, predictor.kind, feedback)
         raise BaeParseError(
-            f"{predictor.node_name} ({predictor.kind}): the LM's answer did not parse after {answers} "
-            f"attempts: {feedback}",
+            f"{predictor.node_name} ({predictor.kind}): the LM's answer did not parse after "
+            f"{counted(answers, 'attempt')}: {feedback}",
             cause=rejected,
         )
 
@@ -327,7 +328,7 @@ class DSPyBackend:
                 if attempt == self.max_transient_retries:
                     raise BaeLMError(
                         f"{predictor.node_name} ({predictor.kind}): LM still failing after "
-                        f"{attempt + 1} attempts: {_short(exc)}",
+                        f"{counted(attempt + 1, 'attempt')}: {_short(exc)}",
                         cause=exc,
                     ) from exc
                 delay = backoff_delay(attempt, self.backoff_s, retry_after(exc))

@@ -23,6 +23,7 @@ from bae.graph import Graph
 from bae.metrics import fields_score
 from bae.node import Node, spec_of
 from bae.resolve import RunState, context_inputs, visible_state
+from bae.wording import counted
 
 logger = logging.getLogger("bae")
 
@@ -214,7 +215,7 @@ def optimize_predictors(
         train = examples.get(key, [])
         outcome = PredictorOutcome(key[0], key[1], len(train))
         if len(train) < settings.min_examples:
-            outcome.reason = f"{len(train)} examples (< {settings.min_examples}): stays naive"
+            outcome.reason = f"{counted(len(train), 'example')} (< {settings.min_examples}): stays naive"
         else:
             outcome.predictor = _optimize_one(fresh_predictor(graph, key), train, lm, settings)
         outcomes.append(outcome)

@@ -95,7 +95,8 @@ def input_model(start: type[Node]) -> type[BaseModel]:
     required_binds = [f.name for f in spec.bound if f.required]
     if required_binds:
         raise BaeGraphError(
-            f"{start.__name__} requires Bind field(s) {', '.join(required_binds)}: services cannot come over HTTP"
+            f"{start.__name__} requires {'a Bind field' if len(required_binds) == 1 else 'Bind fields'} "
+            f"{', '.join(required_binds)}: services cannot come over HTTP"
         )
     visible = {f.name: f for f in spec.visible}
     fields: dict[str, Any] = {}

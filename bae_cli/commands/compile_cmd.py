@@ -11,6 +11,7 @@ from rich.table import Table
 
 from bae.exceptions import BaeInputError
 from bae.loader import load_graph, split_reference
+from bae.wording import counted
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, LmOption, RichProgress, confusion_tables, err, out, print_json
 from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
@@ -138,8 +139,9 @@ def compile_(
         )
     out.print(table)
     scores = summary["scores"]
+    dev = counted(report.manifest["dataset"]["dev"], "trace")
     out.print(
-        f"dev score (whole graph, {report.manifest['dataset']['dev']} traces): naive {scores['naive']:.3f} -> "
+        f"dev score (whole graph, {dev}): naive {scores['naive']:.3f} -> "
         f"optimized {scores['optimized']:.3f}   path accuracy {scores['naive_path_accuracy']:.3f} -> "
         f"{scores['optimized_path_accuracy']:.3f}"
     )
@@ -154,7 +156,7 @@ def compile_(
         f"{usage['optimized_dev']['calls']} scoring dev ({tokens:,} tokens)"
     )
     if summary["invalid_lines"]:
-        out.print(f"[yellow]skipped {len(summary['invalid_lines'])} invalid dataset lines[/]")
+        out.print(f"[yellow]skipped {counted(len(summary['invalid_lines']), 'invalid dataset line')}[/]")
     active = "active" if activate else "not active (--no-activate)"
     out.print(f"new version [bold]{summary['version']}[/] at {summary['path']} ({active})")
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from bae import artifacts
 from bae.exceptions import BaeError, BaeInputError
+from bae.wording import counted
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, LmOption, RichProgress, confusion_tables, err, graph_from, out, print_json, warn
 from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
@@ -147,7 +148,7 @@ def _with_delta(value: float | None, delta: float | None) -> str:
 def _report(result: Evaluation, graph: Graph, show_failures: int, output: Path | None) -> None:
     first = result.columns[0]
     table = Table(
-        title=f"{len(result.traces)} traces from {result.dataset}, lm {result.lm}"
+        title=f"{counted(len(result.traces), 'trace')} from {result.dataset}, lm {result.lm}"
         + (f" (deltas against {first.name})" if len(result.columns) > 1 else ""),
         show_edge=False,
     )
@@ -177,7 +178,7 @@ def _report(result: Evaluation, graph: Graph, show_failures: int, output: Path |
         mark = "[green]pass[/]" if gate.passed else "[red]FAIL[/]"
         out.print(f"{mark} {gate.gate}: {escape(gate.message)}")
     if result.invalid:
-        out.print(f"[yellow]skipped {len(result.invalid)} invalid dataset lines[/]")
+        out.print(f"[yellow]skipped {counted(len(result.invalid), 'invalid dataset line')}[/]")
 
 
 def _predictor_order(graph: Graph) -> Any:

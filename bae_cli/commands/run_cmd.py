@@ -22,6 +22,7 @@ from bae.node import Node
 from bae.result import CallRecord
 from bae.runner import Outcome, Runner, node_json, open_backend
 from bae.usage import usage_rows
+from bae.wording import counted
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, LmOption, err, graph_from, out, print_json, warn, warn_stale
 from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
@@ -308,7 +309,7 @@ def _finish_in_flight(
     exit then leaves their threads behind (see ``bae_cli.app``)."""
     in_flight = sum(1 for future in futures if future.running())
     if in_flight:
-        err.print(f"interrupted: finishing {in_flight} run(s) in flight (Ctrl-C again to abandon them)")
+        err.print(f"interrupted: finishing {counted(in_flight, 'run')} in flight (Ctrl-C again to abandon them)")
     try:
         pool.shutdown(wait=True, cancel_futures=True)
     except KeyboardInterrupt:

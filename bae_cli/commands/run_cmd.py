@@ -22,7 +22,7 @@ from bae.node import Node
 from bae.result import CallRecord
 from bae.runner import Outcome, Runner, node_json, open_backend
 from bae.usage import usage_rows
-from bae.wording import counted
+from bae.wording import counted, unknown_names
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, LmOption, err, graph_from, out, print_json, warn, warn_stale
 from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
@@ -48,11 +48,14 @@ def parse_input(text: str | bytes, start: type[Node], where: str) -> Node:
         raise BaeInputError(f"{where}: {exc}: {expected}") from None
     if not isinstance(data, dict):
         raise BaeInputError(f"{where}: expected a JSON object, got {type(data).__name__}: {expected}")
+    problems = unknown_names(data, start.model_fields)  # a typo is named, not silently dropped
     try:
-        return start.model_validate(data)
+        node = start.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in exc.errors())
-        raise BaeInputError(f"{where}: not a valid {start.__name__}: {problems}: {expected}") from None
+        problems += [f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in exc.errors()]
+    if problems:
+        raise BaeInputError(f"{where}: not a valid {start.__name__}: {'; '.join(problems)}: {expected}")
+    return node
 
 
 def _shape(start: type[Node]) -> str:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from tests.cli import EXAMPLE, LMS, ROOT, bae
+from tests.test_local_lm import needs_model
 
 TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
 ORACLE = f"{LMS}:oracle"
@@ -24,3 +25,44 @@ def test_a_count_of_one_is_singular(tmp_path: Path) -> None:
     assert f"1 trace from {one}" in result.stdout, result.stdout
     assert "1 traces" not in result.stdout
 
+
+REPLY_GRAPH = '''
+from typing import Annotated
+
+from bae import Context, Graph, Node
+
+
+class Ticket(Node):
+    """A customer support ticket."""
+
+    ticket: str
+
+    def __call__(self, lm) -> "Reply": ...
+
+
+class Reply(Node):
+    """Answer a customer support ticket."""
+
+    ticket: Annotated[str, Context("the customer's message")]
+    reply: str
+
+
+graph = Graph(start=Ticket)
+'''
+
+
+@needs_model
+def test_an_embedded_answer_redone_under_length_caps_is_told_in_user_terms(tmp_path: Path) -> None:
+    """Gemma 3 270M (greedy, seeded) repeats itself in this reply: the engine redoes the answer under length
+    caps and says what that means for the answer, not how the grammar works."""
+    graph = tmp_path / "reply.py"
+    graph.write_text(REPLY_GRAPH)
+    ticket = {"ticket": "My order arrived broken and I want my money back now!"}
+    result = bae("run", str(graph), "--lm", "local", "--no-log", "--input", json.dumps(ticket))
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stderr.splitlines() if "embedded model" in line]
+    assert said == [
+        "the embedded model kept repeating itself in an answer, so it answered again with each text at most 256 "
+        "characters and each list at most 8 items long: a text in this answer may end abruptly"
+    ], result.stderr
+    assert "JSON" not in result.stderr and "capped" not in result.stderr

@@ -75,9 +75,13 @@ def graph_from(reference: str | None, manifest: dict[str, Any] | None, version_d
 
     if reference:
         return load_graph(reference)
-    recorded = (manifest or {}).get("graph", {}).get("reference")
+    if manifest is None:
+        raise BaeInputError(
+            "no graph given: pass GRAPH (file.py[:Name]), or --compiled DIR to use the graph it was compiled from"
+        )
+    recorded = manifest.get("graph", {}).get("reference")
     if not recorded:
-        raise BaeInputError("no graph given and none recorded in the manifest: pass GRAPH (file.py[:Name])")
+        raise BaeInputError("no graph given, and the compiled version records none: pass GRAPH (file.py[:Name])")
     target, attribute = split_reference(recorded)
     if target.endswith(".py") and not Path(target).exists() and version_dir is not None:
         beside = version_dir.resolve().parent.parent / target

@@ -184,6 +184,8 @@ CASES = [
     Case("input-two-given", (*RUN, "--input", GOOD_INPUT, "--input-file", "x.json"), 2, ("give exactly one input",)),
     Case("run-extra-argument", ("run", GRAPH, "extra", "--input", GOOD_INPUT), 2,
          ("unexpected argument 'extra'", "only - (read stdin)")),
+    Case("run-no-graph-no-compiled", ("run", "--input", GOOD_INPUT, "--lm", ORACLE), 2,
+         ("no graph given: pass GRAPH (file.py[:Name]), or --compiled DIR to use the graph it was compiled from",)),
     Case("batch-missing", (*RUN, "--batch", "nope.jsonl"), 2, ("cannot read --batch nope.jsonl", "check the path")),
     Case("batch-empty", (*RUN, "--batch", "in.jsonl"), 2, ("in.jsonl has no inputs", "one JSON object per line"),
          write("in.jsonl", "\n\n")),
@@ -199,6 +201,9 @@ CASES = [
     # -- datasets and compile flags -------------------------------------------------------------------
     Case("trainset-missing", (*COMPILE, "--trainset", "nope.jsonl"), 2,
          ("dataset not found: nope.jsonl", "check the path")),
+    Case("trainset-default-missing", ("compile", "other.py", "--lm", ORACLE, "--out", "out"), 2,
+         ("no --trainset given and no other.train.jsonl (the default: <graph stem>.train.jsonl beside the graph)",
+          "pass --trainset F.jsonl"), write("other.py", "from examples.support_triage import graph\n")),
     Case("trainset-empty", DATASET, 2, ("bad.jsonl has no valid traces", "add gold traces"), write("bad.jsonl", "")),
     Case("trainset-invalid-json", DATASET, 2, ("bad.jsonl:1: invalid JSON", SKIP), trainset("{nope")),
     Case("trainset-deeply-nested", DATASET, 2, ("bad.jsonl:2: JSON nested too deeply", SKIP),

@@ -85,7 +85,13 @@ def compile_(
     if problems:
         listed = "; ".join(str(p) for p in problems)
         raise BaeInputError(f"graph {graph} is invalid: {listed}: fix it (`bae graph {graph}` shows its structure)")
-    trainset = trainset or default_trainset(graph)
+    if trainset is None:
+        trainset = default_trainset(graph)
+        if not trainset.exists():
+            raise BaeInputError(
+                f"no --trainset given and no {trainset} (the default: <graph stem>.train.jsonl beside the graph): "
+                "pass --trainset F.jsonl, gold traces, one JSON trace per line"
+            )
     if metric:
         from bae.loader import load_function
 

@@ -73,6 +73,24 @@ def slow() -> ScriptedLM:
     return triage_lm(delay_s=0.01)
 
 
+def first_last() -> ScriptedLM:
+    """Routes the example's first ticket only once three tickets' queues were filled: a batch of the first
+    four tickets at concurrency 4 finishes its first input last."""
+    lm = triage_lm()
+    first, route = TRACES[0][0]["fields"]["text"], lm.script["Triage.choice"]
+
+    def late(call: PredictorCall) -> Any:
+        if call.inputs.get("text") == first:
+            deadline = time.monotonic() + 60
+            while sum(c.kind == "make" for c in lm.calls) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)  # and the runs they belong to have ended
+        return route(call)
+
+    lm.script["Triage.choice"] = late
+    return lm
+
+
 def interrupting() -> ScriptedLM:
     """Answers a few calls, then behaves like Ctrl-C arriving mid-compile."""
     lm = triage_lm()

@@ -22,7 +22,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import dspy
-from dspy.utils.exceptions import AdapterParseError, is_retryable_lm_error
+from dspy.utils.exceptions import AdapterParseError, LMNotConfiguredError, is_retryable_lm_error
 from pydantic import ValidationError
 
 from bae.adapter import CachingJSONAdapter
@@ -323,7 +323,7 @@ class DSPyBackend:
                     tally.cut = "timeout"
                 if not is_transient(exc):
                     raise BaeLMError(
-                        f"{predictor.node_name} ({predictor.kind}): LM call failed: {_short(exc)}", cause=exc
+                        f"{predictor.node_name} ({predictor.kind}): LM call failed: {_describe(exc)}", cause=exc
                     ) from exc
                 if attempt == self.max_transient_retries:
                     raise BaeLMError(
@@ -385,6 +385,18 @@ def _total(values: list[Any]) -> Any:
 def _output_names(signature: type[dspy.Signature]) -> tuple[str, ...]:
     """A signature's output field names: DSPy recomputes ``output_fields`` on every access."""
     return tuple(signature.output_fields)
+
+
+def _describe(exc: BaseException) -> str:
+    """A failed LM call in one line. A missing API key is worded by bae: DSPy spells its remedy
+    ``api_key="..."``, which the redaction of every error line rightly takes for a key and hides."""
+    keys = getattr(exc, "env_keys", None)
+    if isinstance(exc, LMNotConfiguredError) and keys:
+        return (
+            f"no API key for {exc.model}: set {' or '.join(keys)} in the environment "
+            "(in Python, dspy.LM also takes the key as its api_key argument)"
+        )
+    return _short(exc)
 
 
 def _short(exc: BaseException) -> str:

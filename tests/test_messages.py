@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.cli import EXAMPLE, LMS, ROOT, bae
 from tests.test_local_lm import needs_model
+from tests.workspace import assert_refused
 
 TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
 ORACLE = f"{LMS}:oracle"
@@ -24,6 +25,21 @@ def test_a_count_of_one_is_singular(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"1 trace from {one}" in result.stdout, result.stdout
     assert "1 traces" not in result.stdout
+
+
+def test_a_missing_api_key_says_what_to_set_and_no_hint_is_redacted() -> None:
+    """DSPy's own remedy (``pass api_key="..." to dspy.LM(...)``) looks like a key to the redaction of error
+    lines; bae words this one itself. The key check is local: no request leaves the machine."""
+    ticket = json.dumps({"customer_email": "ana@northwind.io", "text": "I was charged twice."})
+    result = bae("run", EXAMPLE, "--compiled", str(COMPILED), "--lm", "openai/gpt-4o-mini", "--no-log",
+                 "--input", ticket, env={"OPENAI_API_KEY": "", "OPENAI_API_BASE": ""})  # fmt: skip
+    assert_refused(
+        result,
+        4,
+        "bae: error: Triage (choice): LM call failed: no API key for openai/gpt-4o-mini: set OPENAI_API_KEY in the "
+        "environment (in Python, dspy.LM also takes the key as its api_key argument)",
+    )
+    assert "[redacted]" not in result.stderr
 
 
 REPLY_GRAPH = '''

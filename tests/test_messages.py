@@ -42,6 +42,17 @@ def test_a_missing_api_key_says_what_to_set_and_no_hint_is_redacted() -> None:
     assert "[redacted]" not in result.stderr
 
 
+def test_a_failed_inspect_gate_is_also_the_error_line_on_stderr() -> None:
+    score = json.loads((COMPILED / "v1" / "manifest.json").read_text())["scores"]["optimized"]
+    verdict = f"gate failed: optimized dev score {score} is below --min-score 1.01"
+    result = bae("inspect", str(COMPILED), "--min-score", "1.01")
+    assert_refused(result, 1, f"bae: error: {verdict}")
+    assert result.stdout.splitlines()[-1] == verdict  # the report, on stdout, is unchanged
+    as_json = bae("inspect", str(COMPILED), "--min-score", "1.01", "--json")
+    assert_refused(as_json, 1, f"bae: error: {verdict}")
+    assert json.loads(as_json.stdout)["gate_failures"] == [verdict.removeprefix("gate failed: ")]
+
+
 REPLY_GRAPH = '''
 from typing import Annotated
 

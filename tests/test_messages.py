@@ -53,6 +53,40 @@ def test_a_failed_inspect_gate_is_also_the_error_line_on_stderr() -> None:
     assert json.loads(as_json.stdout)["gate_failures"] == [verdict.removeprefix("gate failed: ")]
 
 
+MAYBE_GRAPH = '''
+from bae import Graph, Node
+
+
+class Question(Node):
+    """A question that may need a follow-up."""
+
+    text: str
+
+    def __call__(self, lm) -> "FollowUp | None": ...
+
+
+class FollowUp(Node):
+    """A follow-up question."""
+
+    text: str
+
+
+graph = Graph(start=Question)
+'''
+
+
+def test_graph_says_may_end_only_of_a_node_that_may_also_go_on(tmp_path: Path) -> None:
+    graph = tmp_path / "maybe.py"
+    graph.write_text(MAYBE_GRAPH)
+    example = bae("graph", EXAMPLE)
+    assert example.returncode == 0, example.stderr
+    assert "may end" not in example.stdout  # its queues are terminal: they always end
+    assert "BillingIssue" in example.stdout
+    maybe = bae("graph", str(graph))
+    assert maybe.returncode == 0, maybe.stderr
+    assert maybe.stdout.splitlines() == ["Question  (decides, may end)", "└── FollowUp"]
+
+
 REPLY_GRAPH = '''
 from typing import Annotated
 

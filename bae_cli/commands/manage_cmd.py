@@ -172,7 +172,7 @@ def graph(
         for kind in ("make", "choice"):
             if (cls.__name__, kind) in optimized:
                 tags.append(f"[green]{kind} optimized[/]")
-        if spec.may_end:
+        if spec.may_end and spec.successors:  # a terminal node always ends: only a node that may also go on
             tags.append("may end")
         return f"[bold]{cls.__name__}[/]" + (f"  ({', '.join(tags)})" if tags else "")
 

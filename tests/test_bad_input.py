@@ -321,6 +321,8 @@ CASES = [
          write("runs.db", "not a db" * 100)),
     Case("stats-versions-corrupt", ("stats",), 3, ("versions.json unreadable", "version control"),
          write("compiled/versions.json", "{")),
+    Case("stats-compiled-missing", ("stats", "--compiled", "nodir"), 3,
+         ("no versions.json in nodir: not a compiled root", "pass the --out directory of `bae compile`")),
     Case("inspect-min-score-nan", ("inspect", "compiled", "--min-score", "high"), 2,
          ("'--min-score'", "`bae inspect --help`")),
     Case("unknown-command", ("frobnicate",), 2, ("No such command 'frobnicate'", "`bae --help`")),

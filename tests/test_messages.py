@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.cli import EXAMPLE, LMS, ROOT, bae
 from tests.test_local_lm import needs_model
 from tests.workspace import assert_refused
@@ -51,6 +53,34 @@ def test_a_failed_inspect_gate_is_also_the_error_line_on_stderr() -> None:
     as_json = bae("inspect", str(COMPILED), "--min-score", "1.01", "--json")
     assert_refused(as_json, 1, f"bae: error: {verdict}")
     assert json.loads(as_json.stdout)["gate_failures"] == [verdict.removeprefix("gate failed: ")]
+
+
+@pytest.fixture(scope="module")
+def log_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run log holding one production run of the committed v1."""
+    db = tmp_path_factory.mktemp("log") / "runs.db"
+    ticket = json.dumps({"customer_email": "ana@northwind.io", "text": "I was charged twice."})
+    run = bae("run", "--compiled", str(COMPILED), "--lm", ORACLE, "--log-db", str(db), "--input", ticket)
+    assert run.returncode == 0, run.stderr
+    return db
+
+
+def test_stats_for_a_version_that_exists_nowhere_is_an_error_naming_what_the_log_has(log_db: Path) -> None:
+    result = bae("stats", "--log-db", str(log_db), "--compiled", str(COMPILED), "--version", "v7")
+    assert_refused(
+        result,
+        2,
+        f"bae: error: --version v7: no such version in the run log or in {COMPILED}: the log has production runs of v1",
+    )
+
+
+def test_stats_that_select_nothing_say_so_instead_of_printing_empty_tables(log_db: Path, tmp_path: Path) -> None:
+    naive = bae("stats", "--log-db", str(log_db), "--version", "naive", cwd=tmp_path)  # no ./compiled: normal
+    assert naive.returncode == 0 and naive.stderr == "", naive.stderr
+    assert naive.stdout.splitlines() == [f"no production runs of naive in {log_db}: it has production runs of v1"]
+    evals = bae("stats", "--log-db", str(log_db), "--eval", cwd=tmp_path)
+    assert evals.returncode == 0 and evals.stderr == "", evals.stderr
+    assert evals.stdout.splitlines() == [f"no bae eval runs in {log_db}: it has no bae eval runs"]
 
 
 MAYBE_GRAPH = '''

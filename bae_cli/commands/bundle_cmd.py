@@ -18,7 +18,8 @@ def bundle(
     compiled: Annotated[Path, typer.Option("--compiled", help="Compiled root (active version) or version dir.")],
     output: Annotated[Path, typer.Option("--out", help="The folder to write; must not exist yet.")],
     graph: Annotated[
-        str | None, typer.Argument(help="file.py[:Name] or package.module:Name (default: the manifest's).")
+        str | None,
+        typer.Argument(help="file.py[:Name] or package.module:Name (default: the graph --compiled was compiled from)."),
     ] = None,
     lm: Annotated[
         str | None,

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 @app.command("eval")
 def eval_(
     graph: Annotated[
-        str | None, typer.Argument(help="file.py[:Name] or package.module:Name (default: the manifest's).")
+        str | None,
+        typer.Argument(help="file.py[:Name] or package.module:Name (default: the graph --compiled was compiled from)."),
     ] = None,
     compiled: Annotated[
         Path | None,

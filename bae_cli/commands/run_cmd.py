@@ -80,7 +80,8 @@ def _read_single(input_json: str | None, input_file: Path | None, stdin: bool) -
 @app.command("run")
 def run(
     graph: Annotated[
-        str | None, typer.Argument(help="file.py[:Name] or package.module:Name (default: the manifest's).")
+        str | None,
+        typer.Argument(help="file.py[:Name] or package.module:Name (default: the graph --compiled was compiled from)."),
     ] = None,
     dash: Annotated[
         str | None, typer.Argument(metavar="[-]", help="- reads the input JSON from stdin.", show_default=False)

@@ -206,7 +206,7 @@ def test_gates_in_json(root: Path, dev: Path) -> None:
 @pytest.mark.parametrize(
     ("bad_line", "change", "says"),
     [
-        (3, lambda t: t[2].update(node="RefundIssue"), "dev.jsonl:3: step 2: unknown node 'RefundIssue'"),
+        (3, lambda t: t[2].update(node="RefundIssue"), "dev.jsonl:3: step 3: unknown node 'RefundIssue'"),
         (5, lambda t: t[0]["fields"].pop("text"), "dev.jsonl:5: step 1 (Ticket): field text: Field required"),
     ],
     ids=["unknown-node", "missing-start-field"],

@@ -32,7 +32,7 @@ from bae.dataset import Dataset, GoldTrace, load_dataset
 from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.graph import Graph
 from bae.loader import LoadedGraph, load_function, load_graph
-from bae.metrics import Metric, check_metric, metric_name
+from bae.metrics import BUILTIN, Metric, check_metric, metric_name
 from bae.node import spec_of
 from bae.scoring import EvaluationInterrupted, GraphScore, TraceRun, delta_of, run_traces, summarize
 from bae.usage import lm_usage
@@ -116,7 +116,7 @@ class Evaluation:
     columns: list[Column]
     gates: list[Gate] = field(default_factory=list)
     interrupted: bool = False
-    metric: str = metric_name(None)
+    metric: str = BUILTIN  # the name of what judged the made fields
 
     @property
     def passed(self) -> bool:
@@ -417,7 +417,7 @@ def evaluate(
     for name, version in versions_loaded.items():
         for node, kind in sorted(version.stale):
             warn(f"{name}: {node} ({kind}) changed since compile: using a naive predictor (stale)")
-        recorded_with = (version.manifest.get("scores") or {}).get("metric", metric_name(None))
+        recorded_with = (version.manifest.get("scores") or {}).get("metric", BUILTIN)
         if recorded_with != metric_name(judge_with):
             warn(
                 f"{name} recorded its dev score with metric {recorded_with}, this evaluation judges with "

@@ -195,7 +195,8 @@ def version_summary(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_version(root: Path, files: dict[str, Any], manifest: dict[str, Any], activate: bool = True) -> Path:
-    """Write a new ``vN`` under ``root`` atomically and record it in versions.json.
+    """Write a new ``vN`` under ``root`` atomically and record it in versions.json, active if ``activate``
+    (otherwise the active version stays what it was, none for a new root).
 
     ``files`` maps paths relative to the version dir to JSON-able data; the manifest
     gets each file's sha256 (merged into ``manifest["files"][path]``).
@@ -220,7 +221,7 @@ def write_version(root: Path, files: dict[str, Any], manifest: dict[str, Any], a
             os.chmod(build, 0o755)
             os.rename(build, root / name)
             versions["versions"].append(version_summary(manifest))
-            if activate or versions["active"] is None:
+            if activate:
                 versions["active"] = name
             _write_versions(root, versions)
         return root / name

@@ -103,6 +103,23 @@ def exact_metric(example: Any, prediction: Any, trace: Any = None) -> bool:
     return all(getattr(prediction, name, None) == example[name] for name in example.labels())
 
 
+def priority_metric(example: Any, prediction: Any, trace: Any = None) -> float:
+    """A user metric that judges the priority alone (a choice predictor's example has none: exact choice)."""
+    if "priority" not in example.labels():
+        return float(getattr(prediction, "next_step", None) == example["next_step"])
+    return float(getattr(prediction, "priority", None) == example["priority"])
+
+
+def raising_metric(example: Any, prediction: Any, trace: Any = None) -> float:
+    """A user metric with a bug in it."""
+    return example["no_such_field"]
+
+
+def wordy_metric(example: Any, prediction: Any, trace: Any = None) -> Any:
+    """A user metric that answers in words instead of a number."""
+    return "looks right"
+
+
 def garbled_billing() -> ScriptedLM:
     """Routes correctly, then never produces parseable BillingIssue fields."""
     lm = triage_lm()

@@ -26,7 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "dspy": ("adapter", "compiler", "dspy_backend", "retrieval", "local", "lm_specs", "testing"),
     "runtime": ("optimized_lm",),
-    "compile": ("dataset", "metrics", "scoring", "optimizer", "compile_version"),
+    "compile": ("dataset", "metrics", "intervals", "scoring", "dev_coverage", "optimizer", "compile_version"),
     "application": ("runner", "serving", "bundle", "evaluator"),
 }  # fmt: skip
 RANK = {name: rank for rank, modules in enumerate(LAYERS.values()) for name in modules}

@@ -9,8 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from bae.exceptions import BaeArtifactError, BaeError, BaeGraphError, BaeInputError, BaeLMError, BaeParseError
 from bae import telemetry as _telemetry  # noqa: F401  (registers OpenTelemetry tracing as an observer of every run)
+from bae.exceptions import BaeArtifactError, BaeError, BaeGraphError, BaeInputError, BaeLMError, BaeParseError
 from bae.lm import LM
 from bae.markers import Bind, Context, Dep
 from bae.observe import Observer

@@ -99,9 +99,9 @@ class ThreadExecutor:
             results.interrupted = True
             results.abandoned = not self._finish_in_flight(pool, futures, stopping)
             for future, index in futures.items():  # what finished, also while waiting
-                if results.values[index] is None and future.done() and not future.cancelled():
-                    if future.exception() is None:
-                        self._keep(results, index, future.result(), done)
+                finished = future.done() and not future.cancelled() and future.exception() is None
+                if results.values[index] is None and finished:
+                    self._keep(results, index, future.result(), done)
             return results
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)  # an item failed: the rest is not wanted

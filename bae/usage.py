@@ -1,8 +1,9 @@
 """LM calls added up per predictor: the one count of "which nodes ran optimized, at what cost".
 
 ``bae run``'s usage table, ``OptimizedLM.get_stats``, the usage of ``POST /run``, compile's and eval's
-cost per stage and ``bae stats`` all count ``CallRecord``s through ``UsageCounter`` and ``UsageRow``. A ``UsageCounter`` is
-also a run observer, so a batch, a server or an evaluation counts its runs' calls as they happen.
+cost per stage and ``bae stats`` all count ``CallRecord``s through ``UsageCounter`` and ``UsageRow``.
+A ``UsageCounter`` is also a run observer, so a batch, a server or an evaluation counts its runs'
+calls as they happen.
 """
 
 from __future__ import annotations

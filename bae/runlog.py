@@ -15,23 +15,33 @@ opened (its runs are production runs), and a log a newer bae wrote is refused. S
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import random
 import re
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from bae.exceptions import BaeInputError
+from bae.exceptions import BaeError, BaeInputError
+from bae.observe import Observer
 from bae.redaction import redact
 from bae.result import CallRecord
+from bae.usage import UsageRow, usage_rows
+
+if TYPE_CHECKING:
+    from bae.result import GraphResult
+    from bae.run import Run
+
+logger = logging.getLogger("bae")
 
 SCHEMA_VERSION = 3
 NAIVE = "naive"  # the ``version`` filter value that selects runs without a compiled version
@@ -159,9 +169,8 @@ class Stats:
 
 
 def default_log_path() -> Path:
-    """``$BAE_LOG_DB`` if set, else ``.bae/runs.db`` under the current directory."""
-    env = os.environ.get("BAE_LOG_DB", "").strip()
-    return Path(env).expanduser() if env else Path.cwd() / ".bae" / "runs.db"
+    """``.bae/runs.db`` under the current directory (the CLI's ``--log-db`` / ``$BAE_LOG_DB`` say otherwise)."""
+    return Path.cwd() / ".bae" / "runs.db"
 
 
 def percentile(values: Sequence[float], p: int) -> float:
@@ -426,22 +435,26 @@ class RunLog:
                 params,
             ).fetchall()
             call_rows = conn.execute(
-                "SELECT r.version, c.node, c.kind, c.source, c.latency_s, c.prompt_tokens,"
-                " c.completion_tokens, c.cost, c.error IS NOT NULL"
-                f" FROM calls c JOIN runs r ON r.id = c.run_id{where}",
+                "SELECT r.version, c.node, c.kind, c.source, c.latency_s, c.attempts, c.prompt_tokens,"
+                f" c.completion_tokens, c.cost, c.error FROM calls c JOIN runs r ON r.id = c.run_id{where}",
                 params,
             ).fetchall()
-        groups: dict[tuple[str | None, str, str], list[tuple[Any, ...]]] = {}
+        by_version: dict[str | None, list[CallRecord]] = {}
+        latencies: dict[tuple[str | None, str, str], list[float]] = {}
         for row in call_rows:
-            groups.setdefault(row[:3], []).append(row[3:])
+            by_version.setdefault(row[0], []).append(CallRecord(*row[1:]))
+            latencies.setdefault(row[:3], []).append(row[4])
         versions = tuple(
             VersionSummary(v, n, ok, err, intr, avg)
             for v, n, ok, err, intr, avg in sorted(run_rows, key=lambda r: _version_key(r[0]))
         )
-        nodes = tuple(
-            _node_stats(key, groups[key]) for key in sorted(groups, key=lambda k: (_version_key(k[0]), k[1], k[2]))
-        )
-        return Stats(versions=versions, nodes=nodes)
+        nodes = [
+            _node_stats(version, row, latencies[(version, row.node, row.kind)])
+            for version, calls in by_version.items()
+            for row in usage_rows(calls)
+        ]
+        nodes.sort(key=lambda n: (_version_key(n.version), n.node, n.kind))
+        return Stats(versions=versions, nodes=tuple(nodes))
 
 
 def _ensure_wal(conn: sqlite3.Connection) -> None:
@@ -470,34 +483,126 @@ def _call_row(run_id: int, seq: int, c: CallRecord) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def _total(values: list[Any]) -> Any:
-    """Sum of the reported values, or ``None`` when nothing was reported."""
-    reported = [v for v in values if v is not None]
-    return sum(reported) if reported else None
-
-
-def _node_stats(key: tuple[str | None, str, str], rows: list[tuple[Any, ...]]) -> NodeStats:
-    n = len(rows)
-    sources = [r[0] for r in rows]
-    latencies = [r[1] for r in rows]
+def _node_stats(version: str | None, row: UsageRow, latencies: list[float]) -> NodeStats:
+    """One predictor's figures in the log, from its calls added up (``bae.usage``) and their latencies."""
     return NodeStats(
-        version=key[0],
-        node=key[1],
-        kind=key[2],
-        calls=n,
-        optimized_share=sources.count("optimized") / n,
-        naive_share=sources.count("naive") / n,
-        stale_share=sources.count("stale") / n,
+        version=version,
+        node=row.node,
+        kind=row.kind,
+        calls=row.calls,
+        optimized_share=row.optimized / row.calls,
+        naive_share=row.naive / row.calls,
+        stale_share=row.stale / row.calls,
         p50_latency_s=percentile(latencies, 50),
         p95_latency_s=percentile(latencies, 95),
-        prompt_tokens=_total([r[2] for r in rows]),
-        completion_tokens=_total([r[3] for r in rows]),
-        cost=_total([r[4] for r in rows]),
-        error_rate=sum(r[5] for r in rows) / n,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        cost=row.cost,
+        error_rate=row.errors / row.calls,
     )
 
 
+# -- writing runs as they end -------------------------------------------------------------------
+class RunSink(Protocol):
+    """Where a finished run is logged: a ``RunLog``, or a ``BackgroundLog`` in front of one."""
+
+    def log_run(self, **run: Any) -> object: ...
+
+
+class BackgroundLog:
+    """A run log written by one background thread, so a run never waits on SQLite.
+
+    A write is a transaction with an fsync, and writers to one file take turns: done
+    inline, that time is spent holding one of a server's concurrency slots. Here runs
+    queue (bounded: a log that cannot keep up slows runs down rather than filling
+    memory) and one thread writes them in order. ``flush`` waits for the queue to drain;
+    ``close`` flushes and stops the thread.
+    """
+
+    def __init__(self, log: RunLog, max_pending: int = 10_000) -> None:
+        self.log = log
+        self._pending: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_pending)
+        self._thread = threading.Thread(target=self._write, name="bae-runlog", daemon=True)
+        self._thread.start()
+
+    def log_run(self, **run: Any) -> None:
+        self._pending.put(run)
+
+    def flush(self) -> None:
+        self._pending.join()
+
+    def close(self) -> None:
+        self._pending.put(None)
+        self._thread.join()
+
+    def _write(self) -> None:
+        while True:
+            run = self._pending.get()
+            try:
+                if run is None:
+                    return
+                self.log.log_run(**run)
+            except RunLogError as exc:  # a run that worked is not failed by its log
+                logger.warning("run not logged: %s", exc.message)
+            finally:
+                self._pending.task_done()
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """What the log records about where runs come from: the graph reference, the compiled version and its
+    directory (None: naive predictors), the LM's name (never a key or endpoint)."""
+
+    graph: str
+    version: str | None = None
+    compiled_dir: str | None = None
+    lm: str | None = None
+
+
+class RunLogObserver(Observer):
+    """Logs every run it observes when the run ends: how it ended, how long it took, its LM calls.
+
+    The one writer of runs for ``bae run``, ``bae serve`` and ``bae eval`` (``purpose``). A log write
+    that fails is ``warn``ed, never a failed run.
+    """
+
+    def __init__(
+        self,
+        sink: RunSink,
+        source: RunSource,
+        purpose: str = PRODUCTION,
+        warn: Callable[[str], None] = logger.warning,
+    ) -> None:
+        self.sink, self.source, self.purpose, self.warn = sink, source, purpose, warn
+
+    def run_ended(self, run: Run, result: GraphResult | None, error: BaseException | None) -> None:
+        if error is None:
+            status, message = "ok", None
+        elif isinstance(error, KeyboardInterrupt):
+            status, message = "interrupted", None
+        else:
+            status = "error"
+            message = error.message if isinstance(error, BaeError) else f"unexpected {type(error).__name__}: {error}"
+        try:
+            self.sink.log_run(
+                started_at=run.started_at,
+                duration_s=run.duration_s,
+                status=status,
+                error=message,
+                graph=self.source.graph,
+                start_node=type(run.start).__name__,
+                version=self.source.version,
+                compiled_dir=self.source.compiled_dir,
+                lm=self.source.lm,
+                calls=list(run.calls),
+                purpose=self.purpose,
+            )
+        except RunLogError as exc:  # a run that worked is not failed by its log
+            self.warn(f"run not logged: {exc.message}")
+
+
 __all__ = [
-    "EVAL", "NAIVE", "PRODUCTION", "PURPOSES", "SCHEMA_VERSION", "LoggedRun", "NodeStats", "RunLog",
-    "RunLogError", "Stats", "VersionSummary", "default_log_path", "parse_since", "percentile",
+    "EVAL", "NAIVE", "PRODUCTION", "PURPOSES", "SCHEMA_VERSION", "BackgroundLog", "LoggedRun", "NodeStats",
+    "RunLog", "RunLogError", "RunLogObserver", "RunSink", "RunSource", "Stats", "VersionSummary",
+    "default_log_path", "parse_since", "percentile",
 ]  # fmt: skip

@@ -29,6 +29,7 @@ from bae.runlog import (
     parse_since,
     percentile,
 )
+from tests.cli import bae
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -380,14 +381,17 @@ def test_bad_status_or_call_is_a_programming_error(tmp_path: Path) -> None:
     assert count(runlog.path, "runs") == 0
 
 
-def test_default_log_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_log_path_is_the_projects_own_and_the_cli_reads_bae_log_db(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library's default is ``.bae/runs.db`` under the current directory; ``$BAE_LOG_DB`` is read at the
+    edge, by the CLI's ``--log-db`` option, never by the library."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("BAE_LOG_DB", raising=False)
-    assert default_log_path() == tmp_path / ".bae" / "runs.db"
     monkeypatch.setenv("BAE_LOG_DB", str(tmp_path / "elsewhere.db"))
-    assert default_log_path() == tmp_path / "elsewhere.db"
-    monkeypatch.setenv("BAE_LOG_DB", "")
     assert default_log_path() == tmp_path / ".bae" / "runs.db"
+    result = bae("stats", "--json", cwd=tmp_path, env={"BAE_LOG_DB": str(tmp_path / "elsewhere.db")})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["log"] == str(tmp_path / "elsewhere.db")
 
 
 NOW = datetime(2025, 3, 10, 8, 0, tzinfo=UTC)

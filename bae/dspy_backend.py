@@ -36,6 +36,7 @@ from bae.compiler import (
     with_feedback,
 )
 from bae.exceptions import BaeError, BaeLMError, BaeParseError
+from bae.lm_specs import default_lm
 from bae.node import Node, spec_of
 from bae.resolve import active_state, context_inputs, current_state, visible_state
 from bae.result import CallRecord
@@ -188,7 +189,8 @@ def is_timeout(exc: BaseException) -> bool:
 class DSPyBackend:
     """Make and decide nodes with DSPy predictors, one naive predictor per node and kind.
 
-    ``lm`` and ``adapter`` default to DSPy's configured ones; each call runs under
+    ``lm`` defaults to DSPy's configured LM, else to the CLI's default (``$BAE_LM``, else the embedded
+    model: ``bae.lm_specs.default_lm``); ``adapter`` to bae's JSON adapter. Each call runs under
     ``dspy.context`` so worker threads never touch global settings. DSPy's trace and
     history are not grown by calls made here, so a long-lived backend stays bounded.
     """
@@ -308,12 +310,13 @@ class DSPyBackend:
         kwargs = dict(inputs)
         if feedback is not None:
             kwargs.update(signature=with_feedback(predictor.signature), **{FEEDBACK_FIELD: feedback})
-        if self.lm is None and dspy.settings.lm is None:
-            raise BaeLMError("no LM configured: pass lm= to DSPyBackend or call dspy.configure(lm=...)")
+        overrides = self._overrides
+        if self.lm is None and dspy.settings.lm is None:  # no LM given or configured: the CLI's default
+            overrides = {**overrides, "lm": default_lm()}
         for attempt in range(self.max_transient_retries + 1):
             tally.requests += 1
             try:
-                with dspy.context(**self._overrides):
+                with dspy.context(**overrides):
                     return predictor(**kwargs)
             except (AdapterParseError, ValidationError, BaeError):
                 raise

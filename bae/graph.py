@@ -168,7 +168,10 @@ class Graph:
         return "\n".join(lines)
 
     def run(self, start_node: Node, lm: LM | None = None, max_steps: int = 100, **deps: Any) -> GraphResult:
-        """Run from ``start_node`` until a node ends the run; services for ``Dep`` come from ``deps``."""
+        """Run from ``start_node`` until a node ends the run; services for ``Dep`` come from ``deps``.
+
+        Without ``lm``, a ``DSPyBackend`` on DSPy's configured LM, else on the CLI's default: ``$BAE_LM``,
+        else the embedded model."""
         if not isinstance(start_node, self.start):
             raise BaeGraphError(f"this graph starts at {self.start.__name__}, got {type(start_node).__name__}")
         if self._unresolved:

@@ -98,6 +98,11 @@ def test_two_versions_differing_in_demos_side_by_side(root: Path, dev: Path) -> 
         "path_accuracy": -0.75,
         "per_predictor": {"BillingIssue.make": 0.0, "Triage.choice": -0.75},
     }
+    # as the README shows it: delta() is every column's, by name; delta("v2") one column's
+    assert result.delta() == {"v1": result.delta(v1), "v2": result.delta(v2), "naive": result.delta(naive)}
+    assert result.delta("v2") == result.delta(v2) and result.column("naive") is naive
+    with pytest.raises(KeyError, match="no column 'v3': the columns are v1, v2, naive"):
+        result.delta("v3")
     assert v1.recorded_score == 1.0 and v2.recorded_score == 1.0  # v2's manifest is v1's: recorded != measured
     assert v1.usage["calls"] == v2.usage["calls"] == 2 * len(DEV)  # a choice and a make per ticket
     # failing somewhere: the naive graph's two billing tickets whose gold fields differ from lms.WRONG, v2's other 9

@@ -25,7 +25,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError, is_retryable_lm_error
 from pydantic import ValidationError
 
-from bae.adapter import CachingJSONAdapter
+from bae.adapter import CachingJSONAdapter, schema_hint
 from bae.compiler import (
     CHOICE,
     CHOICE_FIELD,
@@ -177,6 +177,14 @@ class _TruncationFilter(logging.Filter):
 logging.getLogger("dspy.clients.lm").addFilter(_TruncationFilter())
 
 
+def is_runaway_nesting(exc: BaseException) -> bool:
+    """Whether parsing an answer failed because it nests deeper than the JSON parser recurses: DSPy's
+    ``json_repair`` says "Input nesting exceeds the supported parser recursion depth", ``json`` raises
+    ``RecursionError``. A small model with no schema to follow does this (``[[[[``... until
+    ``max_tokens``), which is no mistake a self-correction fixes: asking again costs as long again."""
+    return any(isinstance(link, RecursionError) or "recursion depth" in str(link) for link in _chain(exc))
+
+
 def is_timeout(exc: BaseException) -> bool:
     """Whether an LM failure is a request that ran out of time (the per-call ``timeout``)."""
     return any(
@@ -299,7 +307,7 @@ class DSPyBackend:
                 logger.debug("%s %s: rejected answer (%s); retrying", predictor.node_name, predictor.kind, feedback)
         raise BaeParseError(
             f"{predictor.node_name} ({predictor.kind}): the LM's answer did not parse after {answers} "
-            f"attempts: {feedback}",
+            f"attempts: {feedback}{schema_hint()}",
             cause=rejected,
         )
 
@@ -323,6 +331,12 @@ class DSPyBackend:
             except Exception as exc:
                 if is_timeout(exc):
                     tally.cut = "timeout"
+                if is_runaway_nesting(exc):  # the same request would loop the same way: no retry
+                    raise BaeLMError(
+                        f"{predictor.node_name} ({predictor.kind}): the LM's answer is nested too deep to "
+                        f"parse ({_short(exc)}){schema_hint() or ': a model looping inside brackets'}",
+                        cause=exc,
+                    ) from exc
                 if not is_transient(exc):
                     raise BaeLMError(
                         f"{predictor.node_name} ({predictor.kind}): LM call failed: {_short(exc)}", cause=exc

@@ -79,6 +79,7 @@ def test_parse_error_after_retries() -> None:
         run(lm, max_retries=2)
     assert info.value.cause is not None
     assert len(lm.calls_for("MathAnswer")) == 3
+    assert "BAE_RESPONSE_FORMAT" not in info.value.message  # the hint is for a model string, not any LM
 
 
 def test_transient_failures_are_retried_then_succeed() -> None:

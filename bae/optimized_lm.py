@@ -65,7 +65,7 @@ class OptimizedLM(DSPyBackend):
             if key not in self._warned:
                 self._warned.add(key)
                 logger.warning(
-                    "%s (%s): compiled predictor is stale (schema changed since compile); using a naive one", *key
+                    "%s (%s): compiled predictor is stale (its prompt changed since compile); using a naive one", *key
                 )
             return self.naive_predictor(cls, kind), "stale"
         return self.naive_predictor(cls, kind), "naive"

@@ -248,10 +248,10 @@ def test_bad_flags(root: Path, dev: Path, flags: tuple[str, ...], code: int, say
 
 def test_a_changed_node_runs_naive_and_says_so(root: Path, dev: Path, tmp_path: Path) -> None:
     source = Path(EXAMPLE).read_text()
-    old = '"""A product defect: something crashes, errors, is slow or does not work."""'
+    old = 'description="the part of the product that misbehaves"'  # in TechnicalIssue's make prompt only
     assert old in source
     drifted = tmp_path / "support_triage.py"
-    drifted.write_text(source.replace(old, '"""A product defect: something is broken."""'))
+    drifted.write_text(source.replace(old, 'description="where the defect is"'))
     result = run_bae("eval", str(drifted), "--compiled", str(root), "--dataset", str(dev), "--lm", FEWSHOT,
                      "--no-log", "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr

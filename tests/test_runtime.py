@@ -60,8 +60,8 @@ def test_table_and_json_count_optimized_and_naive_calls(partial: Path, tmp_path:
 
 
 def test_stale_node_falls_back_with_a_warning(partial: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    old_doc = '"""A problem with charges, invoices, payment methods or refunds."""'
-    source = Path(EXAMPLE).read_text().replace(old_doc, '"""Anything about money: charges, invoices, refunds."""')
+    old = 'description="whether the customer asks for money back"'  # in BillingIssue's make prompt only
+    source = Path(EXAMPLE).read_text().replace(old, 'description="a refund is wanted"')
     drifted = tmp_path / "support_triage.py"
     drifted.write_text(source)
     loaded = load_graph(str(drifted))

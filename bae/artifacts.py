@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bae.exceptions import BaeArtifactError, BaeInputError
+from bae.wording import counted
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -194,7 +195,8 @@ def version_summary(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_version(root: Path, files: dict[str, Any], manifest: dict[str, Any], activate: bool = True) -> Path:
-    """Write a new ``vN`` under ``root`` atomically and record it in versions.json.
+    """Write a new ``vN`` under ``root`` atomically and record it in versions.json, active if ``activate``
+    (otherwise the active version stays what it was, none for a new root).
 
     ``files`` maps paths relative to the version dir to JSON-able data; the manifest
     gets each file's sha256 (merged into ``manifest["files"][path]``).
@@ -219,7 +221,7 @@ def write_version(root: Path, files: dict[str, Any], manifest: dict[str, Any], a
             os.chmod(build, 0o755)
             os.rename(build, root / name)
             versions["versions"].append(version_summary(manifest))
-            if activate or versions["active"] is None:
+            if activate:
                 versions["active"] = name
             _write_versions(root, versions)
         return root / name
@@ -399,4 +401,4 @@ def refuse_invalid(checks: list[FileCheck]) -> None:
     """Fail on a version with any invalid file: the first problem, and how many there are."""
     invalid = [c for c in checks if not c.ok]
     if invalid:
-        raise BaeArtifactError(f"{len(invalid)} invalid artifact file(s): {invalid[0].problem}")
+        raise BaeArtifactError(f"{counted(len(invalid), 'invalid artifact file')}: {invalid[0].problem}")

@@ -2,7 +2,10 @@
 
 The steps are the product's promise: optimize every predictor, score the naive and
 the optimized graph on the same dev traces, and write both scores next to the
-artifacts, so a version always says what it bought.
+artifacts, with their 95% intervals and what the dev split cannot measure, so a
+version always says what it bought and how sure that is. A version that optimized
+nothing is written but not activated unless asked: it would only replace the
+active version with the naive graph.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from dspy.utils.usage_tracker import UsageTracker
 from bae import __version__, artifacts
 from bae.compiler import CHOICE, MAKE, NodePredict
 from bae.dataset import Dataset, GoldTrace, load_dataset, split
+from bae.dev_coverage import dev_warnings
 from bae.dspy_backend import DSPyBackend
 from bae.lm_specs import lm_name
 from bae.loader import LoadedGraph
+from bae.metrics import check_metric, metric_name
 from bae.node import graph_fingerprint, predictor_fingerprint, schema_fingerprint
 from bae.optimized_lm import OptimizedLM
 from bae.optimizer import (
@@ -33,7 +38,7 @@ from bae.optimizer import (
     quiet,
 )
 from bae.result import CallRecord
-from bae.scoring import GraphScore, evaluate_graph
+from bae.scoring import GraphScore, delta_of, run_traces, summarize
 from bae.usage import lm_usage
 
 
@@ -60,7 +65,7 @@ class CompileOptions:
     devset: Path | None = None
     dev_split: float = 0.25
     strict: bool = True
-    activate: bool = True
+    activate: bool | None = None  # None: activate unless nothing was optimized
     notes: str = ""
     eval_threads: int = 4
     settings: OptimizeSettings = field(default_factory=OptimizeSettings)
@@ -68,12 +73,20 @@ class CompileOptions:
 
 @dataclass
 class CompileReport:
+    """The new version and what compiling it found. ``warnings`` say what the dev split cannot
+    measure; ``activated`` is False for ``--no-activate`` and for a version that optimized nothing."""
+
     version_dir: Path
     manifest: dict[str, Any]
     outcomes: list[PredictorOutcome]
     naive: GraphScore
     optimized: GraphScore
     invalid: list[str]
+    activated: bool = True
+
+    @property
+    def optimized_any(self) -> bool:
+        return any(o.predictor is not None for o in self.outcomes)
 
     def as_dict(self) -> dict[str, Any]:
         rows = []
@@ -95,7 +108,9 @@ class CompileReport:
         return {
             "version": self.manifest["version"],
             "path": str(self.version_dir),
+            "active": self.activated,
             "scores": self.manifest["scores"],
+            "warnings": self.manifest["warnings"],
             "confusion": self.manifest["confusion"],
             "usage": self.manifest["usage"],
             "predictors": rows,
@@ -142,6 +157,8 @@ def compile_graph(
         build_optimizer(options.settings)  # a missing package or LM fails now, before any work
     graph = loaded.graph
     dataset, train, dev = _dataset_split(loaded, options)
+    metric = options.settings.metric
+    check_metric(metric, (node for trace in [*train, *dev] for node in trace.nodes[1:]))  # fails before any LM call
     examples = collect_examples([t.nodes for t in train])
 
     progress.stage("optimizing predictors", len(graph.predictor_keys()))
@@ -153,11 +170,15 @@ def compile_graph(
     progress.stage("scoring the naive graph on dev", len(dev))
     naive_calls: list[CallRecord] = []
     naive_lm = DSPyBackend(lm, listeners=[naive_calls.append])
-    naive = evaluate_graph(graph, dev, naive_lm, loaded.deps, options.eval_threads, progress.advance)
+    naive_runs = run_traces(graph, dev, naive_lm, loaded.deps, options.eval_threads, progress.advance, metric=metric)
     progress.stage("scoring the optimized graph on dev", len(dev))
     optimized_calls: list[CallRecord] = []
     optimized_lm = OptimizedLM(predictors, lm=lm, listeners=[optimized_calls.append])
-    optimized = evaluate_graph(graph, dev, optimized_lm, loaded.deps, options.eval_threads, progress.advance)
+    optimized_runs = run_traces(
+        graph, dev, optimized_lm, loaded.deps, options.eval_threads, progress.advance, metric=metric
+    )
+    naive = summarize(graph, [run.scored for run in naive_runs])
+    optimized = summarize(graph, [run.scored for run in optimized_runs])
     usage = {
         "optimize": spent.as_dict(),
         "naive_dev": lm_usage(naive_calls),
@@ -174,6 +195,10 @@ def compile_graph(
         "optimized_path_accuracy": round(optimized.path_accuracy, 4),
         "naive_errors": naive.errors,
         "optimized_errors": optimized.errors,
+        "naive_interval": naive.interval.as_list(),
+        "optimized_interval": optimized.interval.as_list(),
+        "delta_interval": delta_of(naive_runs, optimized_runs).as_list(),
+        "metric": metric_name(metric),
     }
     manifest = {
         "format": artifacts.FORMAT,
@@ -204,11 +229,13 @@ def compile_graph(
         "per_predictor": {"naive": naive.as_dict()["per_predictor"], "optimized": optimized.as_dict()["per_predictor"]},
         "confusion": {"naive": naive.confusion, "optimized": optimized.confusion},
         "naive_predictors": [{"node": o.node, "kind": o.kind, "reason": o.reason} for o in outcomes if o.reason],
+        "warnings": dev_warnings(train, dev, optimized.interval),
         "notes": options.notes,
         "files": entries,
     }
-    version_dir = artifacts.write_version(options.out, files, manifest, activate=options.activate)
-    return CompileReport(version_dir, manifest, outcomes, naive, optimized, dataset.invalid)
+    activate = options.activate if options.activate is not None else bool(predictors)
+    version_dir = artifacts.write_version(options.out, files, manifest, activate=activate)
+    return CompileReport(version_dir, manifest, outcomes, naive, optimized, dataset.invalid, activate)
 
 
 def node_file_name(node: str, kind: str) -> str:

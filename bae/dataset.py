@@ -21,6 +21,7 @@ from bae.graph import Graph
 from bae.jsontext import JSONTextError
 from bae.node import Node, spec_of
 from bae.resolve import RunState, context_inputs
+from bae.wording import unknown_names
 
 
 @dataclass(frozen=True)
@@ -50,29 +51,35 @@ class TraceError(ValueError):
 
 
 def parse_trace(graph: Graph, record: Any) -> tuple[Node, ...]:
-    """Build and check one trace record against ``graph``."""
+    """Build and check one trace record against ``graph``. Steps are counted from 1, as a person counts them."""
     if not isinstance(record, dict) or not isinstance(record.get("trace"), list) or not record["trace"]:
         raise TraceError('expected {"trace": [{"node": ..., "fields": {...}}, ...]} with at least one step')
     state = RunState()
     nodes: list[Node] = []
-    for index, step in enumerate(record["trace"]):
+    for number, step in enumerate(record["trace"], start=1):
         if not isinstance(step, dict) or not isinstance(step.get("node"), str):
-            raise TraceError(f"step {index}: expected an object with a 'node' name")
+            raise TraceError(f"step {number}: expected an object with a 'node' name")
         fields = step.get("fields", {})
         if not isinstance(fields, dict):
-            raise TraceError(f"step {index} ({step['node']}): 'fields' must be an object")
+            raise TraceError(f"step {number} ({step['node']}): 'fields' must be an object")
         cls = graph.node(step["node"])
         if cls is None:
-            raise TraceError(f"step {index}: unknown node {step['node']!r} (graph has: {_names(graph)})")
+            raise TraceError(f"step {number}: unknown node {step['node']!r} (graph has: {_names(graph)})")
         if not nodes and cls is not graph.start:
-            raise TraceError(f"step 0 is {cls.__name__}, but the graph starts at {graph.start.__name__}")
+            raise TraceError(f"step 1 is {cls.__name__}, but the graph starts at {graph.start.__name__}")
         if nodes and cls not in spec_of(type(nodes[-1])).successors:
-            raise TraceError(f"step {index}: {type(nodes[-1]).__name__} -> {cls.__name__} is not an edge of the graph")
+            raise TraceError(f"step {number}: {type(nodes[-1]).__name__} -> {cls.__name__} is not an edge of the graph")
         inputs = context_inputs(cls, nodes[-1], state, strict=False) if nodes else {}
+        # A field the node does not have is a typo or a stale trace: refused, as `bae serve` refuses it
+        problems = unknown_names(fields, cls.model_fields)
+        invalid: ValidationError | None = None
         try:
             node = cls.model_validate({**inputs, **fields})
         except ValidationError as exc:
-            raise TraceError(f"step {index} ({cls.__name__}): {_first_error(exc)}") from exc
+            problems.append(_first_error(exc))
+            invalid = exc
+        if problems:
+            raise TraceError(f"step {number} ({cls.__name__}): {'; '.join(problems)}") from invalid
         nodes.append(node)
         state.append(node)
     if not spec_of(type(nodes[-1])).may_end:

@@ -22,7 +22,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import dspy
-from dspy.utils.exceptions import AdapterParseError, is_retryable_lm_error
+from dspy.utils.exceptions import AdapterParseError, LMNotConfiguredError, is_retryable_lm_error
 from pydantic import ValidationError
 
 from bae.adapter import CachingJSONAdapter, schema_hint
@@ -40,6 +40,7 @@ from bae.lm_specs import default_lm
 from bae.node import Node, spec_of
 from bae.resolve import active_state, context_inputs, current_state, visible_state
 from bae.result import CallRecord
+from bae.wording import counted
 
 logger = logging.getLogger("bae")
 
@@ -306,8 +307,8 @@ class DSPyBackend:
                 rejected, feedback = exc, _short(exc)
                 logger.debug("%s %s: rejected answer (%s); retrying", predictor.node_name, predictor.kind, feedback)
         raise BaeParseError(
-            f"{predictor.node_name} ({predictor.kind}): the LM's answer did not parse after {answers} "
-            f"attempts: {feedback}{schema_hint()}",
+            f"{predictor.node_name} ({predictor.kind}): the LM's answer did not parse after "
+            f"{counted(answers, 'attempt')}: {feedback}{schema_hint()}",
             cause=rejected,
         )
 
@@ -339,12 +340,12 @@ class DSPyBackend:
                     ) from exc
                 if not is_transient(exc):
                     raise BaeLMError(
-                        f"{predictor.node_name} ({predictor.kind}): LM call failed: {_short(exc)}", cause=exc
+                        f"{predictor.node_name} ({predictor.kind}): LM call failed: {_describe(exc)}", cause=exc
                     ) from exc
                 if attempt == self.max_transient_retries:
                     raise BaeLMError(
                         f"{predictor.node_name} ({predictor.kind}): LM still failing after "
-                        f"{attempt + 1} attempts: {_short(exc)}",
+                        f"{counted(attempt + 1, 'attempt')}: {_short(exc)}",
                         cause=exc,
                     ) from exc
                 delay = backoff_delay(attempt, self.backoff_s, retry_after(exc))
@@ -401,6 +402,18 @@ def _total(values: list[Any]) -> Any:
 def _output_names(signature: type[dspy.Signature]) -> tuple[str, ...]:
     """A signature's output field names: DSPy recomputes ``output_fields`` on every access."""
     return tuple(signature.output_fields)
+
+
+def _describe(exc: BaseException) -> str:
+    """A failed LM call in one line. A missing API key is worded by bae: DSPy spells its remedy
+    ``api_key="..."``, which the redaction of every error line rightly takes for a key and hides."""
+    keys = getattr(exc, "env_keys", None)
+    if isinstance(exc, LMNotConfiguredError) and keys:
+        return (
+            f"no API key for {exc.model}: set {' or '.join(keys)} in the environment "
+            "(in Python, dspy.LM also takes the key as its api_key argument)"
+        )
+    return _short(exc)
 
 
 def _short(exc: BaseException) -> str:

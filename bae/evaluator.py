@@ -5,7 +5,8 @@ the questions that come after: does v3 beat v2 on a held-out set, did last week'
 traffic get worse under the new version, is the active version still above 0.8 on
 ``golden.jsonl``. Each version is one *column*: every trace's start node is run through the
 graph with that version's predictors and scored exactly as ``bae compile`` scores dev
-(``bae.scoring``: one scoring path), so the numbers compare with the recorded ones.
+(``bae.scoring``: one scoring path, judged by the same metric), so the numbers compare with the
+recorded ones. Each score carries a 95% interval, each delta a paired one (``bae.intervals``).
 
 Columns are the versions asked for (the active one by default), then the naive graph with
 ``naive=True``, then the ``baseline`` if it was not already among them. Deltas are against the
@@ -30,9 +31,10 @@ from bae import artifacts
 from bae.dataset import Dataset, GoldTrace, load_dataset
 from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.graph import Graph
-from bae.loader import LoadedGraph, load_graph
+from bae.loader import LoadedGraph, load_function, load_graph
+from bae.metrics import BUILTIN, Metric, check_metric, metric_name
 from bae.node import spec_of
-from bae.scoring import EvaluationInterrupted, GraphScore, TraceRun, run_traces, summarize
+from bae.scoring import EvaluationInterrupted, GraphScore, TraceRun, delta_of, run_traces, summarize
 from bae.usage import lm_usage
 
 if TYPE_CHECKING:
@@ -114,6 +116,7 @@ class Evaluation:
     columns: list[Column]
     gates: list[Gate] = field(default_factory=list)
     interrupted: bool = False
+    metric: str = BUILTIN  # the name of what judged the made fields
 
     @property
     def passed(self) -> bool:
@@ -128,7 +131,8 @@ class Evaluation:
 
     def delta(self, column: Column | str | None = None) -> dict[str, Any]:
         """Against the first column: every column's delta by name (``delta()``, what the CLI shows), or one
-        column's (``delta("v2")``): score, path accuracy, and each predictor both have a score for."""
+        column's (``delta("v2")``): score (with its paired 95% interval), path accuracy, and each predictor
+        both have a score for."""
         if column is None:
             return {c.name: self.delta(c) for c in self.columns}
         if isinstance(column, str):
@@ -137,6 +141,7 @@ class Evaluation:
         per = column.score.per_predictor
         return {
             "score": round(column.score.score - first.score, 4),
+            "score_interval": delta_of(self.columns[0].runs, column.runs).as_list(),
             "path_accuracy": round(column.score.path_accuracy - first.path_accuracy, 4),
             "per_predictor": {
                 f"{n}.{k}": round(per[(n, k)] - first.per_predictor[(n, k)], 4)
@@ -172,6 +177,7 @@ class Evaluation:
                 "invalid_skipped": len(self.invalid),
             },
             "lm": self.lm,
+            "metric": self.metric,
             "columns": [
                 {
                     "name": c.name,
@@ -369,6 +375,7 @@ def evaluate(
     dataset: str | Path | Dataset | Sequence[GoldTrace],
     *,
     lm: dspy.BaseLM | str | None = None,
+    metric: Metric | str | None = None,
     compiled: str | Path | None = None,
     versions: Sequence[str] = (),
     naive: bool = False,
@@ -388,7 +395,9 @@ def evaluate(
     ``compiled`` is a compiled root or version dir: its active version is evaluated, or each of
     ``versions`` (names in that root, or ``"naive"``); without it, the naive graph. ``naive`` adds the naive graph,
     ``baseline`` (a version name or ``"naive"``) is evaluated too if it is not already. ``lm`` is a DSPy
-    LM or an ``--lm`` spec (default: ``$BAE_LM``, else the embedded model). Gates (``min_score``,
+    LM or an ``--lm`` spec (default: ``$BAE_LM``, else the embedded model). ``metric`` judges the fields
+    the LM made, a function in DSPy's form or a ``module:function`` reference (default: the built-in
+    one, see ``bae.metrics``); it is the metric of every score, and so of the gates. Gates (``min_score``,
     ``baseline`` with ``max_drop``) are judged into ``Evaluation.gates``; nothing is raised for them.
 
     Raises ``BaeInputError`` (bad graph, dataset or arguments) and ``BaeArtifactError`` (a version
@@ -411,10 +420,18 @@ def evaluate(
         raise BaeInputError(f"graph {loaded.reference} is invalid: {listed}: fix it (`bae graph` shows its structure)")
     plans = plan_columns(None if compiled is None else Path(compiled), versions, naive, baseline)
     data = _dataset(dataset, loaded.graph, strict)
+    judge_with = load_function(metric, "--metric") if isinstance(metric, str) else metric
+    check_metric(judge_with, (node for trace in data.traces for node in trace.nodes[1:]))
     versions_loaded = {p.name: load_optimized(loaded.graph, p.version_dir) for p in plans if p.version_dir is not None}
     for name, version in versions_loaded.items():
         for node, kind in sorted(version.stale):
             warn(f"{name}: {node} ({kind}) changed since compile: using a naive predictor (stale)")
+        recorded_with = (version.manifest.get("scores") or {}).get("metric", BUILTIN)
+        if recorded_with != metric_name(judge_with):
+            warn(
+                f"{name} recorded its dev score with metric {recorded_with}, this evaluation judges with "
+                f"{metric_name(judge_with)}: the two do not compare"
+            )
     run_log = RunLog(log) if isinstance(log, str | Path) else log
     model = lm if lm is not None and not isinstance(lm, str) else resolve_lm(lm)
     model_name = lm_name(model)
@@ -426,6 +443,7 @@ def evaluate(
         invalid=data.invalid,
         lm=model_name,
         columns=[],
+        metric=metric_name(judge_with),
     )
     for plan in plans:
         loaded_version = versions_loaded.get(plan.name)
@@ -463,6 +481,7 @@ def evaluate(
                 progress.advance if progress is not None else None,
                 max_steps,
                 record,
+                judge_with,
             )
             complete = True
         except EvaluationInterrupted as exc:

@@ -20,14 +20,14 @@ import dspy
 from bae.compiler import CHOICE, CHOICE_FIELD, MAKE, NodePredict, new_predictor
 from bae.exceptions import BaeInputError
 from bae.graph import Graph
-from bae.metrics import fields_score
+from bae.metrics import Metric, builtin_metric, metric_for, metric_name
 from bae.node import Node, spec_of
 from bae.resolve import RunState, context_inputs, visible_state
+from bae.wording import counted
 
 logger = logging.getLogger("bae")
 
 Key = tuple[str, str]  # (node name, "make" | "choice")
-Metric = Callable[..., float | bool]
 OPTIMIZERS = ("knn", "bootstrap", "labeled", "random-search", "mipro", "gepa")
 
 
@@ -67,14 +67,6 @@ def collect_examples(traces: Sequence[Sequence[Node]]) -> dict[Key, list[dspy.Ex
     return dict(merged)
 
 
-def default_metric(example: dspy.Example, prediction: Any, trace: Any = None, *_: Any) -> float | bool:
-    """Exact match for choices, mean per-field match for made nodes; all-or-nothing while bootstrapping."""
-    gold = {name: example[name] for name in example.labels()}
-    predicted = {name: getattr(prediction, name, None) for name in gold}
-    score = fields_score(gold, predicted)
-    return score >= 1.0 if trace is not None else score
-
-
 def _gepa_metric(metric: Metric) -> Callable[..., float]:
     def gepa(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> float:
         return float(metric(gold, pred, trace))
@@ -84,7 +76,8 @@ def _gepa_metric(metric: Metric) -> Callable[..., float]:
 
 @dataclass
 class OptimizeSettings:
-    """The optimizer and its parameters, passed through to DSPy."""
+    """The optimizer and its parameters, passed through to DSPy. ``metric`` None is the built-in one
+    (``bae.metrics``), typed per predictor."""
 
     optimizer: str = "knn"
     max_demos: int = 4
@@ -94,7 +87,7 @@ class OptimizeSettings:
     num_threads: int = 1
     candidates: int = 6
     reflection_lm: dspy.BaseLM | None = None
-    metric: Metric = default_metric
+    metric: Metric | None = None
 
     def params(self) -> dict[str, Any]:
         """What the manifest records: parameters only, never an LM object or key."""
@@ -104,19 +97,21 @@ class OptimizeSettings:
             "min_examples": self.min_examples,
             "seed": self.seed,
             "candidates": self.candidates if self.optimizer == "random-search" else None,
-            "metric": getattr(self.metric, "__qualname__", "custom"),
+            "metric": metric_name(self.metric),
         }
 
 
-def build_optimizer(settings: OptimizeSettings, lm: dspy.BaseLM | None = None) -> Any:
-    """The DSPy teleprompter ``settings.optimizer`` names, with clear errors for missing pieces.
+def build_optimizer(settings: OptimizeSettings, lm: dspy.BaseLM | None = None, metric: Metric | None = None) -> Any:
+    """The DSPy teleprompter ``settings.optimizer`` names, judging by ``metric`` (default: the user's, else
+    the built-in one for choices), with clear errors for missing pieces.
 
     ``lm`` is the model bae compiles with. MIPROv2 gets it explicitly as both its prompt model
     (proposing instructions) and task model, so nothing depends on ``dspy.configure``. Without
     ``lm`` (compile_graph's up-front check, before any LM work) only what can be missing is
     checked, and mipro returns None: MIPROv2 cannot be built without its models.
     """
-    name, metric = settings.optimizer, settings.metric
+    name = settings.optimizer
+    metric = metric or settings.metric or builtin_metric()
     if name == "knn":
         return None  # no teleprompter: the pool is the training examples, chosen per call (bae.retrieval)
     if name == "bootstrap":
@@ -214,9 +209,12 @@ def optimize_predictors(
         train = examples.get(key, [])
         outcome = PredictorOutcome(key[0], key[1], len(train))
         if len(train) < settings.min_examples:
-            outcome.reason = f"{len(train)} examples (< {settings.min_examples}): stays naive"
+            outcome.reason = f"{counted(len(train), 'example')} (< {settings.min_examples}): stays naive"
         else:
-            outcome.predictor = _optimize_one(fresh_predictor(graph, key), train, lm, settings)
+            cls = graph.node(key[0])
+            assert cls is not None
+            metric = metric_for(cls, settings.metric)
+            outcome.predictor = _optimize_one(new_predictor(cls, key[1]), train, lm, settings, metric)
         outcomes.append(outcome)
         if on_done is not None:
             on_done(key)
@@ -224,7 +222,7 @@ def optimize_predictors(
 
 
 def _optimize_one(
-    predictor: NodePredict, train: list[dspy.Example], lm: dspy.BaseLM, settings: OptimizeSettings
+    predictor: NodePredict, train: list[dspy.Example], lm: dspy.BaseLM, settings: OptimizeSettings, metric: Metric
 ) -> NodePredict:
     if settings.optimizer == "knn":
         predictor.demos = list(train)
@@ -241,7 +239,7 @@ def _optimize_one(
     if settings.optimizer == "gepa" or (settings.optimizer == "mipro" and len(train) < 2):
         kwargs["valset"] = train
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()), quiet(f"{predictor.node_name} {predictor.kind}"):
-        compiled = build_optimizer(settings, lm).compile(_Single(predictor), **kwargs)
+        compiled = build_optimizer(settings, lm, metric).compile(_Single(predictor), **kwargs)
     optimized: NodePredict = compiled.predictor
     return optimized
 

@@ -406,6 +406,13 @@ class RunLog:
             for row in rows
         ]
 
+    def versions(self, purpose: str | None = PRODUCTION) -> list[str | None]:
+        """The versions that have runs in the log (``None``: naive runs), in version order."""
+        where, params = self._where(None, None, purpose)
+        with self._connect("read") as conn:
+            rows = conn.execute(f"SELECT DISTINCT r.version FROM runs r{where}", params).fetchall()
+        return sorted((row[0] for row in rows), key=_version_key)
+
     def stats(
         self, *, version: str | None = None, since: datetime | None = None, purpose: str | None = PRODUCTION
     ) -> Stats:

@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,6 +102,14 @@ def run_json(outcome: Outcome, version: str | None) -> dict[str, Any]:
     return {**ran, "usage": usage, "version": version, "duration_s": round(outcome.duration_s, 4)}
 
 
+def record_traces(path: Path, results: Iterable[GraphResult]) -> None:
+    """Append each run's trace to ``path`` in the dataset format (``bae run --record``), in the order given."""
+    lines = "".join(json.dumps({"trace": trace_json(result)}, ensure_ascii=False) + "\n" for result in results)
+    if lines:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(lines)
+
+
 @dataclass
 class Outcome:
     """One run's result or failure, in the shape the CLI prints, logs and records."""
@@ -148,7 +156,7 @@ def open_backend(loaded: LoadedGraph, compiled: Path | None, lm_spec: str | None
 
 
 class Runner:
-    """Runs inputs through one shared backend, logging each run and recording traces if asked.
+    """Runs inputs through one shared backend, logging each run.
 
     Thread-safe: ``bae run --batch`` and ``bae serve`` call ``run`` from many worker threads.
     ``warn`` reports a run-log write that failed (the run itself still counts).
@@ -159,12 +167,10 @@ class Runner:
         loaded: LoadedGraph,
         lm: Any,
         logs: Sequence[RunSink],
-        record: Path | None,
         meta: dict[str, Any],
         warn: Callable[[str], None] = logger.warning,
     ) -> None:
-        self.loaded, self.lm, self.logs, self.record, self.meta, self.warn = loaded, lm, logs, record, meta, warn
-        self._record_lock = threading.Lock()
+        self.loaded, self.lm, self.logs, self.meta, self.warn = loaded, lm, logs, meta, warn
 
     @property
     def graph(self) -> Graph:
@@ -190,8 +196,6 @@ class Runner:
         finally:
             outcome.duration_s = time.perf_counter() - began
             self._log(outcome, started_at, status, error)
-        if outcome.result is not None and self.record is not None:
-            self._record(self.record, outcome.result)
         return outcome
 
     def _log(self, outcome: Outcome, started_at: datetime, status: str, error: str | None) -> None:
@@ -211,8 +215,3 @@ class Runner:
                 )
             except RunLogError as exc:  # a run that worked is not failed by its log
                 self.warn(f"run not logged: {exc.message}")
-
-    def _record(self, path: Path, result: GraphResult) -> None:
-        line = json.dumps({"trace": trace_json(result)}, ensure_ascii=False) + "\n"
-        with self._record_lock, open(path, "a", encoding="utf-8") as handle:
-            handle.write(line)

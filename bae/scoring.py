@@ -20,12 +20,16 @@ when the LM produced it, read from the node specs the way ``Graph.run`` routes:
 - The gold trace ends at a node that decides: the LM chose to end (``"None"``), one LM
   step that earns 1 when the run ended there too.
 
+The fields a step made are judged by the metric (``bae.metrics``: the built-in one by field
+type, or the user's ``--metric``); the choice part of a step is right or wrong.
+
 A step earns only when the run took the gold route up to it: the node before and the node
 after are the gold ones at the same position. Each step the run took past the gold trace's
 end costs one step that earns 0. A trace's score is what its LM steps earned over their
 number (extra steps included); a run that failed scores 0. A trace with no LM step and no
 extra step has no score and is left out of the mean; the version's score is the mean over
-the rest (0 when none is left). Path accuracy is the share of runs whose node types match
+the rest (0 when none is left), with a 95% interval from resampling the traces
+(``bae.intervals``). Path accuracy is the share of runs whose node types match
 the gold path exactly, custom steps included.
 
 The confusion matrix of a choice predictor ``Node.choice`` counts, for every gold step from
@@ -47,18 +51,15 @@ from typing import Any
 from bae.dataset import GoldTrace
 from bae.exceptions import BaeError, BaeLMError
 from bae.graph import Graph
+from bae.intervals import Interval, delta_interval, score_interval
 from bae.lm import LM
-from bae.metrics import fields_score
+from bae.metrics import Metric, made_score
 from bae.node import Node, spec_of
 from bae.result import CallRecord, GraphResult
 
 Key = tuple[str, str]  # (node name, "make" | "choice")
 ENDED = "None"  # a choice predictor's answer for ending the run
 FAILED = "error"  # the run failed at this decision
-
-
-def _generated(node: Node) -> dict[str, Any]:
-    return {f.name: getattr(node, f.name) for f in spec_of(type(node)).generated}
 
 
 def lm_steps(gold: Sequence[Node]) -> list[int]:
@@ -99,11 +100,14 @@ def _choices(gold: Sequence[Node], predicted: Sequence[Node], failed: bool) -> l
     return seen
 
 
-def score_trace(gold: Sequence[Node], predicted: Sequence[Node], error: str | None = None) -> TraceScore:
+def score_trace(
+    gold: Sequence[Node], predicted: Sequence[Node], error: str | None = None, metric: Metric | None = None
+) -> TraceScore:
     """Score a run against its gold trace: only the steps the LM produced earn (module docstring).
 
     ``predicted`` is the run's trace; for a failed run (``error``) the trace up to the failure,
-    which only feeds the confusion matrix: a failed run scores 0.
+    which only feeds the confusion matrix: a failed run scores 0. ``metric`` judges the fields the
+    LM made (``bae.metrics``; None: the built-in one).
     """
     choices = _choices(gold, predicted, failed=error is not None)
     scored = lm_steps(gold)
@@ -123,11 +127,11 @@ def score_trace(gold: Sequence[Node], predicted: Sequence[Node], error: str | No
         if i not in scored or not right_node:
             continue
         assert got is not None  # right_node
-        fields = _generated(want)
-        match = fields_score(fields, _generated(got))
+        fields = len(spec_of(type(want)).generated)
+        match = made_score(metric, want, got) if fields else 1.0
         if fields:
             per[(type(want).__name__, "make")] = match
-        earned += (1 + match * len(fields)) / (1 + len(fields)) if before.decides else match
+        earned += (1 + match * fields) / (1 + fields) if before.decides else match
     last = len(gold) - 1
     if len(gold) in scored and len(predicted) > last and type(predicted[last]) is type(gold[last]):
         ended = float(len(predicted) == len(gold))
@@ -140,7 +144,8 @@ def score_trace(gold: Sequence[Node], predicted: Sequence[Node], error: str | No
 
 @dataclass
 class GraphScore:
-    """Mean trace score, path accuracy, per-predictor means, choice confusion matrices, failed runs.
+    """Mean trace score and its 95% interval, path accuracy, per-predictor means, choice confusion
+    matrices, failed runs.
 
     ``confusion`` maps ``"Node.choice"`` to gold answer to the run's answer to a count.
     """
@@ -151,10 +156,12 @@ class GraphScore:
     errors: int
     traces: int
     confusion: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    interval: Interval = field(default_factory=lambda: Interval(0.0, 0.0))
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "score": round(self.score, 4),
+            "score_interval": self.interval.as_list(),
             "path_accuracy": round(self.path_accuracy, 4),
             "errors": self.errors,
             "traces": self.traces,
@@ -225,11 +232,13 @@ def run_traces(
     on_done: Callable[[], None] | None = None,
     max_steps: int = 100,
     on_run: Callable[[TraceRun], None] | None = None,
+    metric: Metric | None = None,
 ) -> list[TraceRun]:
     """Run every trace's start node through ``lm`` and score each run against its gold trace, in dataset order.
 
     A run that fails scores 0; an LM that is unavailable stops the evaluation (``on_run`` still sees
-    that run, so it can be logged). Ctrl-C raises ``EvaluationInterrupted`` with the finished runs.
+    that run, so it can be logged), and so does a ``metric`` that fails. Ctrl-C raises
+    ``EvaluationInterrupted`` with the finished runs.
     """
 
     def one(trace: GoldTrace) -> TraceRun:
@@ -242,7 +251,7 @@ def run_traces(
         except BaeError as exc:
             error, result = exc, exc.result
         predicted = list(result.trace) if result is not None else []
-        scored = score_trace(trace.nodes, predicted, error=error.message if error is not None else None)
+        scored = score_trace(trace.nodes, predicted, error.message if error is not None else None, metric)
         calls = list(result.calls) if result is not None else []
         run = TraceRun(trace, predicted, scored, calls, started_at, time.perf_counter() - began)
         if on_run is not None:
@@ -283,7 +292,15 @@ def summarize(graph: Graph, results: Sequence[TraceScore]) -> GraphScore:
         errors=sum(r.error is not None for r in results),
         traces=len(results),
         confusion=confusion_matrices(graph, results),
+        interval=score_interval([r.score for r in results]),
     )
+
+
+def delta_of(first: Sequence[TraceRun], second: Sequence[TraceRun]) -> Interval:
+    """The 95% interval of the second runs' score minus the first's, paired over the gold traces both ran."""
+    theirs = {id(run.gold): run.scored.score for run in second}
+    both = [(run.scored.score, theirs[id(run.gold)]) for run in first if id(run.gold) in theirs]
+    return delta_interval([a for a, _ in both], [b for _, b in both])
 
 
 def evaluate_graph(
@@ -294,10 +311,11 @@ def evaluate_graph(
     num_threads: int = 1,
     on_done: Callable[[], None] | None = None,
     max_steps: int = 100,
+    metric: Metric | None = None,
 ) -> GraphScore:
     """Run every trace's start node through ``lm`` and score the runs against the gold traces.
 
     A run that fails scores 0 and is counted; an LM that is unavailable stops the evaluation.
     """
-    runs = run_traces(graph, traces, lm, deps, num_threads, on_done, max_steps)
+    runs = run_traces(graph, traces, lm, deps, num_threads, on_done, max_steps, metric=metric)
     return summarize(graph, [run.scored for run in runs])

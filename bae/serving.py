@@ -94,7 +94,8 @@ def input_model(start: type[Node]) -> type[BaseModel]:
     required_binds = [f.name for f in spec.bound if f.required]
     if required_binds:
         raise BaeGraphError(
-            f"{start.__name__} requires Bind field(s) {', '.join(required_binds)}: services cannot come over HTTP"
+            f"{start.__name__} requires Bind field{'s' * (len(required_binds) > 1)} {', '.join(required_binds)}: "
+            "services cannot come over HTTP"
         )
     visible = {f.name: f for f in spec.visible}
     fields: dict[str, Any] = {}
@@ -237,7 +238,7 @@ def create_app(
     scratch = tempfile.TemporaryDirectory(prefix="bae-serve-")
     own_log = BackgroundLog(RunLog(Path(scratch.name) / "runs.db"))
     sinks = [*(BackgroundLog(log) for log in logs), own_log]
-    runner = Runner(loaded, backend.lm, sinks, None, backend.meta)
+    runner = Runner(loaded, backend.lm, sinks, backend.meta)
     service = Service(runner, settings)
     info = version_info(loaded, manifest, backend)
     version = backend.meta["version"]

@@ -12,14 +12,17 @@ themselves know nothing of tracing. Field values never leave the process unless
 ``BAE_OTEL_CONTENT=1`` (``--otel-content``) opts in, and then only through ``redact``.
 
 ``install`` is the CLI's ``--otel``: an SDK provider exporting OTLP/HTTP, configured by the
-standard ``OTEL_EXPORTER_OTLP_*`` and ``OTEL_SERVICE_NAME`` variables.
+standard ``OTEL_EXPORTER_OTLP_*`` and ``OTEL_SERVICE_NAME`` variables. A collector that cannot be
+reached costs one warning line and a bounded wait at exit, not the exporter's line per retry.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -33,8 +36,12 @@ if TYPE_CHECKING:
     from bae.resolve import RunState
     from bae.result import GraphResult
 
+logger = logging.getLogger(__name__)
+
 CONTENT_ENV = "BAE_OTEL_CONTENT"
 ENABLE_ENV = "BAE_OTEL"
+EXPORT_TIMEOUT_ENV = "OTEL_BSP_EXPORT_TIMEOUT"  # ms; the SDK reads but ignores it: bae bounds the flush at exit by it
+FLUSH_MS = 2000  # at exit, spans that cannot leave in this long are dropped (said once): a run is not held up
 _OFF = ("ProxyTracerProvider", "NoOpTracerProvider")
 _tracers: dict[int, tuple[Any, Any]] = {}  # id(provider) -> (provider, its bae tracer)
 
@@ -223,7 +230,7 @@ def traced_run(
 
 
 # -- the CLI's --otel: an SDK provider exporting OTLP/HTTP --------------------------------
-_installed: Any | None = None
+_installed: tuple[Any, _Watched] | None = None  # (provider, its exporter)
 
 
 def enabled(flag: bool) -> bool:
@@ -231,11 +238,56 @@ def enabled(flag: bool) -> bool:
     return flag or os.environ.get(ENABLE_ENV, "") not in ("", "0")
 
 
-def install(content: bool = False) -> Callable[[], None]:
+class _Watched:
+    """The OTLP exporter, watched: the first batch it fails to send is one warning (what to check), and its
+    own line per retry goes to bae's debug log. Duck-typed as a ``SpanExporter``, so that importing this
+    module imports no OpenTelemetry."""
+
+    def __init__(self, exporter: Any, warn: Callable[[str], None]) -> None:
+        self.exporter, self.warn = exporter, warn
+        self._told = threading.Event()
+
+    def export(self, spans: Any) -> Any:
+        result = self.exporter.export(spans)
+        if getattr(result, "name", None) != "SUCCESS":
+            self.lost()
+        return result
+
+    def lost(self) -> None:
+        if not self._told.is_set():
+            self._told.set()
+            self.warn(
+                "OpenTelemetry: spans not exported, the collector did not take them: check "
+                "OTEL_EXPORTER_OTLP_ENDPOINT and that the collector runs (--debug shows each attempt)"
+            )
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return bool(self.exporter.force_flush(timeout_millis))
+
+
+class _ToDebugLog(logging.Handler):
+    """The OTLP exporter's own log lines (one per retry, with the cause) as bae's debug log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger.debug("OTLP exporter: %s", record.getMessage())
+
+
+def _flush_ms() -> int:
+    try:
+        return max(0, int(os.environ.get(EXPORT_TIMEOUT_ENV, "") or FLUSH_MS))
+    except ValueError:
+        return FLUSH_MS
+
+
+def install(content: bool = False, warn: Callable[[str], None] = logger.warning) -> Callable[[], None]:
     """Install an SDK tracer provider exporting OTLP/HTTP as the global one; returns its flush-and-shutdown.
 
     The exporter reads ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``, ``_HEADERS``, ``_TIMEOUT`` and the
     resource ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` itself. Without the extra: exit 2, one line.
+    A batch that cannot be exported is one ``warn`` line for the process's life.
     """
     global _installed
     try:
@@ -251,16 +303,29 @@ def install(content: bool = False) -> Callable[[], None]:
     if content:
         os.environ[CONTENT_ENV] = "1"
     if _installed is None:
+        exporter_log = logging.getLogger("opentelemetry.exporter")
+        exporter_log.addHandler(_ToDebugLog())
+        exporter_log.propagate = False
         defaults = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": "bae"}
         provider = TracerProvider(resource=Resource.create(defaults))
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        watched = _Watched(OTLPSpanExporter(), warn)
+        provider.add_span_processor(BatchSpanProcessor(watched))  # type: ignore[arg-type]  # duck-typed
         trace.set_tracer_provider(provider)
-        _installed = provider
-    provider = _installed
+        _installed = (provider, watched)
+    provider, watched = _installed
 
     def shutdown() -> None:
-        provider.force_flush(timeout_millis=5000)
-        provider.shutdown()
+        """Export what is left, waiting at most ``OTEL_BSP_EXPORT_TIMEOUT`` ms (default 2 s): then the exporter
+        stops retrying, and what it could not send is dropped and said once. The SDK's own flush would wait
+        out the exporter's retries (up to ``OTEL_EXPORTER_OTLP_TIMEOUT``, 10 s by default) per batch."""
+        closing = threading.Thread(target=provider.shutdown, name="bae-otel-flush", daemon=True)
+        closing.start()
+        closing.join(_flush_ms() / 1000)
+        if closing.is_alive():
+            watched.shutdown()  # ends a wait between retries at once; a request in flight is left behind
+            closing.join(0.5)
+        if closing.is_alive():
+            watched.lost()
 
     return shutdown
 

@@ -61,6 +61,23 @@ def warn_stale(stale: set[tuple[str, str]]) -> None:
         warn(f"{node} ({kind}) changed since compile: using a naive predictor (stale)")
 
 
+def interval_text(interval: list[float]) -> str:
+    """``[0.190, 0.571]``: a score's 95% interval, as ``compile`` and ``eval`` print it."""
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def delta_text(delta: float, interval: list[float], label: str) -> str:
+    """``v2 - v1: +0.095, 95% interval [-0.048, +0.238]: includes 0, ...``: a difference, its paired
+    interval and whether the traces can tell the two apart at all."""
+    low, high = interval
+    verdict = (
+        "includes 0: these traces cannot tell the two apart"
+        if low <= 0 <= high
+        else f"entirely {'above' if low > 0 else 'below'} 0"
+    )
+    return f"{label}: {delta:+.3f}, 95% interval [{low:+.3f}, {high:+.3f}]: {verdict}"
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -75,9 +92,13 @@ def graph_from(reference: str | None, manifest: dict[str, Any] | None, version_d
 
     if reference:
         return load_graph(reference)
-    recorded = (manifest or {}).get("graph", {}).get("reference")
+    if manifest is None:
+        raise BaeInputError(
+            "no graph given: pass GRAPH (file.py[:Name]), or --compiled DIR to use the graph it was compiled from"
+        )
+    recorded = manifest.get("graph", {}).get("reference")
     if not recorded:
-        raise BaeInputError("no graph given and none recorded in the manifest: pass GRAPH (file.py[:Name])")
+        raise BaeInputError("no graph given, and the compiled version records none: pass GRAPH (file.py[:Name])")
     target, attribute = split_reference(recorded)
     if target.endswith(".py") and not Path(target).exists() and version_dir is not None:
         beside = version_dir.resolve().parent.parent / target

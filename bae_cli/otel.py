@@ -15,6 +15,8 @@ from typing import Annotated
 import typer
 from typer.main import get_current_context  # Typer's vendored Click
 
+from bae_cli.common import warn
+
 OtelFlag = Annotated[
     bool,
     typer.Option(
@@ -44,7 +46,7 @@ def start_otel(otel: bool, content: bool = False, serving: bool = False) -> None
 
     if not telemetry.enabled(otel):
         return
-    shutdown = telemetry.install(content)
+    shutdown = telemetry.install(content, warn)
     get_current_context().call_on_close(shutdown)  # runs as the command ends, whichever way
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, partial(_flush_and_die, shutdown) if serving else _interrupt)

@@ -73,6 +73,24 @@ def slow() -> ScriptedLM:
     return triage_lm(delay_s=0.01)
 
 
+def first_last() -> ScriptedLM:
+    """Routes the example's first ticket only once three tickets' queues were filled: a batch of the first
+    four tickets at concurrency 4 finishes its first input last."""
+    lm = triage_lm()
+    first, route = TRACES[0][0]["fields"]["text"], lm.script["Triage.choice"]
+
+    def late(call: PredictorCall) -> Any:
+        if call.inputs.get("text") == first:
+            deadline = time.monotonic() + 60
+            while sum(c.kind == "make" for c in lm.calls) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)  # and the runs they belong to have ended
+        return route(call)
+
+    lm.script["Triage.choice"] = late
+    return lm
+
+
 def interrupting() -> ScriptedLM:
     """Answers a few calls, then behaves like Ctrl-C arriving mid-compile."""
     lm = triage_lm()
@@ -83,6 +101,23 @@ def interrupting() -> ScriptedLM:
 def exact_metric(example: Any, prediction: Any, trace: Any = None) -> bool:
     """A user metric for ``--metric``: every labelled field must match exactly."""
     return all(getattr(prediction, name, None) == example[name] for name in example.labels())
+
+
+def priority_metric(example: Any, prediction: Any, trace: Any = None) -> float:
+    """A user metric that judges the priority alone (a choice predictor's example has none: exact choice)."""
+    if "priority" not in example.labels():
+        return float(getattr(prediction, "next_step", None) == example["next_step"])
+    return float(getattr(prediction, "priority", None) == example["priority"])
+
+
+def raising_metric(example: Any, prediction: Any, trace: Any = None) -> float:
+    """A user metric with a bug in it."""
+    return example["no_such_field"]
+
+
+def wordy_metric(example: Any, prediction: Any, trace: Any = None) -> Any:
+    """A user metric that answers in words instead of a number."""
+    return "looks right"
 
 
 def garbled_billing() -> ScriptedLM:

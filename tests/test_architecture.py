@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": (
         "markers", "exceptions", "result", "node", "lm", "resolve", "graph", "jsontext", "redaction", "usage",
-        "artifacts", "freshness", "loader", "runlog", "telemetry",
+        "artifacts", "freshness", "loader", "runlog", "telemetry", "wording",
     ),
     "dspy": ("adapter", "compiler", "dspy_backend", "retrieval", "local", "lm_specs", "testing"),
     "runtime": ("optimized_lm",),
-    "compile": ("dataset", "metrics", "scoring", "optimizer", "compile_version"),
+    "compile": ("dataset", "metrics", "intervals", "scoring", "dev_coverage", "optimizer", "compile_version"),
     "application": ("runner", "serving", "bundle", "evaluator"),
 }  # fmt: skip
 RANK = {name: rank for rank, modules in enumerate(LAYERS.values()) for name in modules}

@@ -303,7 +303,7 @@ def test_bad_dataset_lines_report_file_and_line(tmp_path: Path) -> None:
     bad.write_text("\n".join(lines) + "\n")
     result = bae("compile", EXAMPLE, "--trainset", str(bad), "--out", str(tmp_path / "c"), "--lm", f"{LMS}:oracle")
     assert result.returncode == 2
-    assert f"{bad}:4: step 1: unknown node 'Nope'" in result.stderr
+    assert f"{bad}:4: step 2: unknown node 'Nope'" in result.stderr
     assert not (tmp_path / "c").exists()
     result = bae("compile", EXAMPLE, "--trainset", str(bad), "--out", str(tmp_path / "c"), "--lm",
                  f"{LMS}:oracle", "--skip-invalid", "--json", "--min-examples", "1")  # fmt: skip

@@ -91,9 +91,13 @@ def test_two_versions_differing_in_demos_side_by_side(root: Path, dev: Path) -> 
         == naive.score.confusion
         == {"Triage.choice": {q: {"BillingIssue": n} for q, n in QUEUES.items()}}
     )
-    assert result.delta(v1) == {"score": 0.0, "path_accuracy": 0.0, "per_predictor": dict.fromkeys(
-        ["AccountIssue.make", "BillingIssue.make", "TechnicalIssue.make", "Triage.choice"], 0.0)}  # fmt: skip
-    assert result.delta(v2) == {
+    predictors = ["AccountIssue.make", "BillingIssue.make", "TechnicalIssue.make", "Triage.choice"]
+    assert result.delta(v1) == {"score": 0.0, "score_interval": [0.0, 0.0], "path_accuracy": 0.0,
+                                "per_predictor": dict.fromkeys(predictors, 0.0)}  # fmt: skip
+    v2_delta = result.delta(v2)
+    low, high = v2_delta.pop("score_interval")  # paired: v2 loses exactly the 9 tickets it misroutes, never gains
+    assert -1.0 <= low < -0.75 < high < 0
+    assert v2_delta == {
         "score": -0.75,
         "path_accuracy": -0.75,
         "per_predictor": {"BillingIssue.make": 0.0, "Triage.choice": -0.75},
@@ -134,6 +138,7 @@ def test_the_cli_table_json_and_output_agree(root: Path, dev: Path, tmp_path: Pa
             rows[cells[0]] = cells[1:]
     naive = columns["naive"]
     assert rows["whole graph"] == ["1.000", "0.250 (-0.750)", f"{naive['score']:.3f} ({naive['delta']['score']:+.3f})"]
+    assert rows["95% interval"] == ["[{:.3f}, {:.3f}]".format(*c["score_interval"]) for c in columns.values()]
     assert rows["path accuracy"] == ["1.000", "0.250 (-0.750)", "0.250 (-0.750)"]
     assert rows["Triage.choice"] == ["1.000", "0.250 (-0.750)", "0.250 (-0.750)"]
     assert rows["TechnicalIssue.make"] == ["1.000", "-", "-"]
@@ -141,6 +146,9 @@ def test_the_cli_table_json_and_output_agree(root: Path, dev: Path, tmp_path: Pa
     # the confusion table: every count of v1 / v2 / naive in one cell
     assert rows["TechnicalIssue"] == ["0 / 5 / 5", "5 / 0 / 0", "0 / 0 / 0"]
     assert rows["BillingIssue"] == ["3 / 3 / 3", "0 / 0 / 0", "0 / 0 / 0"]
+    low, high = columns["v2"]["delta"]["score_interval"]
+    assert -1 <= low < -0.75 < high < 0
+    assert f"whole graph, v2 - v1: -0.750, 95% interval [{low:+.3f}, {high:+.3f}]: entirely below 0" in shown.stdout
     assert "failing traces: 11 of 12, first 3" in shown.stdout
     assert data["failing"] == 11 and [f["source"] for f in data["failures"]] == [f"{dev}:{n}" for n in (1, 2, 4)]
     failure = data["failures"][2]
@@ -167,6 +175,18 @@ def test_the_cli_table_json_and_output_agree(root: Path, dev: Path, tmp_path: Pa
     evals = json.loads(run_bae("stats", "--log-db", str(db), "--compiled", str(root), "--json", "--eval").stdout)
     assert production["runs"]["versions"] == [] and production["purpose"] == "run"
     assert [(v["version"], v["runs"]) for v in evals["runs"]["versions"]] == [(None, 12), ("v1", 12), ("v2", 12)]
+
+
+def test_a_difference_the_traces_cannot_tell_apart_says_so(root: Path, dev: Path) -> None:
+    """v2 and the naive graph both route every ticket to billing; v2's demos get the fields of two billing
+    tickets right that the naive graph gets wrong: a difference of 2 tickets in 12, within the noise."""
+    result = eval_cli(root, dev, "--version", "v2", "--naive", "--json")
+    delta = json.loads(result.stdout)["columns"][1]["delta"]
+    low, high = delta["score_interval"]
+    assert delta["score"] == round(naive_score() - 0.25, 4) < 0 and low < delta["score"] and high == 0.0
+    shown = eval_cli(root, dev, "--version", "v2", "--naive").stdout
+    assert f"whole graph, naive - v2: {delta['score']:+.3f}, 95% interval [{low:+.3f}, +0.000]: includes 0: these " \
+        "traces cannot tell the two apart" in shown  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -211,8 +231,8 @@ def test_gates_in_json(root: Path, dev: Path) -> None:
 @pytest.mark.parametrize(
     ("bad_line", "change", "says"),
     [
-        (3, lambda t: t[2].update(node="RefundIssue"), "dev.jsonl:3: step 2: unknown node 'RefundIssue'"),
-        (5, lambda t: t[0]["fields"].pop("text"), "dev.jsonl:5: step 0 (Ticket): field text: Field required"),
+        (3, lambda t: t[2].update(node="RefundIssue"), "dev.jsonl:3: step 3: unknown node 'RefundIssue'"),
+        (5, lambda t: t[0]["fields"].pop("text"), "dev.jsonl:5: step 1 (Ticket): field text: Field required"),
     ],
     ids=["unknown-node", "missing-start-field"],
 )

@@ -338,7 +338,7 @@ def test_batch_table_counts_errors(batch: Path, tmp_path: Path) -> None:
     result = bae("run", EXAMPLE, "--lm", f"{LMS}:faulty", "--batch", str(batch), "--concurrency", "1",
                  "--log-db", str(tmp_path / "runs.db"))  # fmt: skip
     assert result.returncode == 1
-    cells = [[cell.strip() for cell in line.split("│")] for line in result.stdout.splitlines() if "│" in line]
+    cells = [[cell.strip() for cell in line.split("│")] for line in result.stderr.splitlines() if "│" in line]
     counts = {row[0]: row[1:6] for row in cells}  # calls, optimized, naive, stale, errors
     assert counts == {
         "Triage.choice": ["6", "0", "6", "0", "1"],
@@ -346,9 +346,9 @@ def test_batch_table_counts_errors(batch: Path, tmp_path: Path) -> None:
         "TechnicalIssue.make": ["2", "0", "2", "0", "0"],
         "AccountIssue.make": ["1", "0", "1", "0", "0"],
     }
-    assert "4 ok, 2 failed" in result.stdout
-    assert "line 1: Triage (choice): LM still failing after 4 attempts" in result.stderr
-    assert "line 2: BillingIssue (make): the LM's answer did not parse" in result.stderr
+    assert "4 ok, 2 failed" in result.stderr  # the report is on stderr: stdout holds the results
+    assert f"{batch}:1: Triage (choice): LM still failing after 4 attempts" in result.stderr
+    assert f"{batch}:2: BillingIssue (make): the LM's answer did not parse" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -7,9 +7,11 @@ on 127.0.0.1 that decodes what it gets with opentelemetry-proto.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -273,6 +275,36 @@ def test_otel_without_the_extra_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "bae: error: --otel needs the otel extra: pip install 'bae[otel]' (opentelemetry missing)"
     ]
+
+
+@contextlib.contextmanager
+def unreachable_collector(kind: str) -> Iterator[str]:
+    """The URL of a collector that is away: nothing listens ("refused"), or it takes the connection and never
+    answers ("silent": each export request then waits out OTEL_EXPORTER_OTLP_TIMEOUT)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        if kind == "silent":
+            sock.listen(8)
+            yield f"http://127.0.0.1:{port}"
+            return
+    yield f"http://127.0.0.1:{port}"  # closed again: connections are refused
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+def test_an_unreachable_collector_is_one_warning_and_a_bounded_wait_at_exit(tmp_path: Path, kind: str) -> None:
+    """Without a bound the exit would wait out the exporter's retries, here 60 s a request (the silent
+    collector), past this test's 45 s timeout; the exporter's own line per retry stays in the debug log."""
+    with unreachable_collector(kind) as url:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_EXPORTER_OTLP_TIMEOUT": "60", "BAE_OTEL": ""}
+        done = bae("run", EXAMPLE, "--lm", f"{LMS}:oracle", "--no-log", "--input", json.dumps(TICKET), "--otel",
+                   env=env, cwd=tmp_path, timeout=45)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("BillingIssue ")  # the run itself is untouched
+    assert [line for line in done.stderr.splitlines() if "no --compiled" not in line] == [
+        "warning: OpenTelemetry: spans not exported, the collector did not take them: check "
+        "OTEL_EXPORTER_OTLP_ENDPOINT and that the collector runs (--debug shows each attempt)"
+    ], done.stderr
 
 
 def test_bae_serve_continues_an_incoming_traceparent(receiver: Receiver, tmp_path: Path) -> None:

@@ -359,7 +359,6 @@ def test_a_crashing_run_is_logged_as_an_error_then_raised(tmp_path: Path) -> Non
         LoadedGraph(Graph(Crash), "crash"),
         ScriptedLM(),
         [log],
-        None,
         {"version": None, "compiled_dir": None, "lm": "x"},
     )
     with pytest.raises(RuntimeError, match="bug in user code"):

@@ -558,7 +558,7 @@ def _attempt(
     if processor is not None and processor.looped:
         return result, "kept repeating itself"
     if result["choices"][0].get("finish_reason") == "length":
-        return result, f"hit max_tokens={options['max_tokens']}"
+        return result, f"ran past its {options['max_tokens']}-token limit"
     return result, None
 
 
@@ -640,8 +640,8 @@ class LocalEngine:
                 # Cut off mid-JSON, the answer cannot parse. Redo it under caps that make every string
                 # and list end, with the rest of the context as the budget.
                 logger.warning(
-                    "local LM answer %s before its JSON was complete; redoing it with strings capped at %s "
-                    "characters and lists at %s items",
+                    "the embedded model %s in an answer, so it answered again with each text at most %s "
+                    "characters and each list at most %s items long: a text in this answer may end abruptly",
                     cut,
                     FALLBACK_STRING_CHARS,
                     FALLBACK_LIST_ITEMS,

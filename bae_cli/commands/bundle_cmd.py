@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from bae import artifacts
+from bae.wording import counted
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, graph_from, out, print_json
 
@@ -17,7 +18,8 @@ def bundle(
     compiled: Annotated[Path, typer.Option("--compiled", help="Compiled root (active version) or version dir.")],
     output: Annotated[Path, typer.Option("--out", help="The folder to write; must not exist yet.")],
     graph: Annotated[
-        str | None, typer.Argument(help="file.py[:Name] or package.module:Name (default: the manifest's).")
+        str | None,
+        typer.Argument(help="file.py[:Name] or package.module:Name (default: the graph --compiled was compiled from)."),
     ] = None,
     lm: Annotated[
         str | None,
@@ -51,9 +53,8 @@ def bundle(
     if as_json:
         print_json({"path": str(made.path), "version": made.version, "graph": made.graph, "lm": made.lm})
         return
-    out.print(
-        f"bundle of {made.version} written to {made.path} ({made.requirements} pinned requirements)", markup=False
-    )
+    pinned = counted(made.requirements, "pinned requirement")
+    out.print(f"bundle of {made.version} written to {made.path} ({pinned})", markup=False)
     out.print(
         f"  cd {made.path} && bae run {made.graph} --compiled compiled --lm {made.lm} --input '{{...}}'", markup=False
     )

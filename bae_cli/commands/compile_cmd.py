@@ -9,15 +9,29 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bae.artifacts import read_versions
 from bae.exceptions import BaeInputError
-from bae.loader import load_graph, split_reference
+from bae.loader import load_function, load_graph, split_reference
+from bae.metrics import BUILTIN
+from bae.wording import counted
 from bae_cli.app import app
-from bae_cli.common import JsonFlag, LmOption, RichProgress, confusion_tables, err, out, print_json
+from bae_cli.common import (
+    JsonFlag,
+    LmOption,
+    RichProgress,
+    confusion_tables,
+    delta_text,
+    err,
+    interval_text,
+    out,
+    print_json,
+    warn,
+)
 from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
 from bae_cli.otel import OtelContentFlag, OtelFlag, start_otel
 
 if TYPE_CHECKING:
-    pass
+    from bae.compile_version import CompileReport
 
 OPTIMIZER_HELP = (
     "knn (each call gets the --max-labeled-demos training examples most similar to its inputs; no LM calls "
@@ -53,7 +67,12 @@ def compile_(
     dev_split: Annotated[float, typer.Option("--dev-split", help="Fraction of traces held out for dev.")] = 0.25,
     devset: Annotated[Path | None, typer.Option("--devset", help="Dev traces from a file instead of a split.")] = None,
     metric: Annotated[
-        str | None, typer.Option("--metric", help="module:function(example, prediction, trace=None) -> float.")
+        str | None,
+        typer.Option(
+            "--metric",
+            help="module:function(example, prediction, trace=None) -> 0..1 or bool: judges the fields the LM made, "
+            "in the optimizer and in the dev scores (default: exact for labels, token F1 for open text).",
+        ),
     ] = None,
     reflection_lm: Annotated[str | None, typer.Option("--reflection-lm", help="The reflecting LM for gepa.")] = None,
     strict: Annotated[
@@ -61,20 +80,28 @@ def compile_(
     ] = True,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Concurrent runs while scoring.")] = 4,
     notes: Annotated[str, typer.Option("--notes", help="Free text recorded with the version.")] = "",
-    activate: Annotated[bool, typer.Option("--activate/--no-activate", help="Make the new version active.")] = True,
+    activate: Annotated[
+        bool | None,
+        typer.Option(
+            "--activate/--no-activate",
+            help="Make the new version active, or never. Default: active unless nothing was optimized.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonFlag = False,
     otel: OtelFlag = False,
     otel_content: OtelContentFlag = False,
 ) -> None:
     """Optimize every predictor of GRAPH from gold traces and write a new compiled version.
 
-    Scores the naive and the optimized graph on the same dev traces and records both.
+    Scores the naive and the optimized graph on the same dev traces and records both, with 95%
+    intervals; warns when the dev split is small or leaves predictors or answers unmeasured.
     Writes atomically: an interrupted compile leaves no version behind.
     """
     apply_lm_limits(max_tokens, lm_timeout)
     from bae.compile_version import CompileOptions, compile_graph
     from bae.lm_specs import resolve_lm
-    from bae.optimizer import OPTIMIZERS, OptimizeSettings, default_metric
+    from bae.optimizer import OPTIMIZERS, OptimizeSettings
 
     start_otel(otel, otel_content)
     if optimizer not in OPTIMIZERS:
@@ -84,13 +111,14 @@ def compile_(
     if problems:
         listed = "; ".join(str(p) for p in problems)
         raise BaeInputError(f"graph {graph} is invalid: {listed}: fix it (`bae graph {graph}` shows its structure)")
-    trainset = trainset or default_trainset(graph)
-    if metric:
-        from bae.loader import load_function
-
-        metric_fn = load_function(metric, "--metric")
-    else:
-        metric_fn = default_metric
+    if trainset is None:
+        trainset = default_trainset(graph)
+        if not trainset.exists():
+            raise BaeInputError(
+                f"no --trainset given and no {trainset} (the default: <graph stem>.train.jsonl beside the graph): "
+                "pass --trainset F.jsonl, gold traces, one JSON trace per line"
+            )
+    metric_fn = load_function(metric, "--metric") if metric else None
     settings = OptimizeSettings(
         optimizer=optimizer,
         max_demos=max_demos,
@@ -119,10 +147,12 @@ def compile_(
         report = compile_graph(loaded, model, options, RichProgress(progress))
     finally:
         progress.stop()
-    if as_json:
-        print_json(report.as_dict())
-        return
     summary = report.as_dict()
+    for warning in summary["warnings"]:
+        warn(warning)
+    if as_json:
+        print_json(summary)
+        return
     table = Table(title=f"compiled {summary['version']} -> {summary['path']}", show_edge=False)
     for column in ("predictor", "examples", "demos", "naive", "optimized", "status"):
         table.add_column(column, justify="right" if column in ("examples", "demos", "naive", "optimized") else "left")
@@ -138,11 +168,14 @@ def compile_(
         )
     out.print(table)
     scores = summary["scores"]
+    metric_note = "" if scores["metric"] == BUILTIN else f", metric {scores['metric']}"
     out.print(
-        f"dev score (whole graph, {report.manifest['dataset']['dev']} traces): naive {scores['naive']:.3f} -> "
-        f"optimized {scores['optimized']:.3f}   path accuracy {scores['naive_path_accuracy']:.3f} -> "
-        f"{scores['optimized_path_accuracy']:.3f}"
+        f"dev score (whole graph, {counted(report.manifest['dataset']['dev'], 'trace')}{metric_note}; 95% intervals): "
+        f"naive {scores['naive']:.3f} {interval_text(scores['naive_interval'])} -> optimized "
+        f"{scores['optimized']:.3f} {interval_text(scores['optimized_interval'])}   path accuracy "
+        f"{scores['naive_path_accuracy']:.3f} -> {scores['optimized_path_accuracy']:.3f}"
     )
+    out.print(delta_text(scores["optimized"] - scores["naive"], scores["delta_interval"], "optimized - naive"))
     matrices = [summary["confusion"]["naive"], summary["confusion"]["optimized"]]
     title = " on dev: gold (rows) x answer (columns), naive -> optimized"
     for table in confusion_tables(loaded.graph, matrices, " -> ", title):
@@ -154,9 +187,18 @@ def compile_(
         f"{usage['optimized_dev']['calls']} scoring dev ({tokens:,} tokens)"
     )
     if summary["invalid_lines"]:
-        out.print(f"[yellow]skipped {len(summary['invalid_lines'])} invalid dataset lines[/]")
-    active = "active" if activate else "not active (--no-activate)"
-    out.print(f"new version [bold]{summary['version']}[/] at {summary['path']} ({active})")
+        out.print(f"[yellow]skipped {counted(len(summary['invalid_lines']), 'invalid dataset line')}[/]")
+    out.print(f"new version [bold]{summary['version']}[/] at {summary['path']} ({_activation(report, out_dir)})")
+
+
+def _activation(report: CompileReport, root: Path) -> str:
+    if report.activated:
+        return "active"
+    now = read_versions(root)["active"]
+    kept = f"{now} stays active" if now else "no version is active"
+    if report.optimized_any:
+        return f"not active: --no-activate; {kept}"
+    return f"[yellow]not active[/]: nothing was optimized, every predictor stayed naive; {kept} (--activate forces it)"
 
 
 def _score(value: float | None) -> str:

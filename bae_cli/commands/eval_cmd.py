@@ -13,8 +13,22 @@ from rich.table import Table
 
 from bae import artifacts
 from bae.exceptions import BaeError, BaeInputError
+from bae.metrics import BUILTIN
+from bae.wording import counted
 from bae_cli.app import app
-from bae_cli.common import JsonFlag, LmOption, RichProgress, confusion_tables, err, graph_from, out, print_json, warn
+from bae_cli.common import (
+    JsonFlag,
+    LmOption,
+    RichProgress,
+    confusion_tables,
+    delta_text,
+    err,
+    graph_from,
+    interval_text,
+    out,
+    print_json,
+    warn,
+)
 from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
 
 if TYPE_CHECKING:
@@ -25,7 +39,8 @@ if TYPE_CHECKING:
 @app.command("eval")
 def eval_(
     graph: Annotated[
-        str | None, typer.Argument(help="file.py[:Name] or package.module:Name (default: the manifest's).")
+        str | None,
+        typer.Argument(help="file.py[:Name] or package.module:Name (default: the graph --compiled was compiled from)."),
     ] = None,
     compiled: Annotated[
         Path | None,
@@ -58,6 +73,14 @@ def eval_(
         float | None,
         typer.Option("--max-drop", min=0, help="With --baseline: how far below it the first may score (default 0)."),
     ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric",
+            help="module:function(example, prediction, trace=None) -> 0..1 or bool: judges the fields the LM made "
+            "(as `bae compile --metric`; default: exact for labels, token F1 for open text).",
+        ),
+    ] = None,
     lm: LmOption = None,
     max_tokens: MaxTokensOption = None,
     lm_timeout: LmTimeoutOption = None,
@@ -75,9 +98,9 @@ def eval_(
     """Score versions of GRAPH on a dataset of gold traces, side by side, exactly as compile scores dev.
 
     Evaluates the active version, or each --version, plus the naive graph with --naive; deltas are
-    against the first. Gates: --min-score X (each version evaluated reaches X), --baseline vM
-    [--max-drop D] (the first scores at most D below vM here). Exit 1 when a gate fails. Runs go to
-    the run log as eval runs (`bae stats --eval`).
+    against the first, each score and delta with a 95% interval. Gates: --min-score X (each version
+    evaluated reaches X), --baseline vM [--max-drop D] (the first scores at most D below vM here).
+    Exit 1 when a gate fails. Runs go to the run log as eval runs (`bae stats --eval`).
     """
     apply_lm_limits(max_tokens, lm_timeout)
     from bae.evaluator import evaluate, plan_columns
@@ -100,6 +123,7 @@ def eval_(
             loaded,
             dataset,
             lm=lm,
+            metric=metric,
             compiled=compiled,
             versions=versions or (),
             naive=naive,
@@ -147,7 +171,8 @@ def _with_delta(value: float | None, delta: float | None) -> str:
 def _report(result: Evaluation, graph: Graph, show_failures: int, output: Path | None) -> None:
     first = result.columns[0]
     table = Table(
-        title=f"{len(result.traces)} traces from {result.dataset}, lm {result.lm}"
+        title=f"{counted(len(result.traces), 'trace')} from {result.dataset}, lm {result.lm}"
+        + ("" if result.metric == BUILTIN else f", metric {result.metric}")
         + (f" (deltas against {first.name})" if len(result.columns) > 1 else ""),
         show_edge=False,
     )
@@ -158,6 +183,7 @@ def _report(result: Evaluation, graph: Graph, show_failures: int, output: Path |
     deltas = [result.delta(c) if i else None for i, c in enumerate(result.columns)]
     pairs = list(zip(result.columns, deltas, strict=True))
     table.add_row("[bold]whole graph[/]", *(_with_delta(c.score.score, d and d["score"]) for c, d in pairs))
+    table.add_row("  95% interval", *(interval_text(c.score.interval.as_list()) for c in result.columns))
     table.add_row("path accuracy", *(_with_delta(c.score.path_accuracy, d and d["path_accuracy"]) for c, d in pairs))
     keys = sorted({key for c in result.columns for key in c.score.per_predictor}, key=_predictor_order(graph))
     for node, kind in keys:
@@ -168,6 +194,8 @@ def _report(result: Evaluation, graph: Graph, show_failures: int, output: Path |
     table.add_row("recorded at compile", *(_num(c.recorded_score) for c in result.columns))
     table.add_row("LM calls", *(str(c.usage["calls"]) for c in result.columns))
     out.print(table)
+    for column, delta in pairs[1:]:
+        out.print(delta_text(delta["score"], delta["score_interval"], f"whole graph, {column.name} - {first.name}"))
     matrices = [c.score.confusion for c in result.columns]
     title = f": gold (rows) x answer (columns), {' / '.join(c.name for c in result.columns)}"
     for confusion in confusion_tables(graph, matrices, " / ", title):
@@ -177,7 +205,7 @@ def _report(result: Evaluation, graph: Graph, show_failures: int, output: Path |
         mark = "[green]pass[/]" if gate.passed else "[red]FAIL[/]"
         out.print(f"{mark} {gate.gate}: {escape(gate.message)}")
     if result.invalid:
-        out.print(f"[yellow]skipped {len(result.invalid)} invalid dataset lines[/]")
+        out.print(f"[yellow]skipped {counted(len(result.invalid), 'invalid dataset line')}[/]")
 
 
 def _predictor_order(graph: Graph) -> Any:

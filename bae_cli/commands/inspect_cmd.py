@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from bae import artifacts
+from bae.exceptions import BaeError
 from bae.freshness import predictor_statuses
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, graph_from, out, print_json
@@ -94,8 +95,8 @@ def inspect(
     else:
         _print_report(version_dir, manifest, rows, invalid, extra, gate, prompt_doc)
     artifacts.refuse_invalid(file_checks)
-    if gate:
-        raise typer.Exit(1)
+    if gate:  # the report stays on stdout; the verdict is also the one error line on stderr, as for eval's gates
+        raise BaeError("gate failed: " + "; ".join(gate))
 
 
 def _prompts(version_dir: Path, manifest: dict[str, Any]) -> Any:

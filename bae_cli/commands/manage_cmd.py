@@ -10,18 +10,28 @@ from rich.table import Table
 from rich.tree import Tree
 
 from bae import artifacts
-from bae.exceptions import BaeArtifactError
+from bae.exceptions import BaeArtifactError, BaeInputError
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, graph_from, out, print_json
 
 CompiledRoot = Annotated[Path, typer.Argument(help="A compiled root (holds versions.json).")]
 
 
-def _history(root: Path) -> list[dict[str, Any]] | None:
+def _history(root: Path, required: bool = True) -> list[dict[str, Any]] | None:
+    """The version history of a compiled root; None for a root without one that was not asked for."""
     if not (root / artifacts.VERSIONS).exists():
+        if required:
+            raise BaeArtifactError(
+                f"no versions.json in {root}: not a compiled root; pass the --out directory of `bae compile`"
+            )
         return None
     data = artifacts.read_versions(root)
     return [{**v, "active": v["version"] == data["active"]} for v in data["versions"]]
+
+
+def _runs_of(kind: str, versions: list[str | None]) -> str:
+    """``production runs of v1, naive`` or ``no production runs``."""
+    return f"{kind} of {', '.join(v or 'naive' for v in versions)}" if versions else f"no {kind}"
 
 
 def _pct(share: float) -> str:
@@ -30,9 +40,10 @@ def _pct(share: float) -> str:
 
 @app.command("stats")
 def stats(
-    compiled: Annotated[Path, typer.Option("--compiled", help="Compiled root whose version history to show.")] = Path(
-        "compiled"
-    ),
+    compiled: Annotated[
+        Path | None,
+        typer.Option("--compiled", help="Compiled root whose version history to show (default: ./compiled, if any)."),
+    ] = None,
     version: Annotated[str | None, typer.Option("--version", help="Only runs of this version (or 'naive').")] = None,
     since: Annotated[str | None, typer.Option("--since", help="Only runs since an ISO time or 30m/12h/1d/2w.")] = None,
     log_db: Annotated[
@@ -47,21 +58,30 @@ def stats(
 
     Usage comes from the run log (production runs; --eval for bae eval's); the history (naive ->
     optimized dev scores) from versions.json."""
-    from bae.runlog import EVAL, PRODUCTION, RunLog, default_log_path, parse_since
+    from bae.runlog import EVAL, NAIVE, PRODUCTION, RunLog, default_log_path, parse_since
 
     moment = parse_since(since) if since else None
     path = log_db or default_log_path()
     purpose = EVAL if evals else PRODUCTION
     log = RunLog(path, create=False) if path.exists() else None
     figures = log.stats(version=version, since=moment, purpose=purpose) if log is not None else None
-    history = _history(compiled)
+    root = compiled or Path("compiled")
+    history = _history(root, required=compiled is not None)  # no ./compiled is normal: runs may be naive
+    kind = "bae eval runs" if evals else "production runs"
+    present: list[str | None] | None = None  # when nothing is selected: the versions the log has runs of
+    if log is not None and figures is not None and not figures.versions:
+        present = log.versions(purpose)
+        anywhere = {NAIVE, *(v or NAIVE for v in log.versions(None)), *(v["version"] for v in history or [])}
+        if version is not None and version not in anywhere:  # a typo, not a quiet week
+            has = _runs_of(kind, present)
+            raise BaeInputError(f"--version {version}: no such version in the run log or in {root}: the log has {has}")
     if as_json:
         print_json(
             {"log": str(path), "purpose": purpose, "runs": figures.as_dict() if figures else None, "versions": history}
         )
         return
     if history:
-        table = Table(title=f"versions in {compiled}", show_edge=False)
+        table = Table(title=f"versions in {root}", show_edge=False)
         for column in ("version", "created", "optimizer", "traces", "naive -> optimized", "lm", "notes"):
             table.add_column(column)
         for v in history:
@@ -78,6 +98,10 @@ def stats(
         out.print(table)
     if figures is None:
         out.print(f"no run log at {path} yet: `bae run` writes one")
+        return
+    if present is not None:  # rather than empty tables
+        selected = f"{f' of {version}' if version else ''}{f' since {since}' if since else ''}"
+        out.print(f"no {kind}{selected} in {path}: it has {_runs_of(kind, present)}")
         return
     runs = Table(title=f"{'bae eval runs' if evals else 'runs'} ({path})", show_edge=False)
     for column in ("version", "runs", "ok", "errors", "interrupted", "mean duration"):
@@ -113,11 +137,7 @@ def stats(
 @app.command("versions")
 def versions(directory: CompiledRoot = Path("compiled"), as_json: JsonFlag = False) -> None:
     """List compiled versions, the active one marked."""
-    history = _history(directory)
-    if history is None:
-        raise BaeArtifactError(
-            f"no versions.json in {directory}: not a compiled root; pass the --out directory of `bae compile`"
-        )
+    history = _history(directory) or []
     if as_json:
         print_json(history)
         return
@@ -192,7 +212,7 @@ def graph(
             status = statuses.get((cls.__name__, kind), NAIVE)
             if status != NAIVE:
                 tags.append(f"[{'green' if status == OPTIMIZED else 'red'}]{kind} {status}[/]")
-        if spec.may_end:
+        if spec.may_end and spec.successors:  # a terminal node always ends: only a node that may also go on
             tags.append("may end")
         return f"[bold]{cls.__name__}[/]" + (f"  ({', '.join(tags)})" if tags else "")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,8 +19,9 @@ from bae.exceptions import BaeInputError, BaeLMError
 from bae.jsontext import JSONTextError
 from bae.node import Node
 from bae.result import CallRecord
-from bae.runner import Outcome, Runner, node_json, open_backend, run_json
+from bae.runner import Outcome, Runner, node_json, open_backend, record_traces, run_json
 from bae.usage import usage_rows
+from bae.wording import counted, unknown_names
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, LmOption, err, graph_from, out, print_json, warn, warn_stale
 from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
@@ -47,11 +47,14 @@ def parse_input(text: str | bytes, start: type[Node], where: str) -> Node:
         raise BaeInputError(f"{where}: {exc}: {expected}") from None
     if not isinstance(data, dict):
         raise BaeInputError(f"{where}: expected a JSON object, got {type(data).__name__}: {expected}")
+    problems = unknown_names(data, start.model_fields)  # a typo is named, not silently dropped
     try:
-        return start.model_validate(data)
+        node = start.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in exc.errors())
-        raise BaeInputError(f"{where}: not a valid {start.__name__}: {problems}: {expected}") from None
+        problems += [f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in exc.errors()]
+    if problems:
+        raise BaeInputError(f"{where}: not a valid {start.__name__}: {'; '.join(problems)}: {expected}")
+    return node
 
 
 def _shape(start: type[Node]) -> str:
@@ -77,7 +80,8 @@ def _read_single(input_json: str | None, input_file: Path | None, stdin: bool) -
 @app.command("run")
 def run(
     graph: Annotated[
-        str | None, typer.Argument(help="file.py[:Name] or package.module:Name (default: the manifest's).")
+        str | None,
+        typer.Argument(help="file.py[:Name] or package.module:Name (default: the graph --compiled was compiled from)."),
     ] = None,
     dash: Annotated[
         str | None, typer.Argument(metavar="[-]", help="- reads the input JSON from stdin.", show_default=False)
@@ -87,11 +91,25 @@ def run(
     ] = None,
     input_json: Annotated[str | None, typer.Option("--input", help="The start node's fields as JSON.")] = None,
     input_file: Annotated[Path | None, typer.Option("--input-file", help="Read the input JSON from a file.")] = None,
-    batch: Annotated[Path | None, typer.Option("--batch", help="JSONL file: one input per line.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", help="With --batch: write results here (JSONL).")] = None,
+    batch: Annotated[
+        Path | None,
+        typer.Option(
+            "--batch",
+            help="JSONL file: one input per line. The results go to stdout, one JSON line each in input order "
+            "(or to --output); the failures, the usage table and the counts go to stderr.",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="With --batch: write the results here (JSONL) instead of stdout.")
+    ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="With --batch: runs in flight.")] = 8,
     record: Annotated[
-        Path | None, typer.Option("--record", help="Append each run's trace here, in the dataset format.")
+        Path | None,
+        typer.Option(
+            "--record",
+            help="Append each successful run's trace here, in the dataset format (a batch's in input order, "
+            "once its runs are done or interrupted).",
+        ),
     ] = None,
     lm: LmOption = None,
     max_tokens: MaxTokensOption = None,
@@ -118,6 +136,10 @@ def run(
     graph, stdin = _stdin_marker(graph, dash)
     if batch is None and output is not None:
         raise BaeInputError("--output goes with --batch: add --batch F.jsonl, or drop --output")
+    given = (("--input", input_json is not None), ("--input-file", input_file is not None), ("-", stdin))
+    single = [flag for flag, present in given if present]
+    if batch is not None and single:
+        raise BaeInputError(f"--batch {batch} holds the inputs: drop {' and '.join(single)}, or drop --batch")
     version_dir = artifacts.resolve_version_dir(compiled) if compiled is not None else None
     manifest = artifacts.read_manifest(version_dir) if version_dir is not None else None
     loaded = graph_from(graph, manifest, version_dir)
@@ -132,12 +154,14 @@ def run(
     warn_stale(backend.stale)
     meta = backend.meta
     logs = [] if no_log else [RunLog(log_db or default_log_path())]
-    runner = Runner(loaded, backend.lm, logs, record, meta, warn=warn)
+    runner = Runner(loaded, backend.lm, logs, meta, warn=warn)
     if batch is None:
         outcome = runner.run(1, inputs[0][1], max_steps)
+        if record is not None and outcome.result is not None:
+            record_traces(record, [outcome.result])
         _report_single(outcome, meta, verbose, as_json)
     else:
-        _run_batch(runner, inputs, output, concurrency, max_steps, meta, as_json)
+        _run_batch(runner, Batch(batch, inputs), output, record, concurrency, max_steps, meta, as_json)
 
 
 def _stdin_marker(graph: str | None, dash: str | None) -> tuple[str | None, bool]:
@@ -205,13 +229,23 @@ def _report_single(outcome: Outcome, meta: dict[str, Any], verbose: bool, as_jso
         raise outcome.error
 
 
-@dataclass
 class Batch:
     """A batch's runs so far: one outcome per input line that finished (or was refused)."""
 
-    inputs: int
-    outcomes: dict[int, Outcome] = field(default_factory=dict)
-    interrupted: bool = False
+    def __init__(self, source: Path, inputs: list[tuple[int, Node | BaeInputError]]) -> None:
+        self.source, self.inputs, self.interrupted = source, len(inputs), False
+        self.pending = [(line, item) for line, item in inputs if isinstance(item, Node)]
+        self.outcomes = {line: Outcome(line, error=item) for line, item in inputs if not isinstance(item, Node)}
+        self.refused = set(self.outcomes)  # their errors already say file:line
+
+    def problem(self, line: int) -> str:
+        """Why input ``line`` failed, as ``file:line: reason`` (once: a refused input's reason names it already)."""
+        error = self.outcomes[line].error
+        reason = error.message if error is not None else "failed"
+        return reason if line in self.refused else f"{self.source}:{line}: {reason}"
+
+    def finished(self) -> list[Outcome]:
+        return [self.outcomes[line] for line in sorted(self.outcomes)]
 
     @property
     def failed(self) -> list[int]:
@@ -232,20 +266,19 @@ class Batch:
 
 def _run_batch(
     runner: Runner,
-    inputs: list[tuple[int, Node | BaeInputError]],
+    batch: Batch,
     output: Path | None,
+    record: Path | None,
     concurrency: int,
     max_steps: int,
     meta: dict[str, Any],
     as_json: bool,
 ) -> None:
     """Run, save, report, then exit by the batch's outcome: each step survives a Ctrl-C in the first."""
-    batch = Batch(len(inputs), {line: Outcome(line, error=item) for line, item in inputs if not isinstance(item, Node)})
-    pending = [(line, item) for line, item in inputs if isinstance(item, Node)]
     try:
-        _execute(runner, pending, batch, concurrency, max_steps, transient=as_json)
+        _execute(runner, batch, concurrency, max_steps, transient=as_json)
     finally:
-        _write_results(output, batch.outcomes)
+        _save(batch, output, record, as_json)
     _report_batch(batch, meta, output, as_json)
     if batch.interrupted:
         raise KeyboardInterrupt
@@ -253,17 +286,15 @@ def _run_batch(
         raise typer.Exit(batch.exit_code())
 
 
-def _execute(
-    runner: Runner, pending: list[tuple[int, Node]], batch: Batch, concurrency: int, max_steps: int, transient: bool
-) -> None:
-    """Run ``pending`` on a thread pool with a progress bar; on Ctrl-C, finish the runs in flight."""
+def _execute(runner: Runner, batch: Batch, concurrency: int, max_steps: int, transient: bool) -> None:
+    """Run the batch's pending inputs on a thread pool with a progress bar; on Ctrl-C, finish the runs in flight."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     pool = ThreadPoolExecutor(max_workers=concurrency)
     futures: dict[Future[Outcome], int] = {}
     try:
         with Progress(*columns, console=err, transient=transient) as progress:
             task = progress.add_task("running batch", total=batch.inputs, completed=len(batch.outcomes))
-            futures = {pool.submit(runner.run, line, node, max_steps): line for line, node in pending}
+            futures = {pool.submit(runner.run, line, node, max_steps): line for line, node in batch.pending}
             for future in as_completed(futures):
                 batch.outcomes[futures[future]] = future.result()
                 progress.advance(task)
@@ -275,7 +306,8 @@ def _execute(
 
 
 def _report_batch(batch: Batch, meta: dict[str, Any], output: Path | None, as_json: bool) -> None:
-    """The summary as JSON (results inline unless they went to --output), or failures, usage and counts."""
+    """The summary as JSON (results inline unless they went to --output), or failures, usage and counts on
+    stderr: stdout holds the results alone (see ``_save``), so it can be piped."""
     failed = batch.failed
     summary = {
         "inputs": batch.inputs,
@@ -286,14 +318,13 @@ def _report_batch(batch: Batch, meta: dict[str, Any], output: Path | None, as_js
         "usage": _usage_json(batch.calls),
     }
     if as_json:
-        results = None if output else [batch.outcomes[k].as_dict() for k in sorted(batch.outcomes)]
+        results = None if output else [outcome.as_dict() for outcome in batch.finished()]
         print_json({**summary, "results": results})
         return
     for line in failed:
-        error = batch.outcomes[line].error
-        err.print(f"[red]line {line}[/]: {escape(error.message if error else 'failed')}")
-    out.print(_usage_table(batch.calls, f"LM usage over the batch ({meta['version'] or 'naive'})"))
-    out.print(
+        err.print(escape(batch.problem(line)), style="red")
+    err.print(_usage_table(batch.calls, f"LM usage over the batch ({meta['version'] or 'naive'})"))
+    err.print(
         f"{summary['ok']} ok, {summary['failed']} failed"
         + (f", {summary['unfinished']} not run (interrupted)" if batch.interrupted else "")
         + (f"; results in {output}" if output else "")
@@ -308,7 +339,7 @@ def _finish_in_flight(
     exit then leaves their threads behind (see ``bae_cli.app``)."""
     in_flight = sum(1 for future in futures if future.running())
     if in_flight:
-        err.print(f"interrupted: finishing {in_flight} run(s) in flight (Ctrl-C again to abandon them)")
+        err.print(f"interrupted: finishing {counted(in_flight, 'run')} in flight (Ctrl-C again to abandon them)")
     try:
         pool.shutdown(wait=True, cancel_futures=True)
     except KeyboardInterrupt:
@@ -318,9 +349,15 @@ def _finish_in_flight(
             outcomes.setdefault(line, future.result())
 
 
-def _write_results(output: Path | None, outcomes: dict[int, Outcome]) -> None:
-    """Results in input order; on interruption, the finished ones (each carries its line number)."""
-    if output is None:
-        return
-    lines = [json.dumps(outcomes[line].as_dict(), ensure_ascii=False) for line in sorted(outcomes)]
-    artifacts.write_atomic(output.resolve(), ("\n".join(lines) + "\n").encode() if lines else b"")
+def _save(batch: Batch, output: Path | None, record: Path | None, as_json: bool) -> None:
+    """Results and recorded traces in input order; on interruption, the finished ones (each result carries its
+    line number). The results go to --output, else to stdout as JSON lines (with --json: into its object)."""
+    finished = batch.finished()
+    rows = "".join(json.dumps(outcome.as_dict(), ensure_ascii=False) + "\n" for outcome in finished)
+    if output is not None:
+        artifacts.write_atomic(output.resolve(), rows.encode())
+    elif not as_json:
+        sys.stdout.write(rows)
+        sys.stdout.flush()
+    if record is not None:
+        record_traces(record, (outcome.result for outcome in finished if outcome.result is not None))

@@ -60,7 +60,8 @@ def _loopback(host: str) -> bool:
 def serve(
     compiled: Annotated[Path, typer.Option("--compiled", help="Compiled root (active version) or version dir.")],
     graph: Annotated[
-        str | None, typer.Argument(help="file.py[:Name] or package.module:Name (default: the manifest's).")
+        str | None,
+        typer.Argument(help="file.py[:Name] or package.module:Name (default: the graph --compiled was compiled from)."),
     ] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback unless you say so).")] = (
         "127.0.0.1"

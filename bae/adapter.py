@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from contextvars import ContextVar
 from typing import Any
 
 import dspy
@@ -29,6 +30,30 @@ from bae.exceptions import BaeInputError
 
 Messages = list[dict[str, Any]]
 RESPONSE_FORMATS = frozenset({"", "json_schema", "json_object_schema"})  # see the module doc; "" is DSPy's choice
+
+
+# Whether the request of the answer being parsed in this context carried no JSON schema (see schema_hint).
+_SCHEMALESS: ContextVar[bool] = ContextVar("bae_schemaless_request", default=False)
+
+
+def _has_schema(response_format: Any) -> bool:
+    """Whether a ``response_format`` constrains the answer to a schema (a Pydantic model, OpenAI's
+    ``json_schema`` form, or ``json_object`` with a ``schema``), not just to some JSON."""
+    if isinstance(response_format, dict):
+        return response_format.get("type") == "json_schema" or "schema" in response_format
+    return isinstance(response_format, type)
+
+
+def schema_hint() -> str:
+    """What to do about an answer that did not parse, when its request went to a model LiteLLM does not
+    know and so carried no JSON schema (empty otherwise): the variable that sends one."""
+    if not _SCHEMALESS.get():
+        return ""
+    return (
+        ": the LM was sent no JSON schema for its answer (LiteLLM does not know the model); for a llama.cpp "
+        "or vLLM server set BAE_RESPONSE_FORMAT=json_object_schema (llama-cpp-python's server) or "
+        "json_schema (vLLM, llama.cpp's llama-server)"
+    )
 
 
 class _LRU:
@@ -68,7 +93,10 @@ class CachingJSONAdapter(dspy.JSONAdapter):
             raise BaeInputError(f"BAE_RESPONSE_FORMAT={forced!r}: use one of {', '.join(sorted(RESPONSE_FORMATS))}")
         if not forced:
             super()._prepare_response_format(lm, lm_kwargs, signature)
+            model_string = isinstance(getattr(lm, "engine", None), str)  # not a custom engine (embedded, scripted)
+            _SCHEMALESS.set(model_string and not _has_schema(lm_kwargs.get("response_format")))
             return
+        _SCHEMALESS.set(False)
         model = _get_structured_outputs_response_format(signature, self.use_native_function_calling)
         if forced == "json_schema":
             lm_kwargs["response_format"] = model  # LiteLLM sends a Pydantic model in OpenAI's form

@@ -27,7 +27,7 @@ from bae.dspy_backend import DSPyBackend
 from bae.lm_specs import lm_name
 from bae.loader import LoadedGraph
 from bae.metrics import check_metric, metric_name
-from bae.node import graph_fingerprint, schema_fingerprint
+from bae.node import graph_fingerprint, predictor_fingerprint, schema_fingerprint
 from bae.optimized_lm import OptimizedLM
 from bae.optimizer import (
     OptimizeSettings,
@@ -251,7 +251,7 @@ def node_files(graph: Any, outcomes: list[PredictorOutcome]) -> tuple[dict[str, 
         if outcome.predictor is None:
             continue
         cls = graph.node(outcome.node)
-        fingerprint = schema_fingerprint(cls)
+        fingerprint = predictor_fingerprint(cls, outcome.kind)
         state = outcome.predictor.dump_state()
         state["lm"] = None  # never persist an LM, its endpoint or its key
         rel = node_file_name(outcome.node, outcome.kind)

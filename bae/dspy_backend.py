@@ -25,7 +25,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError, LMNotConfiguredError, is_retryable_lm_error
 from pydantic import ValidationError
 
-from bae.adapter import CachingJSONAdapter
+from bae.adapter import CachingJSONAdapter, schema_hint
 from bae.compiler import (
     CHOICE,
     CHOICE_FIELD,
@@ -36,6 +36,7 @@ from bae.compiler import (
     with_feedback,
 )
 from bae.exceptions import BaeError, BaeLMError, BaeParseError
+from bae.lm_specs import default_lm
 from bae.node import Node, spec_of
 from bae.resolve import RunState, context_inputs, visible_state
 from bae.result import CallRecord
@@ -178,6 +179,14 @@ class _TruncationFilter(logging.Filter):
 logging.getLogger("dspy.clients.lm").addFilter(_TruncationFilter())
 
 
+def is_runaway_nesting(exc: BaseException) -> bool:
+    """Whether parsing an answer failed because it nests deeper than the JSON parser recurses: DSPy's
+    ``json_repair`` says "Input nesting exceeds the supported parser recursion depth", ``json`` raises
+    ``RecursionError``. A small model with no schema to follow does this (``[[[[``... until
+    ``max_tokens``), which is no mistake a self-correction fixes: asking again costs as long again."""
+    return any(isinstance(link, RecursionError) or "recursion depth" in str(link) for link in _chain(exc))
+
+
 def is_timeout(exc: BaseException) -> bool:
     """Whether an LM failure is a request that ran out of time (the per-call ``timeout``)."""
     return any(
@@ -190,11 +199,11 @@ def is_timeout(exc: BaseException) -> bool:
 class DSPyBackend:
     """Make and decide nodes with DSPy predictors, one naive predictor per node and kind.
 
-    ``model`` is the DSPy LM the predictors call and ``adapter`` how they talk to it (default: DSPy's
-    configured LM, bae's JSON adapter); each call runs under ``dspy.context`` so worker threads never
-    touch global settings. DSPy's trace and history are not grown by calls made here, so a long-lived
-    backend stays bounded. Every call is recorded on the run in progress (``bae.run``) and counted
-    here (``get_stats``).
+    ``model`` is the DSPy LM the predictors call: by default DSPy's configured LM, else the CLI's default
+    (``$BAE_LM``, else the embedded model: ``bae.lm_specs.default_lm``); ``adapter`` is how they talk to it
+    (bae's JSON adapter). Each call runs under ``dspy.context`` so worker threads never touch global
+    settings. DSPy's trace and history are not grown by calls made here, so a long-lived backend stays
+    bounded. Every call is recorded on the run in progress (``bae.run``) and counted here (``get_stats``).
     """
 
     def __init__(
@@ -301,7 +310,7 @@ class DSPyBackend:
                 logger.debug("%s %s: rejected answer (%s); retrying", predictor.node_name, predictor.kind, feedback)
         raise BaeParseError(
             f"{predictor.node_name} ({predictor.kind}): the LM's answer did not parse after "
-            f"{counted(answers, 'attempt')}: {feedback}",
+            f"{counted(answers, 'attempt')}: {feedback}{schema_hint()}",
             cause=rejected,
         )
 
@@ -312,18 +321,25 @@ class DSPyBackend:
         kwargs = dict(inputs)
         if feedback is not None:
             kwargs.update(signature=with_feedback(predictor.signature), **{FEEDBACK_FIELD: feedback})
-        if self.model is None and dspy.settings.lm is None:
-            raise BaeLMError("no LM configured: pass lm= to DSPyBackend or call dspy.configure(lm=...)")
+        overrides = self._overrides
+        if self.model is None and dspy.settings.lm is None:  # no LM given or configured: the CLI's default
+            overrides = {**overrides, "lm": default_lm()}
         for attempt in range(self.max_transient_retries + 1):
             tally.requests += 1
             try:
-                with dspy.context(**self._overrides):
+                with dspy.context(**overrides):
                     return predictor(**kwargs)
             except (AdapterParseError, ValidationError, BaeError):
                 raise
             except Exception as exc:
                 if is_timeout(exc):
                     tally.cut = "timeout"
+                if is_runaway_nesting(exc):  # the same request would loop the same way: no retry
+                    raise BaeLMError(
+                        f"{predictor.node_name} ({predictor.kind}): the LM's answer is nested too deep to "
+                        f"parse ({_short(exc)}){schema_hint() or ': a model looping inside brackets'}",
+                        cause=exc,
+                    ) from exc
                 if not is_transient(exc):
                     raise BaeLMError(
                         f"{predictor.node_name} ({predictor.kind}): LM call failed: {_describe(exc)}", cause=exc

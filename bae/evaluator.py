@@ -123,11 +123,20 @@ class Evaluation:
         return all(gate.passed for gate in self.gates)
 
     def column(self, name: str) -> Column:
-        return next(c for c in self.columns if c.name == name)
+        """The column named ``name`` (a version, or ``naive``)."""
+        found = next((c for c in self.columns if c.name == name), None)
+        if found is None:
+            raise KeyError(f"no column {name!r}: the columns are {', '.join(c.name for c in self.columns)}")
+        return found
 
-    def delta(self, column: Column) -> dict[str, Any]:
-        """``column`` minus the first column: score (with its paired 95% interval), path accuracy, and each
-        predictor both have a score for."""
+    def delta(self, column: Column | str | None = None) -> dict[str, Any]:
+        """Against the first column: every column's delta by name (``delta()``, what the CLI shows), or one
+        column's (``delta("v2")``): score (with its paired 95% interval), path accuracy, and each predictor
+        both have a score for."""
+        if column is None:
+            return {c.name: self.delta(c) for c in self.columns}
+        if isinstance(column, str):
+            column = self.column(column)
         first = self.columns[0].score
         per = column.score.per_predictor
         return {

@@ -177,8 +177,8 @@ class Graph:
     ) -> GraphResult:
         """Run from ``start_node`` until a node ends the run; services for ``Dep`` come from ``deps``.
 
-        Without ``lm``, bae's default LM: ``$BAE_LM``, else the embedded model. ``observers`` are told
-        what the run does (``bae.run.Observer``)."""
+        Without ``lm``, a ``DSPyBackend`` on DSPy's configured LM, else on the CLI's default: ``$BAE_LM``,
+        else the embedded model. ``observers`` are told what the run does (``bae.observe.Observer``)."""
         if not isinstance(start_node, self.start):
             raise BaeGraphError(f"this graph starts at {self.start.__name__}, got {type(start_node).__name__}")
         if self._unresolved:

@@ -2,7 +2,7 @@
 
 | spec | LM |
 |---|---|
-| (none) | ``$BAE_LM``, else ``local`` |
+| (none) | ``$BAE_LM``, else ``local``; also a program's LM when it names none (``default_lm``) |
 | ``local`` / ``local:path.gguf`` | the embedded llama.cpp model (extra ``local``) |
 | ``file.py:fn`` / ``pkg.module:fn`` | whatever DSPy LM ``fn()`` returns |
 | anything else | ``dspy.LM(spec)``: a LiteLLM model string such as ``openai/gpt-4o-mini`` |
@@ -18,6 +18,7 @@ The embedded model has its own ``max_tokens``; a factory's LM is taken as built.
 from __future__ import annotations
 
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 from bae.exceptions import BaeInputError, BaeLMError
@@ -47,6 +48,23 @@ def lm_limits() -> tuple[int, float]:
 def lm_spec(spec: str | None) -> str:
     """The spec in force: the flag, else ``$BAE_LM``, else the embedded model."""
     return spec or os.environ.get("BAE_LM") or DEFAULT_LM
+
+
+_DEFAULTS: dict[str, dspy.BaseLM] = {}
+_DEFAULTS_LOCK = threading.Lock()
+
+
+def default_lm() -> dspy.BaseLM:
+    """The LM a program gets when it names none, as the CLI does: ``$BAE_LM``, else the embedded model.
+
+    Built once per spec and process, so every ``Graph.run`` without an LM shares one embedded model
+    (loaded on its first call) instead of loading it again."""
+    spec = lm_spec(None)
+    with _DEFAULTS_LOCK:
+        lm = _DEFAULTS.get(spec)
+        if lm is None:
+            lm = _DEFAULTS[spec] = resolve_lm(spec)
+        return lm
 
 
 def _is_factory(spec: str) -> bool:

@@ -295,6 +295,25 @@ def schema_fingerprint(cls: type[Node]) -> str:
     return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def predictor_fingerprint(cls: type[Node], kind: str) -> str:
+    """What a compiled predictor of ``cls`` was made for; it is stale once this differs.
+
+    A ``make`` predictor's prompt is its node's alone: its ``schema_fingerprint`` (so make files
+    compiled before choices had their own fingerprint stay valid). A ``choice`` predictor's prompt
+    also shows each option: the successor's name (and the title made from it) and its docstring, and
+    the ``None`` option where the node may end; its saved instructions describe the options as they
+    were, so a changed option makes it stale too. A successor's fields are not in that prompt, and
+    do not count.
+    """
+    own = schema_fingerprint(cls)
+    if kind != "choice":
+        return own
+    spec = spec_of(cls)
+    options = [[s.__name__, spec_of(s).doc] for s in spec.successors] + ([["None"]] if spec.may_end else [])
+    choice = {"node": own, "options": options}
+    return hashlib.sha256(json.dumps(choice, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def graph_fingerprint(nodes: Iterable[type[Node]]) -> str:
     """One hash over every node's fingerprint: whether a compiled version was made for this graph."""
     joined = ",".join(f"{cls.__name__}={schema_fingerprint(cls)}" for cls in nodes)

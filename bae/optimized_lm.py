@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from bae import artifacts
-from bae.compiler import CHOICE, MAKE, NodePredict, new_predictor
+from bae.compiler import NodePredict, new_predictor
 from bae.dspy_backend import DSPyBackend
 from bae.exceptions import BaeArtifactError
+from bae.freshness import MISSING, STALE, predictor_statuses
 from bae.graph import Graph
-from bae.node import Node, schema_fingerprint, spec_of
+from bae.node import Node
 from bae.result import CallRecord, GraphResult
 
 logger = logging.getLogger("bae")
@@ -64,7 +65,7 @@ class OptimizedLM(DSPyBackend):
             if key not in self._warned:
                 self._warned.add(key)
                 logger.warning(
-                    "%s (%s): compiled predictor is stale (schema changed since compile); using a naive one", *key
+                    "%s (%s): compiled predictor is stale (its prompt changed since compile); using a naive one", *key
                 )
             return self.naive_predictor(cls, kind), "stale"
         return self.naive_predictor(cls, kind), "naive"
@@ -121,35 +122,35 @@ def load_optimized(graph: Graph, path: str | Path) -> LoadedVersion:
     """Load a compiled root (its active version) or a version dir for ``graph``: JSON only,
     checksums and fingerprints checked.
 
-    A node whose schema changed since compile is *stale* (its predictor is not used);
-    a node no longer in the graph is *missing*. Each predictor loads into a fresh
-    ``Predict``, so a failed load never leaves a half-updated one behind.
+    A predictor whose node (or, for a choice, one of its options) changed since compile is *stale*
+    (not used); one the graph no longer has is *missing* (``bae.freshness`` decides). Each predictor
+    loads into a fresh ``Predict``, so a failed load never leaves a half-updated one behind.
     """
     version_dir = artifacts.resolve_version_dir(Path(path))
     manifest = artifacts.read_manifest(version_dir)
     loaded = LoadedVersion(version_dir=version_dir, manifest=manifest)
-    for rel, entry in manifest["files"].items():
-        if entry.get("kind") not in (MAKE, CHOICE):
+    for held in predictor_statuses(graph, manifest):
+        if held.file is None:  # naive: the version has no predictor for it
             continue
-        document = artifacts.read_verified(version_dir, rel, manifest)
-        state = artifacts.predictor_state(document, str(version_dir / rel))
-        key = (str(entry.get("node")), str(entry["kind"]))
-        cls = graph.node(key[0])
-        if cls is None or (key[1] == CHOICE and not spec_of(cls).decides):
-            loaded.missing.add(key)
+        document = artifacts.read_verified(version_dir, held.file, manifest)  # every file verified, used or not
+        state = artifacts.predictor_state(document, str(version_dir / held.file))
+        if held.status == MISSING:
+            loaded.missing.add(held.key)
             continue
-        if entry.get("fingerprint") != schema_fingerprint(cls):
-            loaded.stale.add(key)
+        if held.status == STALE:
+            loaded.stale.add(held.key)
             continue
-        predictor = new_predictor(cls, key[1])
+        cls = graph.node(held.node)
+        assert cls is not None  # optimized: the graph has the node
+        predictor = new_predictor(cls, held.kind)
         try:
             predictor.load_state(state)
         except Exception as exc:
-            raise BaeArtifactError(f"{version_dir / rel}: predictor state does not load: {exc}") from exc
-        k = artifacts.retrieval_k(document, str(version_dir / rel))
+            raise BaeArtifactError(f"{version_dir / held.file}: predictor state does not load: {exc}") from exc
+        k = artifacts.retrieval_k(document, str(version_dir / held.file))
         if k is not None:
             predictor.retrieve(k)
-        loaded.predictors[key] = predictor
+        loaded.predictors[held.key] = predictor
     return loaded
 
 

@@ -22,6 +22,7 @@ from bae.graph import Graph
 from bae.loader import LoadedGraph
 from bae.node import Node, spec_of
 from bae.result import CallRecord, GraphResult
+from bae.usage import usage_rows
 
 if TYPE_CHECKING:
     from bae.optimized_lm import OptimizedLM
@@ -85,6 +86,20 @@ def node_json(node: Node) -> dict[str, Any]:
 
 def trace_json(result: GraphResult) -> list[dict[str, Any]]:
     return [{"node": type(n).__name__, "fields": node_json(n)} for n in result.trace]
+
+
+def run_json(outcome: Outcome, version: str | None) -> dict[str, Any]:
+    """One run as ``bae run --json`` prints it and ``POST /run`` answers it: the node it ended on, its
+    fields, the trace, LM usage per predictor, the version and the run's seconds. A failed run (which
+    the server answers with an HTTP error instead) has ``error`` in place of the node, result and trace."""
+    ran: dict[str, Any]
+    if outcome.result is None:
+        ran = {"error": outcome.error.message if outcome.error else "interrupted"}
+    else:
+        node = outcome.result.node
+        ran = {"node": type(node).__name__, "result": node_json(node), "trace": trace_json(outcome.result)}
+    usage = [row.as_dict() for row in usage_rows(outcome.calls)]
+    return {**ran, "usage": usage, "version": version, "duration_s": round(outcome.duration_s, 4)}
 
 
 def record_traces(path: Path, results: Iterable[GraphResult]) -> None:

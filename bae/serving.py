@@ -37,8 +37,7 @@ from bae.markers import Bind, Context
 from bae.node import Node, graph_fingerprint, spec_of
 from bae.redaction import redact
 from bae.runlog import RunLog
-from bae.runner import Backend, BackgroundLog, Outcome, Runner, node_json, trace_json
-from bae.usage import usage_rows
+from bae.runner import Backend, BackgroundLog, Outcome, Runner, run_json
 
 logger = logging.getLogger("bae")
 
@@ -177,17 +176,9 @@ class Service:
 
 
 def response_of(outcome: Outcome, version: str | None) -> RunResponse:
-    """A finished run as the API returns it (the same figures ``bae run --json`` prints)."""
+    """A finished run as the API returns it: ``bae run --json``'s object (``run_json``), typed for OpenAPI."""
     assert outcome.result is not None
-    result = outcome.result
-    return RunResponse(
-        node=type(result.node).__name__,
-        result=node_json(result.node),
-        trace=[Step(**step) for step in trace_json(result)],
-        usage=[Usage.model_validate(row.as_dict()) for row in usage_rows(outcome.calls)],
-        version=version,
-        duration_s=round(outcome.duration_s, 4),
-    )
+    return RunResponse.model_validate(run_json(outcome, version))
 
 
 def _failure(exc: BaeError) -> HTTPException:

@@ -14,6 +14,7 @@ import typer
 from bae import __version__
 from bae.exceptions import BaeError
 from bae_cli.commands import LazyGroup
+from bae_cli.debug import debugging
 
 INTERRUPTED = 130
 EXIT_CODES = (
@@ -46,28 +47,8 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks for errors and bae's debug log on stderr (or BAE_DEBUG=1).")
-    ] = False,
 ) -> None:
-    if debug:
-        os.environ["BAE_DEBUG"] = "1"
-    if _debugging():
-        _debug_log()
-
-
-def _debug_log() -> None:
-    """bae's own debug log on stderr (what the engine loaded and how, retries, optimizer chatter).
-    llama.cpp's line-by-line load log stays out: it is long and its errors already reach bae's messages."""
-    import logging
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("bae").setLevel(logging.DEBUG)
-    logging.getLogger("bae.local.engine.llama_cpp").setLevel(logging.INFO)
-
-
-def _debugging() -> bool:
-    return os.environ.get("BAE_DEBUG", "") not in ("", "0") or "--debug" in sys.argv
+    """(``--debug`` is added to the app and to every command by ``LazyGroup``: see ``bae_cli.debug``.)"""
 
 
 def _fail(message: str, code: int, exc: BaseException | None = None) -> int:
@@ -75,7 +56,7 @@ def _fail(message: str, code: int, exc: BaseException | None = None) -> int:
     traceback under --debug: the exit code is the same either way, so scripts can rely on it."""
     from bae.redaction import redact
 
-    if exc is not None and _debugging():
+    if exc is not None and debugging():
         traceback.print_exception(exc)
     typer.echo(f"bae: error: {redact(message)}", err=True)
     return code

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": (
         "markers", "exceptions", "result", "node", "lm", "resolve", "graph", "jsontext", "redaction", "usage",
-        "artifacts", "loader", "runlog", "telemetry", "wording",
+        "artifacts", "freshness", "loader", "runlog", "telemetry", "wording",
     ),
     "dspy": ("adapter", "compiler", "dspy_backend", "retrieval", "local", "lm_specs", "testing"),
     "runtime": ("optimized_lm",),

@@ -8,11 +8,14 @@ from typing import Literal
 import dspy
 import pytest
 
-from bae import BaeLMError, BaeParseError, Graph
+from bae import BaeInputError, BaeLMError, BaeParseError, Graph
 from bae.compiler import CHOICE_FIELD, FEEDBACK_FIELD, choice_signature, node_to_signature
 from bae.dspy_backend import DSPyBackend, is_transient
+from bae.lm_specs import default_lm
+from bae.loader import load_graph
 from bae.testing import ScriptedLM
 from tests import graphs as g
+from tests.cli import EXAMPLE, LMS
 
 
 def test_make_signature_has_context_inputs_and_typed_outputs() -> None:
@@ -76,6 +79,7 @@ def test_parse_error_after_retries() -> None:
         run(lm, max_retries=2)
     assert info.value.cause is not None
     assert len(lm.calls_for("MathAnswer")) == 3
+    assert "BAE_RESPONSE_FORMAT" not in info.value.message  # the hint is for a model string, not any LM
 
 
 def test_transient_failures_are_retried_then_succeed() -> None:
@@ -131,8 +135,19 @@ def test_no_lm_call_when_nothing_is_generated() -> None:
     assert made.question == "q" and lm.calls == []
 
 
-def test_no_configured_lm_is_an_lm_error() -> None:
-    with dspy.context(lm=None), pytest.raises(BaeLMError, match="no LM configured"):
+def test_with_no_lm_given_or_configured_the_default_is_the_clis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$BAE_LM`` (else the embedded model), built once: what ``bae run`` would use."""
+    monkeypatch.setenv("BAE_LM", f"{LMS}:oracle")
+    example = load_graph(EXAMPLE)
+    start = example.graph.start(customer_email="ana@northwind.io", text="I was charged twice.")
+    with dspy.context(lm=None):
+        first = example.graph.run(start, **example.deps)
+        second = DSPyBackend().decide(first.trace[1])
+    assert first.path == ["Ticket", "Triage", "BillingIssue"] and [c.source for c in first.calls] == ["naive"] * 2
+    assert type(second).__name__ == "BillingIssue"
+    assert default_lm() is default_lm() and isinstance(default_lm(), ScriptedLM)
+    monkeypatch.setenv("BAE_LM", "gpt-4o")  # not a model spec: the same one-line error as `bae run --lm gpt-4o`
+    with dspy.context(lm=None), pytest.raises(BaeInputError, match="'gpt-4o' is not a model spec"):
         DSPyBackend().make(request(), g.Classify)
 
 

@@ -351,6 +351,37 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert result.stderr.splitlines()[-1].startswith("bae: error: graph file not found")
 
 
+# one failing invocation per command, in an empty directory: each is a bae error (not a usage error)
+FAILING = {
+    "compile": (("compile", "nope.py"), 2),
+    "eval": (("eval", "nope.py", "--compiled", "compiled", "--dataset", "gold.jsonl"), 2),
+    "run": (("run", "nope.py", "--input", "{}"), 2),
+    "inspect": (("inspect", "compiled"), 3),
+    "stats": (("stats", "--since", "yesterday-ish"), 2),
+    "versions": (("versions", "compiled"), 3),
+    "promote": (("promote", "compiled", "v1"), 3),
+    "graph": (("graph", "nope.py"), 2),
+    "serve": (("serve", "--compiled", "compiled"), 3),
+    "bundle": (("bundle", "--compiled", "compiled", "--out", "deploy"), 3),
+}
+
+
+@pytest.mark.parametrize("command", sorted(FAILING))
+def test_debug_is_accepted_after_every_command(command: str, tmp_path: Path) -> None:
+    """``bae CMD ... --debug``, as the error messages say ("rerun with --debug"), not only ``bae --debug CMD``."""
+    args, code = FAILING[command]
+    plain, debug = bae(*args, cwd=tmp_path), bae(*args, "--debug", cwd=tmp_path)
+    assert_refused(plain, code)
+    assert debug.returncode == code, debug.stderr
+    assert "Traceback" in debug.stderr and debug.stderr.splitlines()[-1] == plain.stderr.strip()
+
+
+def test_debug_failures_cover_every_command() -> None:
+    from bae_cli.commands import COMMANDS
+
+    assert set(FAILING) == set(COMMANDS)
+
+
 def test_the_table_covers_every_command() -> None:
     commands = {c.args[0] for c in CASES}
     assert commands >= {"compile", "eval", "run", "inspect", "stats", "versions", "promote", "graph", "serve", "bundle"}

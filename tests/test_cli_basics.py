@@ -84,3 +84,15 @@ def test_garbage_collection_is_back_on_for_commands_that_run_long(command: str, 
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.splitlines()[-1] == f"gc: {collects}", out.stdout + out.stderr
+
+
+def test_every_command_but_serve_has_json() -> None:
+    """The README: "`--json` gives machine-readable output" for every command; ``serve`` answers JSON over HTTP."""
+    from typer.main import get_command
+
+    from bae_cli.app import app
+    from bae_cli.commands import COMMANDS
+
+    group = get_command(app)
+    without = {name for name in COMMANDS if "--json" not in {o for p in group.load(name).params for o in p.opts}}
+    assert without == {"serve"}

@@ -168,6 +168,46 @@ def test_drift_makes_the_node_stale(compiled: Path, tmp_path: Path, old: str, ne
     assert ("BillingIssue", "make") in loaded.stale and ("BillingIssue", "make") not in loaded.predictors
 
 
+BILLING_DOC = '"""A problem with charges, invoices, payment methods or refunds."""'
+PREDICTORS = {("Triage", "choice"), ("BillingIssue", "make"), ("TechnicalIssue", "make"), ("AccountIssue", "make")}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "stale"),
+    [
+        # an option of the choice: its docstring is in the choice's prompt (and in its own make prompt)
+        (BILLING_DOC, '"""Anything about money: charges, invoices, refunds, and plan upgrades."""',
+         {("Triage", "choice"), ("BillingIssue", "make")}),
+        # an option's field: in its make prompt only, the choice shows options by name and docstring
+        ("    refund_requested: bool", "    wants_refund: bool", {("BillingIssue", "make")}),
+        # the choice's own node
+        ('"""Route the ticket to the support queue whose team can resolve it."""', '"""Pick one queue."""',
+         {("Triage", "choice")}),
+        # no predictor's prompt shows the start node's docstring
+        ('"""A support ticket as it arrives in the inbox."""', '"""An email to support."""', set()),
+    ],
+    ids=["option-docstring", "option-field", "own-docstring", "unrelated"],
+)  # fmt: skip
+def test_load_inspect_and_graph_agree_on_what_is_stale(
+    compiled: Path, tmp_path: Path, old: str, new: str, stale: set[tuple[str, str]]
+) -> None:
+    """One decision (``bae.freshness``) behind loading, ``bae inspect`` and ``bae graph --compiled``: a choice
+    is stale once what its prompt shows of an option changes, and only what a prompt shows counts."""
+    graph = drifted_graph(tmp_path, old, new)
+    loaded = load_optimized(load_graph(graph).graph, compiled)
+    assert loaded.stale == stale and set(loaded.predictors) == PREDICTORS - stale
+    inspected = bae("inspect", str(compiled), "--graph", graph, "--json")
+    assert inspected.returncode == (1 if stale else 0), inspected.stderr
+    statuses = {(n["node"], n["kind"]): n["status"] for n in json.loads(inspected.stdout)["nodes"]}
+    assert statuses == {key: "stale" if key in stale else "optimized" for key in PREDICTORS}
+    shown = json.loads(bae("graph", graph, "--compiled", str(compiled), "--json").stdout)
+    assert {(n["node"], kind): status for n in shown["nodes"] for kind, status in n["predictors"].items()} == statuses
+    tree = bae("graph", graph, "--compiled", str(compiled)).stdout
+    marked = {(line.lstrip(" │├└─").split()[0], kind) for line in tree.splitlines()
+              for kind in ("make", "choice") if f"{kind} stale" in line}  # fmt: skip
+    assert marked == stale
+
+
 def test_flipped_byte_is_an_artifact_error(compiled: Path, tmp_path: Path) -> None:
     root = copy_of(compiled, tmp_path)
     node_file = root / "v1" / "nodes" / "BillingIssue.json"

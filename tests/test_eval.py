@@ -102,6 +102,11 @@ def test_two_versions_differing_in_demos_side_by_side(root: Path, dev: Path) -> 
         "path_accuracy": -0.75,
         "per_predictor": {"BillingIssue.make": 0.0, "Triage.choice": -0.75},
     }
+    # as the README shows it: delta() is every column's, by name; delta("v2") one column's
+    assert result.delta() == {"v1": result.delta(v1), "v2": result.delta(v2), "naive": result.delta(naive)}
+    assert result.delta("v2") == result.delta(v2) and result.column("naive") is naive
+    with pytest.raises(KeyError, match="no column 'v3': the columns are v1, v2, naive"):
+        result.delta("v3")
     assert v1.recorded_score == 1.0 and v2.recorded_score == 1.0  # v2's manifest is v1's: recorded != measured
     assert v1.usage["calls"] == v2.usage["calls"] == 2 * len(DEV)  # a choice and a make per ticket
     # failing somewhere: the naive graph's two billing tickets whose gold fields differ from lms.WRONG, v2's other 9
@@ -263,10 +268,10 @@ def test_bad_flags(root: Path, dev: Path, flags: tuple[str, ...], code: int, say
 
 def test_a_changed_node_runs_naive_and_says_so(root: Path, dev: Path, tmp_path: Path) -> None:
     source = Path(EXAMPLE).read_text()
-    old = '"""A product defect: something crashes, errors, is slow or does not work."""'
+    old = 'description="the part of the product that misbehaves"'  # in TechnicalIssue's make prompt only
     assert old in source
     drifted = tmp_path / "support_triage.py"
-    drifted.write_text(source.replace(old, '"""A product defect: something is broken."""'))
+    drifted.write_text(source.replace(old, 'description="where the defect is"'))
     result = run_bae("eval", str(drifted), "--compiled", str(root), "--dataset", str(dev), "--lm", FEWSHOT,
                      "--no-log", "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -4,6 +4,7 @@ is marked in the run log (``cut``: ``length`` or ``timeout``)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from bae.runlog import RunLog
 from tests.cli import EXAMPLE, bae
 from tests.fake_openai import Say, Stall, fake_openai
 from tests.test_faults import TICKET, triage_answer
+from tests.workspace import assert_refused
 
 
 def test_a_model_string_gets_bounded_tokens_and_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,3 +67,42 @@ def test_response_format_can_be_forced_for_a_server_litellm_does_not_know(forced
     schema = sent["schema"] if forced == "json_object_schema" else sent["json_schema"]["schema"]
     assert sent["type"] == ("json_object" if forced == "json_object_schema" else "json_schema")
     assert schema["required"] == ["next_step"] and "BillingIssue" in json.dumps(schema)
+
+
+def failure(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
+    """The run's one error line (after the line saying it runs naive), with ``fragments`` in it."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code and lines[0].startswith("no --compiled"), result.stderr
+    return assert_refused(subprocess.CompletedProcess([], code, "", "\n".join(lines[1:])), code, *fragments)
+
+
+RUNAWAY = "[" * 600  # a small model with no schema to follow, looping inside brackets until max_tokens
+HINT = "set BAE_RESPONSE_FORMAT=json_object_schema (llama-cpp-python's server) or json_schema (vLLM"
+
+
+@pytest.mark.parametrize("forced", ["", "json_schema"])
+def test_an_answer_nested_past_the_parser_fails_at_once_saying_what_to_do(forced: str) -> None:
+    """A llama.cpp server and no ``BAE_RESPONSE_FORMAT``: DSPy's parser gives up on the answer with "Input
+    nesting exceeds the supported parser recursion depth". One request, exit 4, and the variable to set
+    (only when no schema was sent: with one forced the hint would be wrong)."""
+    with fake_openai(lambda body: RUNAWAY) as fake:
+        env = {"OPENAI_API_BASE": fake.url, "OPENAI_API_KEY": "none", "BAE_RESPONSE_FORMAT": forced}
+        result = bae("run", EXAMPLE, "--lm", "openai/fake-model", "--input", json.dumps(TICKET), "--no-log",
+                     "--json", env=env)  # fmt: skip
+    line = failure(result, 4, "Triage (choice): the LM's answer is nested too deep to parse",
+                   "Input nesting exceeds the supported parser recursion depth")  # fmt: skip
+    assert (HINT in line) == (not forced), line
+    assert len(fake.bodies) == 1  # not retried, not self-corrected: it would loop the same way again
+    printed = json.loads(result.stdout)  # --json: the failed run's object
+    assert list(printed) == ["error", "usage", "version", "duration_s"] and printed["error"] in line
+    assert printed["usage"][0]["errors"] == 1 and printed["version"] is None
+
+
+def test_free_text_answers_to_an_unknown_model_say_what_to_do() -> None:
+    """The other way the same setup fails: answers that are not JSON at all, self-corrected twice, then exit 1
+    with the variable to set."""
+    with fake_openai(lambda body: "The ticket is about billing.") as fake:
+        env = {"OPENAI_API_BASE": fake.url, "OPENAI_API_KEY": "none", "BAE_RESPONSE_FORMAT": ""}
+        result = bae("run", EXAMPLE, "--lm", "openai/fake-model", "--input", json.dumps(TICKET), "--no-log", env=env)
+    failure(result, 1, "Triage (choice): the LM's answer did not parse after 3 attempts", HINT)
+    assert len(fake.bodies) == 3 and fake.bodies[0]["response_format"] == {"type": "json_object"}  # no schema

@@ -30,7 +30,7 @@ from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.graph import Graph
 from bae.loader import load_graph
 from bae.markers import Bind, Context
-from bae.node import Node, schema_fingerprint
+from bae.node import Node, predictor_fingerprint, schema_fingerprint
 from bae.optimized_lm import load_optimized
 from bae.optimizer import PredictorOutcome
 from tests import graphs as g
@@ -136,6 +136,7 @@ def test_dataset_parsing_never_crashes(case: tuple[str, bytes]) -> None:
 # -- manifests and version indexes ---------------------------------------------------------------
 REAL_FILES = {rel: (V1 / rel).read_bytes() for rel in json.loads((V1 / "manifest.json").read_text())["files"]}
 REAL_MANIFEST = (V1 / "manifest.json").read_bytes()
+REAL_FINGERPRINTS = sorted(e["fingerprint"] for e in json.loads(REAL_MANIFEST)["files"].values() if "fingerprint" in e)
 PATHS = [*REAL_FILES, "../escape.json", "/etc/passwd", "nodes/\x00.json", "nodes/" + "x" * 300 + ".json", "", "."]
 PATHS += ["nodes", "manifest.json", "nodes/../../x.json", "nodes/./Triage.choice.json", "nodes\\..\\x.json"]
 
@@ -147,7 +148,7 @@ entries = st.fixed_dictionaries(
     },
     optional={
         "node": st.sampled_from(["Triage", "BillingIssue", "Ticket", "Nope"]) | json_values,
-        "fingerprint": st.sampled_from(["dffa3e2d9ab62680", "fa60851bee2f9445"]) | json_values,
+        "fingerprint": st.sampled_from(REAL_FINGERPRINTS) | json_values,
     },
 )
 
@@ -264,8 +265,13 @@ def test_fingerprint_is_stable_for_the_same_schema(schema: dict[str, Any]) -> No
 
 def test_fingerprints_are_stable_across_processes() -> None:
     """The fingerprints recorded at compile time (another process, another day) still match."""
-    recorded = json.loads((V1 / "manifest.json").read_text())["graph"]["nodes"]
-    assert {cls.__name__: schema_fingerprint(cls) for cls in EXAMPLE_GRAPH.nodes} == recorded
+    manifest = json.loads((V1 / "manifest.json").read_text())
+    assert {cls.__name__: schema_fingerprint(cls) for cls in EXAMPLE_GRAPH.nodes} == manifest["graph"]["nodes"]
+    for entry in (e for e in manifest["files"].values() if "node" in e):
+        cls = EXAMPLE_GRAPH.node(entry["node"])
+        assert cls is not None and entry["fingerprint"] == predictor_fingerprint(cls, entry["kind"]), entry
+        if entry["kind"] == "make":  # a make predictor's fingerprint is its node's: files from before choices had
+            assert entry["fingerprint"] == schema_fingerprint(cls)  # their own stay valid
 
 
 @st.composite

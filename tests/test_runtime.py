@@ -60,8 +60,8 @@ def test_table_and_json_count_optimized_and_naive_calls(partial: Path, tmp_path:
 
 
 def test_stale_node_falls_back_with_a_warning(partial: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    old_doc = '"""A problem with charges, invoices, payment methods or refunds."""'
-    source = Path(EXAMPLE).read_text().replace(old_doc, '"""Anything about money: charges, invoices, refunds."""')
+    old = 'description="whether the customer asks for money back"'  # in BillingIssue's make prompt only
+    source = Path(EXAMPLE).read_text().replace(old, 'description="a refund is wanted"')
     drifted = tmp_path / "support_triage.py"
     drifted.write_text(source)
     loaded = load_graph(str(drifted))
@@ -171,7 +171,8 @@ def test_promote_and_rollback_round_trip(partial: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     listed = json.loads(bae("versions", str(root), "--json").stdout)
     assert [(v["version"], v["active"]) for v in listed] == [("v1", False), ("v2", True)]
-    assert bae("promote", str(root), "v1").returncode == 0
+    promoted = bae("promote", str(root), "v1", "--json")
+    assert promoted.returncode == 0 and json.loads(promoted.stdout) == {"compiled": str(root), "active": "v1"}
     assert json.loads((root / "versions.json").read_text())["active"] == "v1"
     run = json.loads(bae("run", "--compiled", str(root), "--lm", f"{LMS}:oracle", "--no-log", "--input",
                          json.dumps(TICKET), "--json").stdout)  # fmt: skip
@@ -205,6 +206,16 @@ def test_graph_command_marks_optimized_nodes(partial: Path) -> None:
     assert "Triage" in tree.stdout and "choice optimized" in tree.stdout
     mermaid = bae("graph", EXAMPLE, "--mermaid", "--compiled", str(partial)).stdout
     assert "Triage --> BillingIssue" in mermaid and "style Triage" in mermaid and "style AccountIssue" not in mermaid
+    shown = bae("graph", EXAMPLE, "--compiled", str(partial), "--json")
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["start"] == "Ticket" and report["compiled"]["version"] == "v1" and report["problems"] == []
+    nodes = {n["node"]: n for n in report["nodes"]}
+    assert nodes["Triage"]["successors"] == ["BillingIssue", "TechnicalIssue", "AccountIssue"]
+    assert nodes["Triage"]["decides"] and nodes["Ticket"]["custom"] and nodes["BillingIssue"]["may_end"]
+    assert nodes["Triage"]["predictors"] == {"choice": "optimized"} and nodes["Ticket"]["predictors"] == {}
+    assert nodes["AccountIssue"]["predictors"] == {"make": "naive"}  # the partial version has none for it
+    assert report["mermaid"] == bae("graph", EXAMPLE, "--mermaid").stdout.strip()
 
 
 def test_asyncio_runs_share_one_lm_and_keep_dspy_history_bounded(partial: Path) -> None:

@@ -151,6 +151,22 @@ def test_run_returns_the_final_node_trace_and_usage(open_server: tuple[Server, P
     assert run_ok.version == "v1" and [c.node for c in run_ok.calls] == ["Triage", "BillingIssue"]
 
 
+def test_run_answers_what_bae_run_json_prints(open_server: tuple[Server, Path], tmp_path: Path) -> None:
+    """The README: ``POST /run`` "returns what ``bae run --json`` prints": one object, built in one place."""
+    served_run = run(open_server[0], BILLING).json()
+    printed = bae("run", "--compiled", str(COMPILED), "--lm", f"{HERE}:serving_lm", "--no-log", "--input",
+                  json.dumps(BILLING), "--json", cwd=tmp_path)  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    cli_run = json.loads(printed.stdout)
+    assert list(cli_run) == list(served_run) == ["node", "result", "trace", "usage", "version", "duration_s"]
+    timing = ("mean_latency_s",)
+    for ran in (served_run, cli_run):
+        assert ran["duration_s"] >= 2 * CALL_DELAY_S
+        ran["usage"] = [{k: v for k, v in row.items() if k not in timing} for row in ran.pop("usage")]
+        ran.pop("duration_s")
+    assert cli_run == served_run
+
+
 def test_openapi_request_schema_is_the_start_nodes_fields(open_server: tuple[Server, Path]) -> None:
     schema = httpx.get(open_server[0].url + "/openapi.json").json()
     request = schema["paths"]["/run"]["post"]["requestBody"]["content"]["application/json"]["schema"]

@@ -15,6 +15,8 @@ from typing import Any
 
 from typer.core import TyperCommand, TyperGroup
 
+from bae_cli.debug import DEBUG_OPTION
+
 COMMANDS = {  # name: (module, the first paragraph of its docstring, shown by `bae --help`)
     "compile": ("compile_cmd", "Optimize every predictor of GRAPH from gold traces and write a new compiled version."),
     "eval": (
@@ -45,10 +47,12 @@ class _Listed(TyperCommand):
 
 
 class LazyGroup(TyperGroup):
-    """bae's Click group: every command listed from ``COMMANDS``, each module imported on first use."""
+    """bae's Click group: every command listed from ``COMMANDS``, each module imported on first use,
+    and ``--debug`` accepted before the command and after it (one option, given to the app and each command)."""
 
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
+        self.params.append(DEBUG_OPTION)
         for name, (_, summary) in COMMANDS.items():
             self.commands.setdefault(name, _Listed(name, summary))
 
@@ -71,9 +75,11 @@ class LazyGroup(TyperGroup):
         import_module(f"bae_cli.commands.{COMMANDS[name][0]}")
         for info in app.registered_commands:
             if info.name == name:
-                self.commands[name] = get_command_from_info(
+                command = get_command_from_info(
                     info, pretty_exceptions_short=app.pretty_exceptions_short, rich_markup_mode=app.rich_markup_mode
                 )
+                command.params.append(DEBUG_OPTION)
+                self.commands[name] = command
         return self.commands[name]
 
     def list_commands(self, ctx: Any) -> list[str]:

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from bae import artifacts
 from bae.exceptions import BaeError
-from bae.node import schema_fingerprint
+from bae.freshness import predictor_statuses
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, graph_from, out, print_json
 
@@ -19,35 +19,26 @@ if TYPE_CHECKING:
 
 
 def node_rows(graph: Graph, manifest: dict[str, Any], checks: dict[str, artifacts.FileCheck]) -> list[dict[str, Any]]:
-    """One row per predictor: optimized, naive (no file), stale (schema changed) or missing (node gone)."""
-    files = {(e.get("node"), e.get("kind")): (rel, e) for rel, e in manifest["files"].items() if "node" in e}
+    """One row per predictor, its status decided by ``bae.freshness`` (as loading decides it)."""
     reasons = {(n["node"], n["kind"]): n.get("reason") for n in manifest.get("naive_predictors", [])}
     rows = []
-    for key in graph.predictor_keys():
-        cls = graph.node(key[0])
-        row: dict[str, Any] = {"node": key[0], "kind": key[1], "demos": 0, "file": None, "checksum_ok": None}
-        if key in files:
-            rel, entry = files.pop(key)
-            fresh = entry.get("fingerprint") == schema_fingerprint(cls)
-            row.update(status="optimized" if fresh else "stale", demos=entry.get("demos", 0), file=rel)
-            row["checksum_ok"] = checks[rel].ok
-            retrieval = f"knn k={entry.get('demos', 0)} pool={entry['pool']}" if "pool" in entry else None
-            row["note"] = retrieval if fresh else "schema changed since compile"
-        else:
-            row.update(status="naive", note=reasons.get(key) or "no compiled predictor")
+    for held in predictor_statuses(graph, manifest):
+        entry = held.entry or {}
+        row: dict[str, Any] = {
+            "node": held.node,
+            "kind": held.kind,
+            "status": held.status,
+            "demos": entry.get("demos", 0),
+            "file": held.file,
+            "checksum_ok": None if held.file is None else checks[held.file].ok,
+        }
+        row["note"] = {
+            "optimized": f"knn k={entry.get('demos', 0)} pool={entry['pool']}" if "pool" in entry else None,
+            "stale": f"{'schema or options' if held.kind == 'choice' else 'schema'} changed since compile",
+            "missing": "no longer in the graph",
+            "naive": reasons.get(held.key) or "no compiled predictor",
+        }[held.status]
         rows.append(row)
-    for (node, kind), (rel, entry) in files.items():
-        rows.append(
-            {
-                "node": node,
-                "kind": kind,
-                "status": "missing",
-                "demos": entry.get("demos", 0),
-                "file": rel,
-                "checksum_ok": checks[rel].ok,
-                "note": "node no longer in the graph",
-            }
-        )
     return rows
 
 

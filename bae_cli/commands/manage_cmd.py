@@ -154,9 +154,13 @@ def versions(directory: CompiledRoot = Path("compiled"), as_json: JsonFlag = Fal
 def promote(
     directory: CompiledRoot,
     version: Annotated[str, typer.Argument(help="The version to make active, e.g. v2 (an older one rolls back).")],
+    as_json: JsonFlag = False,
 ) -> None:
     """Make a version active; rolling back is promoting an older version."""
     data = artifacts.promote(directory, version)
+    if as_json:
+        print_json({"compiled": str(directory), "active": data["active"]})
+        return
     out.print(f"active version of {directory}: {data['active']}")
 
 
@@ -164,20 +168,35 @@ def promote(
 def graph(
     reference: Annotated[str, typer.Argument(help="file.py[:Name] or package.module:Name.")],
     compiled: Annotated[
-        Path | None, typer.Option("--compiled", help="Mark which nodes that version optimized.")
+        Path | None,
+        typer.Option("--compiled", help="Mark which predictors that version optimized (and which are stale)."),
     ] = None,
     mermaid: Annotated[bool, typer.Option("--mermaid", help="Print a Mermaid diagram instead of a tree.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Show a graph's structure, and which nodes a compiled version optimized."""
+    """Show a graph's structure, and which nodes a compiled version optimized.
+
+    Exit 1 when the graph has problems (``Graph.validate``), listed after the structure."""
+    from bae.freshness import NAIVE, OPTIMIZED, predictor_statuses
+
     loaded = graph_from(reference, None)
     g = loaded.graph
-    optimized: set[tuple[str, str]] = set()
+    version: dict[str, Any] | None = None
+    statuses: dict[tuple[str, str], str] = {}  # each predictor's status in the version (bae.freshness decides)
     if compiled is not None:
-        manifest = artifacts.read_manifest(artifacts.resolve_version_dir(compiled))
-        optimized = {(e["node"], e["kind"]) for e in manifest["files"].values() if "node" in e}
+        version_dir = artifacts.resolve_version_dir(compiled)
+        manifest = artifacts.read_manifest(version_dir)
+        version = {"version": manifest.get("version"), "path": str(version_dir)}
+        statuses = {s.key: s.status for s in predictor_statuses(g, manifest)}
+    if as_json:
+        problems = g.validate()
+        print_json(_graph_json(loaded.reference, g, version, statuses, problems))
+        if problems:
+            raise typer.Exit(1)
+        return
     if mermaid:
         text = g.to_mermaid()
-        for node, _ in sorted(optimized):
+        for node in sorted({node for (node, _), status in statuses.items() if status == OPTIMIZED}):
             text += f"\n    style {node} stroke:#2a2,stroke-width:3px"
         out.print(text, markup=False)
         return
@@ -190,8 +209,9 @@ def graph(
         elif spec.decides:
             tags.append("decides")
         for kind in ("make", "choice"):
-            if (cls.__name__, kind) in optimized:
-                tags.append(f"[green]{kind} optimized[/]")
+            status = statuses.get((cls.__name__, kind), NAIVE)
+            if status != NAIVE:
+                tags.append(f"[{'green' if status == OPTIMIZED else 'red'}]{kind} {status}[/]")
         if spec.may_end and spec.successors:  # a terminal node always ends: only a node that may also go on
             tags.append("may end")
         return f"[bold]{cls.__name__}[/]" + (f"  ({', '.join(tags)})" if tags else "")
@@ -214,3 +234,38 @@ def graph(
         out.print(f"[red]problem[/] {problem}")
     if problems:
         raise typer.Exit(1)
+
+
+def _graph_json(
+    reference: str,
+    g: Any,
+    version: dict[str, Any] | None,
+    statuses: dict[tuple[str, str], str],
+    problems: list[Any],
+) -> dict[str, Any]:
+    """The structure as data: each node's edges and predictors (their status in the version, with
+    --compiled; else null), the predictors the version holds that the graph no longer has, the problems."""
+    from bae.freshness import MISSING
+
+    kinds: dict[str, list[str]] = {}
+    for node, kind in g.predictor_keys():
+        kinds.setdefault(node, []).append(kind)
+    return {
+        "graph": reference,
+        "start": g.start.__name__,
+        "compiled": version,
+        "nodes": [
+            {
+                "node": cls.__name__,
+                "custom": not spec.routed,
+                "decides": spec.decides,
+                "successors": [s.__name__ for s in spec.successors],
+                "may_end": spec.may_end,
+                "predictors": {kind: statuses.get((cls.__name__, kind)) for kind in kinds.get(cls.__name__, [])},
+            }
+            for cls, spec in g.specs.items()
+        ],
+        "missing": [f"{node}.{kind}" for (node, kind), status in statuses.items() if status == MISSING],
+        "mermaid": g.to_mermaid(),
+        "problems": [{"kind": p.kind, "node": p.node, "field": p.field, "message": p.message} for p in problems],
+    }

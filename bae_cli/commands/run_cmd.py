@@ -19,7 +19,7 @@ from bae.exceptions import BaeInputError, BaeLMError
 from bae.jsontext import JSONTextError
 from bae.node import Node
 from bae.result import CallRecord
-from bae.runner import Outcome, Runner, node_json, open_backend, record_traces
+from bae.runner import Outcome, Runner, node_json, open_backend, record_traces, run_json
 from bae.usage import usage_rows
 from bae.wording import counted, unknown_names
 from bae_cli.app import app
@@ -215,7 +215,7 @@ def _usage_json(calls: list[CallRecord]) -> list[dict[str, object]]:
 
 def _report_single(outcome: Outcome, meta: dict[str, Any], verbose: bool, as_json: bool) -> None:
     if as_json:
-        print_json({**outcome.as_dict(), "version": meta["version"], "usage": _usage_json(outcome.calls)})
+        print_json(run_json(outcome, meta["version"]))
     elif outcome.result is not None:
         result = outcome.result
         out.print(f"[bold]{type(result.node).__name__}[/] {json.dumps(node_json(result.node), ensure_ascii=False)}")

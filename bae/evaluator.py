@@ -370,6 +370,28 @@ def _dataset(dataset: str | Path | Dataset | Sequence[GoldTrace], graph: Graph, 
     return Dataset(path=Path("<traces>"), traces=traces, invalid=[], sha256="")
 
 
+def _warn_before_running(versions: Mapping[str, LoadedVersion], metric: str, warn: Callable[[str], None]) -> None:
+    """Said before the LM is built, so it is known before minutes of runs: a version's stale predictors,
+    and a version whose recorded score another metric judged."""
+    for name, version in versions.items():
+        for node, kind in sorted(version.stale):
+            warn(f"{name}: {node} ({kind}) changed since compile: using a naive predictor (stale)")
+        recorded_with = (version.manifest.get("scores") or {}).get("metric", BUILTIN)
+        if recorded_with != metric:
+            warn(
+                f"{name} recorded its dev score with metric {recorded_with}, this evaluation judges with "
+                f"{metric}: the two do not compare"
+            )
+
+
+def _recorded_score(version: LoadedVersion | None) -> float | None:
+    """The optimized dev score ``version`` recorded at compile; None for the naive graph."""
+    if version is None:
+        return None
+    score = (version.manifest.get("scores") or {}).get("optimized")
+    return float(score) if isinstance(score, int | float) else None
+
+
 def evaluate(
     graph: Graph | LoadedGraph | str,
     dataset: str | Path | Dataset | Sequence[GoldTrace],
@@ -423,15 +445,7 @@ def evaluate(
     judge_with = load_function(metric, "--metric") if isinstance(metric, str) else metric
     check_metric(judge_with, (node for trace in data.traces for node in trace.nodes[1:]))
     versions_loaded = {p.name: load_optimized(loaded.graph, p.version_dir) for p in plans if p.version_dir is not None}
-    for name, version in versions_loaded.items():
-        for node, kind in sorted(version.stale):
-            warn(f"{name}: {node} ({kind}) changed since compile: using a naive predictor (stale)")
-        recorded_with = (version.manifest.get("scores") or {}).get("metric", BUILTIN)
-        if recorded_with != metric_name(judge_with):
-            warn(
-                f"{name} recorded its dev score with metric {recorded_with}, this evaluation judges with "
-                f"{metric_name(judge_with)}: the two do not compare"
-            )
+    _warn_before_running(versions_loaded, metric_name(judge_with), warn)
     run_log = RunLog(log) if isinstance(log, str | Path) else log
     model = lm if lm is not None and not isinstance(lm, str) else resolve_lm(lm)
     model_name = lm_name(model)
@@ -493,8 +507,8 @@ def evaluate(
             version_dir=plan.version_dir,
             score=summarize(loaded.graph, [run.scored for run in runs]),
             runs=runs,
-            recorded_score=(version.manifest.get("scores") or {}).get("optimized") if version is not None else None,
-            stale=[f"{node}.{kind}" for node, kind in sorted(version.stale)] if version is not None else [],
+            recorded_score=_recorded_score(loaded_version),
+            stale=[] if loaded_version is None else [f"{node}.{kind}" for node, kind in sorted(loaded_version.stale)],
             complete=complete,
         )
         evaluation.columns.append(column)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # for type checkers: at run time these load on first use (_LA
     from bae.optimized_lm import OptimizedLM as OptimizedLM
     from bae.optimized_lm import create_optimized_lm as create_optimized_lm
 
-__version__ = "0.1.0"
+from bae.version import __version__
 
 _LAZY = {
     "Graph": "bae.graph",

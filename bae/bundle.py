@@ -31,11 +31,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bae import __version__, artifacts
+from bae import artifacts
 from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.loader import LoadedGraph, import_target, split_reference
 from bae.node import graph_fingerprint, spec_of
 from bae.redaction import redact
+from bae.version import __version__
 
 FORMAT = 1
 # LM settings that shape answers and are safe to write down; everything else (keys, bases, headers) is left out.

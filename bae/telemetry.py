@@ -56,7 +56,7 @@ def tracer() -> Any | None:
         return None
     cached = _tracers.get(id(provider))
     if cached is None or cached[0] is not provider:
-        from bae import __version__
+        from bae.version import __version__
 
         cached = (provider, provider.get_tracer("bae", __version__))
         _tracers[id(provider)] = cached

@@ -36,6 +36,7 @@ from bae.metrics import BUILTIN, Metric, check_metric, metric_name
 from bae.node import spec_of
 from bae.scoring import EvaluationInterrupted, GraphScore, TraceRun, delta_of, run_traces, summarize
 from bae.usage import lm_usage
+from bae.wording import score_text
 
 if TYPE_CHECKING:
     import dspy
@@ -325,8 +326,8 @@ def judge(
         for column in (c for c in columns if c.role == VERSION):
             score = column.score.score
             passed = score >= min_score - TOLERANCE
-            verdict = "reaches" if passed else f"{min_score - score:.3f} below"
-            message = f"{column.name} scored {score:.3f}: {verdict} --min-score {min_score:g}"
+            verdict = "reaches" if passed else f"{score_text(min_score - score)} below"
+            message = f"{column.name} scored {score_text(score)}: {verdict} --min-score {min_score:g}"
             gates.append(Gate("min-score", column.name, score, min_score, passed, message))
     if baseline is not None:
         first = columns[0]
@@ -334,10 +335,10 @@ def judge(
         allowed = max_drop or 0.0
         drop = base.score.score - first.score.score
         passed = drop <= allowed + TOLERANCE
-        how = f"{drop:.3f} below" if drop > 0 else f"{-drop:.3f} above" if drop < 0 else "level with"
+        how = f"{score_text(drop)} below" if drop > 0 else f"{score_text(-drop)} above" if drop < 0 else "level with"
         message = (
-            f"{first.name} scored {first.score.score:.3f}, {how} baseline {baseline} ({base.score.score:.3f}): "
-            f"--max-drop allows {allowed:g}"
+            f"{first.name} scored {score_text(first.score.score)}, {how} baseline {baseline} "
+            f"({score_text(base.score.score)}): --max-drop allows {allowed:g}"
         )
         gates.append(Gate("baseline", first.name, first.score.score, base.score.score - allowed, passed, message))
     return gates

@@ -31,11 +31,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bae import __version__, artifacts
+from bae import artifacts
 from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.loader import LoadedGraph, import_target, split_reference
 from bae.node import graph_fingerprint, spec_of
 from bae.redaction import redact
+from bae.version import __version__
+from bae.wording import score_text
 
 FORMAT = 1
 # LM settings that shape answers and are safe to write down; everything else (keys, bases, headers) is left out.
@@ -193,11 +195,12 @@ def _self_check(folder: Path, graph_arg: str) -> None:
 
 def _readme(config: dict[str, Any], graph_arg: str, lm_spec: str, example: str) -> str:
     version, scores = config["version"], config["scores"] or {}
+    naive, optimized = score_text(scores.get("naive")), score_text(scores.get("optimized"))
     return f"""# {config["graph"]["start"]} graph, compiled version {version}
 
 Built by `bae bundle` (bae {config["bae_version"]}) on {config["created_at"]}. The version was compiled on
 {config["compiled"]["created_at"]} with the `{config["compiled"]["optimizer"]}` optimizer on
-`{config["compiled"]["lm"]}`: dev score naive {scores.get("naive")} -> optimized {scores.get("optimized")}.
+`{config["compiled"]["lm"]}`: dev score naive {naive} -> optimized {optimized}.
 The LM this bundle is configured for: `{config["lm"]["model"]}` (`config.json`; no keys or endpoints are stored:
 give them to the LM the usual way, e.g. `OPENAI_API_KEY`, `OPENAI_API_BASE`).
 

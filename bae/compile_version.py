@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import dspy
 from dspy.utils.usage_tracker import UsageTracker
 
-from bae import __version__, artifacts
+from bae import artifacts
 from bae.compiler import CHOICE, MAKE, NodePredict
 from bae.dataset import Dataset, GoldTrace, load_dataset, split
 from bae.dev_coverage import dev_warnings
@@ -40,6 +40,7 @@ from bae.optimizer import (
 from bae.result import CallRecord
 from bae.scoring import GraphScore, delta_of, run_traces, summarize
 from bae.usage import lm_usage
+from bae.version import __version__
 
 
 class Progress(Protocol):

@@ -72,14 +72,12 @@ def parse_trace(graph: Graph, record: Any) -> tuple[Node, ...]:
         inputs = context_inputs(cls, nodes[-1], state, strict=False) if nodes else {}
         # A field the node does not have is a typo or a stale trace: refused, as `bae serve` refuses it
         problems = unknown_names(fields, cls.model_fields)
-        invalid: ValidationError | None = None
         try:
             node = cls.model_validate({**inputs, **fields})
         except ValidationError as exc:
-            problems.append(_first_error(exc))
-            invalid = exc
+            raise TraceError(f"step {number} ({cls.__name__}): {'; '.join([*problems, _first_error(exc)])}") from exc
         if problems:
-            raise TraceError(f"step {number} ({cls.__name__}): {'; '.join(problems)}") from invalid
+            raise TraceError(f"step {number} ({cls.__name__}): {'; '.join(problems)}")
         nodes.append(node)
         state.append(node)
     if not spec_of(type(nodes[-1])).may_end:

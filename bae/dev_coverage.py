@@ -17,6 +17,7 @@ from bae.dataset import GoldTrace
 from bae.intervals import Interval
 from bae.node import Node, spec_of
 from bae.scoring import ENDED
+from bae.wording import score_text
 
 MIN_DEV_TRACES = 20  # below this one trace moves a score by 5 points or more, and intervals span most of 0..1
 
@@ -44,8 +45,9 @@ def dev_warnings(train: Sequence[GoldTrace], dev: Sequence[GoldTrace], interval:
         low, high = interval.as_list()
         warnings.append(
             f"dev has {len(dev)} trace{'s' if len(dev) != 1 else ''} (fewer than {MIN_DEV_TRACES}): one trace moves "
-            f"a score by {1 / max(1, len(dev)):.3f}, and resampling this few cannot show how much scores vary (the "
-            f"optimized score's 95% interval: [{low:.3f}, {high:.3f}]); add gold traces or give a larger --devset"
+            f"a score by {score_text(1 / max(1, len(dev)))}, and resampling this few cannot show how much scores "
+            f"vary (the optimized score's 95% interval: [{score_text(low)}, {score_text(high)}]); add gold traces "
+            "or give a larger --devset"
         )
     train_makes, train_answers = _taught(train)
     dev_makes, dev_answers = _taught(dev)

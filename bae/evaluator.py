@@ -36,6 +36,7 @@ from bae.metrics import BUILTIN, Metric, check_metric, metric_name
 from bae.node import spec_of
 from bae.scoring import EvaluationInterrupted, GraphScore, TraceRun, delta_of, run_traces, summarize
 from bae.usage import lm_usage
+from bae.wording import score_text
 
 if TYPE_CHECKING:
     import dspy
@@ -325,8 +326,8 @@ def judge(
         for column in (c for c in columns if c.role == VERSION):
             score = column.score.score
             passed = score >= min_score - TOLERANCE
-            verdict = "reaches" if passed else f"{min_score - score:.3f} below"
-            message = f"{column.name} scored {score:.3f}: {verdict} --min-score {min_score:g}"
+            verdict = "reaches" if passed else f"{score_text(min_score - score)} below"
+            message = f"{column.name} scored {score_text(score)}: {verdict} --min-score {min_score:g}"
             gates.append(Gate("min-score", column.name, score, min_score, passed, message))
     if baseline is not None:
         first = columns[0]
@@ -334,10 +335,10 @@ def judge(
         allowed = max_drop or 0.0
         drop = base.score.score - first.score.score
         passed = drop <= allowed + TOLERANCE
-        how = f"{drop:.3f} below" if drop > 0 else f"{-drop:.3f} above" if drop < 0 else "level with"
+        how = f"{score_text(drop)} below" if drop > 0 else f"{score_text(-drop)} above" if drop < 0 else "level with"
         message = (
-            f"{first.name} scored {first.score.score:.3f}, {how} baseline {baseline} ({base.score.score:.3f}): "
-            f"--max-drop allows {allowed:g}"
+            f"{first.name} scored {score_text(first.score.score)}, {how} baseline {baseline} "
+            f"({score_text(base.score.score)}): --max-drop allows {allowed:g}"
         )
         gates.append(Gate("baseline", first.name, first.score.score, base.score.score - allowed, passed, message))
     return gates
@@ -368,6 +369,28 @@ def _dataset(dataset: str | Path | Dataset | Sequence[GoldTrace], graph: Graph, 
     if not traces:
         raise BaeInputError("the dataset has no traces: give gold traces")
     return Dataset(path=Path("<traces>"), traces=traces, invalid=[], sha256="")
+
+
+def _warn_before_running(versions: Mapping[str, LoadedVersion], metric: str, warn: Callable[[str], None]) -> None:
+    """Said before the LM is built, so it is known before minutes of runs: a version's stale predictors,
+    and a version whose recorded score another metric judged."""
+    for name, version in versions.items():
+        for node, kind in sorted(version.stale):
+            warn(f"{name}: {node} ({kind}) changed since compile: using a naive predictor (stale)")
+        recorded_with = (version.manifest.get("scores") or {}).get("metric", BUILTIN)
+        if recorded_with != metric:
+            warn(
+                f"{name} recorded its dev score with metric {recorded_with}, this evaluation judges with "
+                f"{metric}: the two do not compare"
+            )
+
+
+def _recorded_score(version: LoadedVersion | None) -> float | None:
+    """The optimized dev score ``version`` recorded at compile; None for the naive graph."""
+    if version is None:
+        return None
+    score = (version.manifest.get("scores") or {}).get("optimized")
+    return float(score) if isinstance(score, int | float) else None
 
 
 def evaluate(
@@ -423,15 +446,7 @@ def evaluate(
     judge_with = load_function(metric, "--metric") if isinstance(metric, str) else metric
     check_metric(judge_with, (node for trace in data.traces for node in trace.nodes[1:]))
     versions_loaded = {p.name: load_optimized(loaded.graph, p.version_dir) for p in plans if p.version_dir is not None}
-    for name, version in versions_loaded.items():
-        for node, kind in sorted(version.stale):
-            warn(f"{name}: {node} ({kind}) changed since compile: using a naive predictor (stale)")
-        recorded_with = (version.manifest.get("scores") or {}).get("metric", BUILTIN)
-        if recorded_with != metric_name(judge_with):
-            warn(
-                f"{name} recorded its dev score with metric {recorded_with}, this evaluation judges with "
-                f"{metric_name(judge_with)}: the two do not compare"
-            )
+    _warn_before_running(versions_loaded, metric_name(judge_with), warn)
     run_log = RunLog(log) if isinstance(log, str | Path) else log
     model = lm if lm is not None and not isinstance(lm, str) else resolve_lm(lm)
     model_name = lm_name(model)
@@ -493,8 +508,8 @@ def evaluate(
             version_dir=plan.version_dir,
             score=summarize(loaded.graph, [run.scored for run in runs]),
             runs=runs,
-            recorded_score=(version.manifest.get("scores") or {}).get("optimized") if version is not None else None,
-            stale=[f"{node}.{kind}" for node, kind in sorted(version.stale)] if version is not None else [],
+            recorded_score=_recorded_score(loaded_version),
+            stale=[] if loaded_version is None else [f"{node}.{kind}" for node, kind in sorted(loaded_version.stale)],
             complete=complete,
         )
         evaluation.columns.append(column)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic.errors import PydanticUserError
 from pydantic.fields import FieldInfo
 
-from bae import __version__, telemetry
+from bae import telemetry
 from bae.exceptions import BaeError, BaeGraphError, BaeInputError, BaeLMError, BaeParseError
 from bae.jsontext import JSONTextError, check_text
 from bae.loader import LoadedGraph
@@ -38,6 +38,7 @@ from bae.node import Node, graph_fingerprint, spec_of
 from bae.redaction import redact
 from bae.runlog import RunLog
 from bae.runner import Backend, BackgroundLog, Outcome, Runner, run_json
+from bae.version import __version__
 
 logger = logging.getLogger("bae")
 

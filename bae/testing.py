@@ -101,8 +101,8 @@ class ScriptedLM(dspy.LM):
         with self._lock:
             pending = self.faults.get(key)
             fault = pending.pop(0) if pending else None
+            index = self._used[key]  # a fault does not use up a scripted answer
             if fault is None:
-                index = self._used[key]
                 self._used[key] += 1
         if self.delay_s:
             time.sleep(self.delay_s)

@@ -11,8 +11,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from bae import __version__
 from bae.exceptions import BaeError
+from bae.version import __version__
 from bae_cli.commands import LazyGroup
 from bae_cli.debug import debugging
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bae.exceptions import BaeInputError
+from bae.wording import score_change_text, score_text
 
 if TYPE_CHECKING:
     from bae.loader import LoadedGraph
@@ -63,7 +64,7 @@ def warn_stale(stale: set[tuple[str, str]]) -> None:
 
 def interval_text(interval: list[float]) -> str:
     """``[0.190, 0.571]``: a score's 95% interval, as ``compile`` and ``eval`` print it."""
-    return f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+    return f"[{score_text(interval[0])}, {score_text(interval[1])}]"
 
 
 def delta_text(delta: float, interval: list[float], label: str) -> str:
@@ -75,7 +76,8 @@ def delta_text(delta: float, interval: list[float], label: str) -> str:
         if low <= 0 <= high
         else f"entirely {'above' if low > 0 else 'below'} 0"
     )
-    return f"{label}: {delta:+.3f}, 95% interval [{low:+.3f}, {high:+.3f}]: {verdict}"
+    bounds = f"[{score_change_text(low)}, {score_change_text(high)}]"
+    return f"{label}: {score_change_text(delta)}, 95% interval {bounds}: {verdict}"
 
 
 def print_json(data: Any) -> None:

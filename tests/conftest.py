@@ -51,6 +51,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if REQUIRE_ALL and _REQUIRED_SKIPS:
         terminalreporter.section("BAE_REQUIRE_ALL: skipped tests fail CI", red=True)
-        terminalreporter.line("Install every extra (pip install -e '.[dev,local,serve,optimizers,otel]'). Skipped:")
+        terminalreporter.line("Install every extra (pip install -e '.[dev]': dev pulls in the others). Skipped:")
         for line in _REQUIRED_SKIPS:
             terminalreporter.line(f"  {line}")

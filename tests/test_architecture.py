@@ -5,7 +5,8 @@ backends, the embedded engine) -> runtime (loading a version, ``OptimizedLM``) -
 metrics, scoring, optimizers; it scores with the runtime, which never imports training) ->
 application (runner, serving, bundles, ``bae.evaluate``) -> ``bae_cli``. Every import counts,
 also one inside a function: a lazy import is still a dependency, and a cycle through one is still
-a cycle. ``bae/__init__.py`` is the public facade over every layer and is not part of them.
+a cycle, and so does a relative one. ``bae/__init__.py`` is the public facade over every layer, so
+only the CLI may take names from it (bae's version lives in the leaf module ``bae.version``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": (
         "markers", "exceptions", "result", "node", "lm", "resolve", "graph", "jsontext", "redaction", "usage",
-        "artifacts", "freshness", "loader", "runlog", "telemetry", "wording",
+        "artifacts", "freshness", "loader", "runlog", "telemetry", "wording", "version",
     ),
     "dspy": ("adapter", "compiler", "dspy_backend", "retrieval", "local", "lm_specs", "testing"),
     "runtime": ("optimized_lm",),
@@ -30,29 +31,50 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "application": ("runner", "serving", "bundle", "evaluator"),
 }  # fmt: skip
 RANK = {name: rank for rank, modules in enumerate(LAYERS.values()) for name in modules}
-CLI_RANK = len(LAYERS)
+FACADE_RANK = len(LAYERS)  # ``bae`` itself: it re-exports every layer, so only the CLI is above it
+CLI_RANK = len(LAYERS) + 1
 # The one upward import: ``Graph.run`` without an LM builds the default ``DSPyBackend``, inside the call.
 ALLOWED_UPWARD = {("graph", "dspy_backend")}
 
 
 def unit(module: str) -> str | None:
-    """``bae.local.engine`` -> ``local``; ``bae_cli.app`` -> ``bae_cli``; the facade and others -> None."""
+    """``bae.local.engine`` -> ``local``; ``bae_cli.app`` -> ``bae_cli``; ``bae`` -> ``bae`` (the facade)."""
     parts = module.split(".")
     if parts[0] == "bae_cli":
         return "bae_cli"
-    return parts[1] if parts[0] == "bae" and len(parts) > 1 else None
+    if parts[0] != "bae":
+        return None
+    return parts[1] if len(parts) > 1 else "bae"
 
 
-def bae_imports(path: Path) -> set[str]:
-    """Every bae module ``path`` imports, at the top or inside a function."""
+def rank_of(name: str) -> int:
+    return {"bae_cli": CLI_RANK, "bae": FACADE_RANK}.get(name, RANK.get(name, -1))
+
+
+def is_module(name: str) -> bool:
+    path = ROOT.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def package_of(path: Path) -> str:
+    """The package a source file's relative imports start from: ``bae/local/engine.py`` -> ``bae.local``."""
+    return ".".join(path.resolve().relative_to(ROOT).parent.parts)
+
+
+def bae_imports(path: Path, package: str | None = None) -> set[str]:
+    """Every bae module ``path`` imports, at the top or inside a function, relative imports resolved
+    against ``package`` (default: the file's own). A name taken from a package that is not a module
+    of it counts as the package: ``from bae import __version__`` imports the facade ``bae``."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            if node.module == "bae":  # ``from bae import artifacts`` imports a module; ``__version__`` the facade
-                found.update(f"bae.{a.name}" for a in node.names if (ROOT / "bae" / f"{a.name}.py").exists())
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = (package if package is not None else package_of(path)).split(".")
+                base = ".".join([*parts[: len(parts) - node.level + 1], *([base] if base else [])])
+            found.update(f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base for a in node.names)
     return {name for name in found if name.split(".")[0] in ("bae", "bae_cli")}
 
 
@@ -63,18 +85,21 @@ def sources() -> list[tuple[str, Path]]:
     return [(name, p) for name, p in named if name] + [("bae_cli", p) for p in (ROOT / "bae_cli").rglob("*.py")]
 
 
+def is_upward(name: str, imported: str) -> bool:
+    """Whether unit ``name`` importing module ``imported`` reaches above its own layer."""
+    target = unit(imported)
+    if target is None or target == name or (name, target) in ALLOWED_UPWARD:
+        return False
+    return rank_of(target) > rank_of(name)
+
+
 def violations() -> list[str]:
-    found = []
-    for name, path in sources():
-        rank = CLI_RANK if name == "bae_cli" else RANK[name]
-        for imported in sorted(bae_imports(path)):
-            target = unit(imported)
-            if target is None or target == name:
-                continue
-            target_rank = CLI_RANK if target == "bae_cli" else RANK[target]
-            if target_rank > rank and (name, target) not in ALLOWED_UPWARD:
-                found.append(f"{path.relative_to(ROOT)} imports {imported} (a higher layer)")
-    return found
+    return [
+        f"{path.relative_to(ROOT)} imports {imported} (a higher layer)"
+        for name, path in sources()
+        for imported in sorted(bae_imports(path))
+        if is_upward(name, imported)
+    ]
 
 
 def test_every_module_has_a_layer() -> None:
@@ -91,6 +116,25 @@ def test_the_check_sees_lazy_imports(tmp_path: Path) -> None:
     source = tmp_path / "mod.py"
     source.write_text("def load():\n    from bae.optimizer import collect_examples\n    import bae.runner\n")
     assert bae_imports(source) == {"bae.optimizer", "bae.runner"}
+
+
+def test_the_check_resolves_relative_imports(tmp_path: Path) -> None:
+    source = tmp_path / "mod.py"
+    source.write_text("from .engine import local_lm\nfrom . import decoding\nfrom ..runner import Runner\n")
+    assert bae_imports(source, package="bae.local") == {"bae.local.engine", "bae.local.decoding", "bae.runner"}
+    source.write_text("from .runner import Runner\nfrom . import artifacts\n")
+    assert bae_imports(source, package="bae") == {"bae.runner", "bae.artifacts"}
+    assert is_upward("node", "bae.runner")  # what `from .runner import ...` in bae/node.py is
+
+
+def test_a_name_from_the_facade_is_an_import_of_the_facade(tmp_path: Path) -> None:
+    """``bae`` re-exports every layer: taking ``__version__`` (or anything else) from it is an upward import
+    for every library module; a module taken from it is that module."""
+    source = tmp_path / "mod.py"
+    source.write_text("from bae import __version__, artifacts\n")
+    assert bae_imports(source, package="bae") == {"bae", "bae.artifacts"}
+    assert all(is_upward(name, "bae") for name in RANK)
+    assert not is_upward("bae_cli", "bae") and not is_upward("telemetry", "bae.version")
 
 
 @pytest.mark.parametrize("module", ["bae.compiler", "bae.optimizer", "bae.optimized_lm", "bae.graph"])

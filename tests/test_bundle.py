@@ -53,6 +53,8 @@ def test_a_bundle_runs_from_wherever_it_is_moved(tmp_path: Path) -> None:
     assert all("==" in line for line in pins) and not [p for p in pins if p.startswith(("pytest", "bae=="))]
     readme = (deployed / "README.md").read_text()
     assert "bae run examples/support_triage.py --compiled compiled" in readme and "bae serve" in readme
+    scores = manifest["scores"]
+    assert f"dev score naive {scores['naive']:.3f} -> optimized {scores['optimized']:.3f}." in readme
 
     ran = bae("run", "--compiled", "compiled", "--lm", f"{LMS}:oracle", "--input", json.dumps(TICKET),
               "--json", "--no-log", cwd=deployed)  # fmt: skip

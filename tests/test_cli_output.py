@@ -47,3 +47,26 @@ def test_columns_is_honoured(log_db: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert max(len(line) for line in result.stdout.splitlines()) <= 100, result.stdout
     assert not any(NOTE in line for line in result.stdout.splitlines())  # the note had to wrap at 100
+
+
+def test_scores_read_the_same_in_every_command(log_db: Path) -> None:
+    """compile and eval print scores to 3 decimals; inspect, versions and stats printed the manifest's
+    own (``naive 0.381 -> optimized 0.5238``). --json keeps the full values."""
+    compiled = str(ROOT / "compiled")
+    scores = json.loads((ROOT / "compiled" / "v1" / "manifest.json").read_text())["scores"]
+    naive, optimized = f"{scores['naive']:.3f}", f"{scores['optimized']:.3f}"
+    assert str(scores["optimized"]) != optimized  # the manifest holds more digits than people are shown
+    shown = {
+        command: bae(*args).stdout
+        for command, args in {
+            "inspect": ("inspect", compiled),
+            "versions": ("versions", compiled),
+            "stats": ("stats", "--compiled", compiled, "--log-db", str(log_db)),
+        }.items()
+    }
+    assert f"dev score naive {naive} -> optimized {optimized}" in shown["inspect"], shown["inspect"]
+    assert f"naive {naive} -> optimized {optimized}" in shown["versions"], shown["versions"]
+    assert f"{naive} -> {optimized}" in shown["stats"], shown["stats"]
+    assert not [command for command, text in shown.items() if str(scores["optimized"]) in text]
+    listed = json.loads(bae("versions", compiled, "--json").stdout)
+    assert listed[0]["optimized_score"] == scores["optimized"]

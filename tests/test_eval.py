@@ -36,7 +36,8 @@ FEWSHOT = f"{LMS}:fewshot"
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A compiled root: v1 (labeled demos everywhere, active) and v2 (v1 without Triage.choice's demos)."""
+    """A compiled root: v1 (labeled demos everywhere, active, recorded 1.0) and v2 (v1 without
+    Triage.choice's demos, recorded 0.25)."""
     out = tmp_path_factory.mktemp("eval") / "compiled"
     rest = tmp_path_factory.mktemp("train") / "train.jsonl"
     rest.write_text("\n".join(line for line in LINES if line not in DEV) + "\n")
@@ -48,6 +49,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     files["nodes/Triage.choice.json"]["predictor"]["demos"] = []
     manifest["files"]["nodes/Triage.choice.json"]["demos"] = 0
     manifest["notes"] = "v1 without the choice demos"
+    manifest["scores"]["optimized"] = 0.25  # what v2 scores on DEV: each column shows its own version's record
     artifacts.write_version(out, files, manifest, activate=False)
     return out
 
@@ -107,7 +109,8 @@ def test_two_versions_differing_in_demos_side_by_side(root: Path, dev: Path) -> 
     assert result.delta("v2") == result.delta(v2) and result.column("naive") is naive
     with pytest.raises(KeyError, match="no column 'v3': the columns are v1, v2, naive"):
         result.delta("v3")
-    assert v1.recorded_score == 1.0 and v2.recorded_score == 1.0  # v2's manifest is v1's: recorded != measured
+    assert (v1.recorded_score, v2.recorded_score, naive.recorded_score) == (1.0, 0.25, None)
+    assert v1.stale == v2.stale == naive.stale == []
     assert v1.usage["calls"] == v2.usage["calls"] == 2 * len(DEV)  # a choice and a make per ticket
     # failing somewhere: the naive graph's two billing tickets whose gold fields differ from lms.WRONG, v2's other 9
     assert [trace.source for trace, _ in result.failing()] == [f"{dev}:{n}" for n in (1, 2, *range(4, 13))]
@@ -142,6 +145,8 @@ def test_the_cli_table_json_and_output_agree(root: Path, dev: Path, tmp_path: Pa
     assert rows["path accuracy"] == ["1.000", "0.250 (-0.750)", "0.250 (-0.750)"]
     assert rows["Triage.choice"] == ["1.000", "0.250 (-0.750)", "0.250 (-0.750)"]
     assert rows["TechnicalIssue.make"] == ["1.000", "-", "-"]
+    assert rows["recorded at compile"] == ["1.000", "0.250", "-"]
+    assert [c["recorded_score"] for c in columns.values()] == [1.0, 0.25, None]
     assert rows["LM calls"] == ["24", "24", "24"]
     # the confusion table: every count of v1 / v2 / naive in one cell
     assert rows["TechnicalIssue"] == ["0 / 5 / 5", "5 / 0 / 0", "0 / 0 / 0"]
@@ -273,12 +278,31 @@ def test_a_changed_node_runs_naive_and_says_so(root: Path, dev: Path, tmp_path: 
     drifted = tmp_path / "support_triage.py"
     drifted.write_text(source.replace(old, 'description="where the defect is"'))
     result = run_bae("eval", str(drifted), "--compiled", str(root), "--dataset", str(dev), "--lm", FEWSHOT,
-                     "--no-log", "--json")  # fmt: skip
+                     "--no-log", "--json", "--naive")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "v1: TechnicalIssue (make) changed since compile: using a naive predictor (stale)" in result.stderr
-    (column,) = json.loads(result.stdout)["columns"]
-    assert column["stale"] == ["TechnicalIssue.make"]
-    assert column["per_predictor"]["TechnicalIssue.make"] < 1.0  # without demos the model fills in lms.WRONG
+    version, naive = json.loads(result.stdout)["columns"]
+    assert version["stale"] == ["TechnicalIssue.make"] and naive["stale"] == []  # the naive graph has no predictors
+    assert version["per_predictor"]["TechnicalIssue.make"] < 1.0  # without demos the model fills in lms.WRONG
+
+
+def test_the_naive_graph_alone_needs_no_compiled_dir(dev: Path) -> None:
+    result = bae.evaluate(EXAMPLE, dev, lm=lms.fewshot())
+    (naive,) = result.columns
+    assert (naive.name, naive.role, naive.version_dir, naive.recorded_score, naive.stale) == (
+        "naive", "version", None, None, [])  # fmt: skip
+    assert naive.score.score == pytest.approx(naive_score()) and naive.usage["calls"] == 2 * len(DEV)
+
+    shown = run_bae("eval", EXAMPLE, "--dataset", str(dev), "--lm", FEWSHOT, "--no-log", env={"COLUMNS": "200"})
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.split("\u2502")] for line in
+                                              shown.stdout.splitlines()) if len(cells) == 2}  # fmt: skip
+    assert rows["whole graph"] == [f"{naive_score():.3f}"] and rows["recorded at compile"] == ["-"]
+    report = run_bae("eval", EXAMPLE, "--dataset", str(dev), "--lm", FEWSHOT, "--no-log", "--json")
+    assert report.returncode == 0, report.stderr
+    (column,) = json.loads(report.stdout)["columns"]
+    assert (column["name"], column["path"], column["recorded_score"], column["stale"]) == ("naive", None, None, [])
+    assert column["score"] == round(naive_score(), 4)
 
 
 def test_an_lm_that_is_down_is_exit_4(root: Path, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.cli import EXAMPLE, ROOT, bae, environment
+from tests.test_local_lm import REPACKED
 
 pytestmark = pytest.mark.local
 pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python's server extra (pip install -e '.[local]')")
@@ -42,8 +43,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    """The server on a free port, once it lists its model; (process, API base)."""
+def start_server() -> tuple[subprocess.Popen[bytes], str, Any]:
+    """The server on a free port, once it lists its model; (process, API base, its output)."""
     port = _free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the server; not a pipe: llama.cpp's start-up output would fill it and block the server
     proc = subprocess.Popen(
@@ -58,16 +59,20 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
         try:
             with urllib.request.urlopen(f"{base}/models", timeout=2) as response:
                 if json.load(response)["data"][0]["id"] == "gemma":
-                    return proc, base
+                    return proc, base, log
         except OSError:
             pass
         assert time.monotonic() < deadline, f"the llama.cpp server did not start in 120 s: {_tail(log)}"
         time.sleep(0.2)
 
 
-def _tail(log: Any) -> str:
+def _text(log: Any) -> str:
     log.seek(0)
-    return str(log.read()[-2000:].decode(errors="replace"))
+    return str(log.read().decode(errors="replace"))
+
+
+def _tail(log: Any) -> str:
+    return _text(log)[-2000:]
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -76,17 +81,33 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[dict[str, str]]:
-    proc, base = start_server()
+def started() -> Iterator[tuple[str, Any]]:
+    """(API base, the server's output) of one server for the module."""
+    proc, base, log = start_server()
     try:
-        yield lm_env(base)
+        yield base, log
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="module")
+def server(started: tuple[str, Any]) -> dict[str, str]:
+    return lm_env(started[0])
 
 
 def lm_env(base: str) -> dict[str, str]:
     return {"OPENAI_API_BASE": base, "OPENAI_API_KEY": "none", "BAE_RESPONSE_FORMAT": "json_object_schema",
             "BAE_LM_TIMEOUT": "120"}  # fmt: skip
+
+
+def test_the_server_loads_without_repacked_weights(started: tuple[str, Any]) -> None:
+    """The launcher's point (AMX CPUs crash on repacked weights): llama.cpp's load log, which the server
+    prints, shows no repacked or AMX buffer. ``python -m llama_cpp.server`` itself repacks on any x86 CPU
+    with AVX2, so this holds only under bae's guard, on any machine."""
+    output = _text(started[1])
+    assert "load_tensors" in output  # the load log reached us, so its silence below means something
+    repacked = [line for line in output.splitlines() if REPACKED.search(line)]
+    assert not repacked, repacked[:3]
 
 
 def test_run_and_batch_parse_and_log_tokens(server: dict[str, str], tmp_path: Path) -> None:
@@ -125,7 +146,7 @@ def test_compile_with_a_small_budget_then_run_optimized(server: dict[str, str], 
 
 
 def test_killing_the_server_mid_run_is_exit_4_with_one_line() -> None:
-    proc, base = start_server()
+    proc, base, _ = start_server()
     run = subprocess.Popen(
         [sys.executable, "-m", "bae_cli", "run", EXAMPLE, "--lm", "openai/gemma", "--input", json.dumps(TICKETS[1]),
          "--no-log"],

@@ -14,6 +14,7 @@ from bae.lm_specs import DEFAULT_LM_TIMEOUT_S, DEFAULT_MAX_TOKENS, resolve_lm
 from bae.runlog import RunLog
 from tests.cli import EXAMPLE, bae
 from tests.fake_openai import Say, Stall, fake_openai
+from tests.test_compile import TRAIN
 from tests.test_faults import TICKET, triage_answer
 from tests.workspace import assert_refused
 
@@ -50,6 +51,25 @@ def test_cli_marks_calls_cut_by_the_timeout_or_max_tokens(tmp_path: Path) -> Non
         ("Triage", 2, "timeout", None),
         ("BillingIssue", 2, "length", None),
     ]
+
+
+@pytest.mark.parametrize("command", ["eval", "compile"])
+def test_eval_and_compile_bound_every_call_too(command: str, tmp_path: Path) -> None:
+    """--max-tokens reaches every request of eval and compile, as it does run's (above)."""
+    billing = TRAIN.read_text().splitlines()[:4]  # the training file starts with billing tickets
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text(billing[0] + "\n")
+    if command == "eval":
+        args: tuple[str, ...] = ("eval", EXAMPLE, "--dataset", str(dev), "--no-log")
+    else:
+        train = tmp_path / "train.jsonl"
+        train.write_text("\n".join(billing[1:]) + "\n")
+        args = ("compile", EXAMPLE, "--trainset", str(train), "--devset", str(dev), "--out", str(tmp_path / "out"))
+    with fake_openai(triage_answer) as fake:
+        env = {"OPENAI_API_BASE": fake.url, "OPENAI_API_KEY": "none"}
+        result = bae(*args, "--lm", "openai/fake-model", "--max-tokens", "64", env=env)
+    assert result.returncode == 0, result.stderr
+    assert fake.bodies and {body["max_tokens"] for body in fake.bodies} == {64}
 
 
 @pytest.mark.parametrize("forced", ["json_object_schema", "json_schema", "bogus"])

@@ -89,18 +89,28 @@ def _predictor(demos: list[dspy.Example], k: int | None = None) -> dspy.Predict:
 
 
 @needs_model
-@pytest.mark.parametrize("calibrate", [False, True])
-def test_likelihood_choice_matches_scoring_each_answer_by_hand(calibrate: bool) -> None:
+@pytest.mark.parametrize(("demos", "calibrate"), [("fixed", False), ("fixed", True), ("similar", False)])
+def test_likelihood_choice_matches_scoring_each_answer_by_hand(demos: str, calibrate: bool) -> None:
     """The engine's pick is the option with the best full-answer log-likelihood (minus the content-free
     one when calibrated), as computed here token by token from an empty cache (calibrated: the best or
-    within 0.3 nat of it, two differences of slightly different numerics)."""
+    within 0.3 nat of it, two differences of slightly different numerics).
+
+    Every option's answer line starts with the same tokens, so an engine scoring only an answer's first
+    tokens ties them all and picks the first option listed: with 6 fixed demos the raw best is
+    BillingIssue, the first, for these tickets. With their 8 most similar training tickets as demos
+    ("similar"), two dev tickets have a raw best that is not, by over 1.5 nat."""
     import numpy as np
 
     from bae.local.decoding import render
     from bae.local.engine import _load, _resolve, local_lm
 
     train, dev = _choice_examples()
-    predictor = _predictor(train[:6])
+    if demos == "fixed":
+        predictor, examples = _predictor(train[:6]), dev[:4]
+    else:
+        clear = ("is there a way to get timestamps from the api", "Someone changed the email on one of our admin")
+        predictor, examples = _predictor(train, k=8), [e for e in dev if e.text.startswith(clear)]
+        assert len(examples) == 2
     model = _load(_resolve(None)[0])
     llama = model.llama
     options = ["BillingIssue", "TechnicalIssue", "AccountIssue"]
@@ -123,11 +133,14 @@ def test_likelihood_choice_matches_scoring_each_answer_by_hand(calibrate: bool) 
         return scores
 
     adapter = dspy.JSONAdapter()
-    for example in dev[:4]:
+    best = []
+    for example in examples:
+        inputs = dict(example.inputs())
         with dspy.context(lm=local_lm(calibrate=calibrate), adapter=adapter):
-            picked = predictor(**example.inputs()).next_step
+            picked = predictor(**inputs).next_step
         assert picked in options
-        messages = adapter.format(predictor.signature, predictor.demos, dict(example.inputs()))
+        shown = predictor.retriever.select(inputs) if predictor.retriever is not None else predictor.demos
+        messages = adapter.format(predictor.signature, shown, inputs)
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]
         scores = by_hand(messages)
         if calibrate:
@@ -138,6 +151,9 @@ def test_likelihood_choice_matches_scoring_each_answer_by_hand(calibrate: bool) 
         # evaluates prefix, rest and each answer in batches. Logits then differ in the low bits (up to
         # ~0.1 nat per answer seen here), which only matters between near-tied options.
         assert scores[options.index(picked)] >= max(scores) - (0.3 if calibrate else 0.0), (example.text, scores)
+        best.append(options[int(np.argmax(scores))])
+    if demos == "similar":
+        assert options[0] not in best, best  # the case this parametrization is for
 
 
 @needs_model

@@ -1,10 +1,12 @@
-"""The example graph on the real embedded model: make, decide, and a small compile end to end.
+"""The example graph on the real embedded model: make, decide, a small compile end to end, and
+``bae run`` on it ending clean.
 
 These assert behaviour and parseability, never a particular answer of the 270M base model.
 """
 
 from __future__ import annotations
 
+import json
 import typing
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from bae.dspy_backend import DSPyBackend
 from bae.loader import load_graph
 from bae.optimized_lm import CompiledGraph, load_optimized
 from bae.optimizer import OptimizeSettings
-from tests.cli import EXAMPLE
+from tests.cli import EXAMPLE, ROOT, bae
 from tests.test_local_lm import HAS_LOCAL_EXTRA
 
 pytestmark = [
@@ -77,3 +79,17 @@ def test_small_compile_loads_and_runs_optimized(lm, example, tmp_path: Path) -> 
         "optimized" if (c.node, c.kind) in loaded.predictors else "naive" for c in result.calls
     ]
     assert result.calls[0].source == "optimized"  # the choice had examples of every queue
+
+
+TICKET = {"customer_email": "ana@northwind.io", "text": "I was charged twice for invoice INV-2231, please refund it."}
+
+
+def test_a_run_on_the_embedded_model_ends_without_a_traceback(tmp_path: Path) -> None:
+    """llama-cpp-python frees a model in ``__del__``, which at interpreter shutdown runs after the
+    globals it calls are gone: every command that loaded the model printed a traceback on exit
+    (``Exception ignored in: <function Llama.__del__ ...>``) unless bae closes it first."""
+    args = ("--compiled", str(ROOT / "compiled"), "--lm", "local", "--no-log", "--input", json.dumps(TICKET))
+    result = bae("run", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "trace: Ticket -> Triage -> " in result.stdout
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr

@@ -7,6 +7,7 @@ neither the model nor llama-cpp-python.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 import subprocess
 import sys
@@ -137,6 +138,10 @@ def test_models_load_without_extra_buffer_types() -> None:
 # --- the real model ----------------------------------------------------------------------------------
 
 
+# What llama.cpp logs when it loads weights into an extra buffer type: repacked (CPU_REPACK, on any x86
+# CPU with AVX2) or AMX. Either is the path that crashes AMX CPUs.
+REPACKED = re.compile(r"(REPACK|AMX) model buffer|repack tensor")
+
 # The log is kept in memory and printed at the end: llama-cpp-python points stderr at /dev/null while a
 # model loads, which would swallow the very lines this test reads.
 _LOAD_AND_DECODE = """
@@ -162,7 +167,7 @@ def test_model_loads_and_decodes_without_repacked_weights() -> None:
     assert result.stdout.strip()
     assert "load_tensors" in result.stderr  # the load log reached us, so its silence below means something
     native_log = [line for line in result.stderr.splitlines() if line.startswith("bae.local.engine.llama_cpp: ")]
-    repacked = [line for line in native_log if re.search(r"(REPACK|AMX) model buffer|repack tensor", line)]
+    repacked = [line for line in native_log if REPACKED.search(line)]
     assert not repacked, repacked[:3]
     assert "extra buffer types off" in result.stderr
 
@@ -210,6 +215,34 @@ def test_no_warnings_from_dspy(lm: dspy.LM) -> None:
         warnings.simplefilter("always")
         _triage(lm, "Where is my parcel?")
     assert [str(w.message) for w in caught if not issubclass(w.category, ResourceWarning)] == []
+
+
+class Route(dspy.Signature):
+    """Route a customer support ticket to the team that resolves it."""
+
+    ticket: str = dspy.InputField()
+    queue: Literal["billing", "technical", "account"] = dspy.OutputField()
+
+
+@needs_model
+def test_only_one_field_answers_are_calibrated(caplog: pytest.LogCaptureFixture) -> None:
+    """Calibration helps a choice and hurts made fields (README, "What moved the needle"), so a closed
+    answer of several fields is scored raw, calibration on or off; one of a single field is calibrated.
+    Read from the engine's debug line for each closed answer: what it chose and by which scores."""
+    ticket = "I was charged twice for one order, please refund one of them."
+
+    def closed_answer(signature: type[dspy.Signature], calibrate: bool) -> str:
+        caplog.clear()
+        lm = local_lm(calibrate=calibrate)
+        with caplog.at_level(logging.DEBUG, logger="bae.local.engine"), dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+            dspy.Predict(signature)(ticket=ticket)
+        (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("closed answer ")]
+        return line
+
+    two_fields = closed_answer(Triage, calibrate=True)
+    assert " by raw scores " in two_fields and two_fields == closed_answer(Triage, calibrate=False)
+    assert " by calibrated scores " in closed_answer(Route, calibrate=True)
+    assert " by raw scores " in closed_answer(Route, calibrate=False)
 
 
 @needs_model

@@ -46,7 +46,7 @@ def test_a_missing_api_key_says_what_to_set_and_no_hint_is_redacted() -> None:
 
 def test_a_failed_inspect_gate_is_also_the_error_line_on_stderr() -> None:
     score = json.loads((COMPILED / "v1" / "manifest.json").read_text())["scores"]["optimized"]
-    verdict = f"gate failed: optimized dev score {score} is below --min-score 1.01"
+    verdict = f"gate failed: optimized dev score {score:.3f} is below --min-score 1.01"  # as every command shows it
     result = bae("inspect", str(COMPILED), "--min-score", "1.01")
     assert_refused(result, 1, f"bae: error: {verdict}")
     assert result.stdout.splitlines()[-1] == verdict  # the report, on stdout, is unchanged

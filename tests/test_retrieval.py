@@ -41,6 +41,15 @@ def test_the_most_similar_demos_come_last_and_every_call_agrees() -> None:
     ] * 3
 
 
+def test_the_nearest_examples_are_chosen_wherever_they_sit_in_the_pool() -> None:
+    """The nearest examples here are not the pool's first ones, so taking the pool in order fails."""
+    retriever = DemoRetriever(POOL, ("text",), k=2)
+    assert retriever.select({"text": "the api keeps returning error 500 and the app crashes"}) == [POOL[3], POOL[4]]
+    balanced = DemoRetriever(POOL, ("text",), k=3, label=CHOICE_FIELD)
+    # billing's nearest is its last example; technical matches nothing (pool order breaks the tie)
+    assert balanced.select({"text": "my card was charged twice"}) == [POOL[3], POOL[5], POOL[2]]
+
+
 def test_balanced_selection_shows_every_option_closest_first_within_each() -> None:
     retriever = DemoRetriever(POOL, ("text",), k=3, label=CHOICE_FIELD)
     picked = retriever.select({"text": "refund the duplicate invoice charge"})

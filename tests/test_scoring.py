@@ -8,10 +8,11 @@ graph (a make step, an optional edge, custom logic making nodes with plain field
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 
+from bae import LM, Context
 from bae.dataset import GoldTrace, load_dataset
 from bae.dspy_backend import DSPyBackend
 from bae.graph import Graph
@@ -100,6 +101,53 @@ def test_a_failed_run_scores_0_and_its_choice_is_an_error(golds: dict[str, tuple
     assert (scored.score, scored.steps, scored.path_ok) == (0.0, 1, False)
     assert scored.choices == [("Triage", "TechnicalIssue", "error")]
     assert score_trace(gold, list(gold[:1]), error="the CRM is down").choices == []  # Triage never reached
+
+
+# -- a detour: Fork chooses Left or Right, both go on to Joined, made by the LM
+
+
+class Fork(Node):
+    """Pick a side."""
+
+    question: str
+
+    def __call__(self, lm: LM) -> Left | Right: ...
+
+
+class Left(Node):
+    """The left side."""
+
+    question: Annotated[str, Context("the question")]
+
+    def __call__(self, lm: LM) -> Joined: ...
+
+
+class Right(Node):
+    """The right side."""
+
+    question: Annotated[str, Context("the question")]
+
+    def __call__(self, lm: LM) -> Joined: ...
+
+
+class Joined(Node):
+    """Where both sides meet."""
+
+    question: Annotated[str, Context("the question")]
+    answer: str
+
+
+def test_a_step_earns_only_when_the_node_before_it_was_right_too() -> None:
+    """A run that leaves gold (Right for Left) and rejoins it at the same node and position earns
+    nothing for the step after the detour, even with the right fields: the LM made them from the
+    wrong node."""
+    gold = [Fork(question="q"), Left(question="q"), Joined(question="q", answer="a")]
+    detour = [Fork(question="q"), Right(question="q"), Joined(question="q", answer="a")]
+    assert lm_steps(gold) == [1, 2]
+    assert score_trace(gold, gold).score == 1.0
+    scored = score_trace(gold, detour)
+    assert (scored.score, scored.steps, scored.path_ok) == (0.0, 2, False)
+    assert scored.per_predictor == {("Fork", "choice"): 0.0}
 
 
 # -- the core tests' graph: Request -> Classify (make), Classify decides, HistoryAnswer -> Escalate | None,

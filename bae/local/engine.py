@@ -26,12 +26,16 @@ demos, air-gapped machines). Design choices and their reasons:
   #20824), which no Python code can catch. Off everywhere rather than only where AMX is reported:
   ``bench/local_engine.py`` measures no speed difference on a CPU without AMX (the repack touches
   two small tensor kinds of this model), and one code path is one path to test.
+* Loaded models are closed at exit, before the interpreter tears modules down: llama-cpp-python
+  frees a model in ``__del__``, which at shutdown runs after the globals it calls are gone and
+  prints a traceback (``Exception ignored in: <function Llama.__del__ ...>``) after every command.
 * Neither llama_cpp nor dspy is imported at module import time, so ``import bae`` stays cheap and
   works without the optional ``local`` extra.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -299,6 +303,24 @@ def _no_extra_buffer_types(llama_cpp: Any) -> Iterator[None]:
         yield
     finally:
         module.llama_model_default_params = original
+
+
+@atexit.register
+def _close_models() -> None:
+    """Free every loaded model while llama-cpp-python still works (see the module doc).
+
+    Exit handlers run after non-daemon threads are joined; a model still in use by a daemon thread
+    is left to the operating system rather than freed under it.
+    """
+    with _models_lock:
+        models = list(_models.values())
+        _models.clear()
+    for model in models:
+        if model.lock.acquire(timeout=1):
+            try:
+                model.llama.close()
+            finally:
+                model.lock.release()
 
 
 def _load(path: Path) -> _LoadedModel:

@@ -13,7 +13,7 @@ from bae.artifacts import read_versions
 from bae.exceptions import BaeInputError
 from bae.loader import load_function, load_graph, split_reference
 from bae.metrics import BUILTIN
-from bae.wording import counted
+from bae.wording import counted, score_text
 from bae_cli.app import app
 from bae_cli.common import (
     JsonFlag,
@@ -162,8 +162,8 @@ def compile_(
             f"{row['node']}.{row['kind']}",
             str(row["examples"]),
             f"{row['demos']} of {row['pool']}" if row.get("pool") else str(row["demos"]),
-            _score(row["naive_score"]),
-            _score(row["optimized_score"]),
+            score_text(row["naive_score"]),
+            score_text(row["optimized_score"]),
             status,
         )
     out.print(table)
@@ -171,9 +171,9 @@ def compile_(
     metric_note = "" if scores["metric"] == BUILTIN else f", metric {scores['metric']}"
     out.print(
         f"dev score (whole graph, {counted(report.manifest['dataset']['dev'], 'trace')}{metric_note}; 95% intervals): "
-        f"naive {scores['naive']:.3f} {interval_text(scores['naive_interval'])} -> optimized "
-        f"{scores['optimized']:.3f} {interval_text(scores['optimized_interval'])}   path accuracy "
-        f"{scores['naive_path_accuracy']:.3f} -> {scores['optimized_path_accuracy']:.3f}"
+        f"naive {score_text(scores['naive'])} {interval_text(scores['naive_interval'])} -> optimized "
+        f"{score_text(scores['optimized'])} {interval_text(scores['optimized_interval'])}   path accuracy "
+        f"{score_text(scores['naive_path_accuracy'])} -> {score_text(scores['optimized_path_accuracy'])}"
     )
     out.print(delta_text(scores["optimized"] - scores["naive"], scores["delta_interval"], "optimized - naive"))
     matrices = [summary["confusion"]["naive"], summary["confusion"]["optimized"]]
@@ -199,9 +199,3 @@ def _activation(report: CompileReport, root: Path) -> str:
     if report.optimized_any:
         return f"not active: --no-activate; {kept}"
     return f"[yellow]not active[/]: nothing was optimized, every predictor stayed naive; {kept} (--activate forces it)"
-
-
-def _score(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-

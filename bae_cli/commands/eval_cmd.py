@@ -14,7 +14,7 @@ from rich.table import Table
 from bae import artifacts
 from bae.exceptions import BaeError, BaeInputError
 from bae.metrics import BUILTIN
-from bae.wording import counted
+from bae.wording import counted, score_change_text, score_text
 from bae_cli.app import app
 from bae_cli.common import (
     JsonFlag,
@@ -157,15 +157,11 @@ def eval_(
         raise BaeError("gate failed: " + "; ".join(gate.message for gate in failed))
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 def _with_delta(value: float | None, delta: float | None) -> str:
     if value is None or delta is None:
-        return _num(value)
+        return score_text(value)
     color = "green" if delta > 0 else "red" if delta < 0 else "dim"
-    return f"{value:.3f} [{color}]({delta:+.3f})[/]"
+    return f"{score_text(value)} [{color}]({score_change_text(delta)})[/]"
 
 
 def _report(result: Evaluation, graph: Graph, show_failures: int, output: Path | None) -> None:
@@ -191,7 +187,7 @@ def _report(result: Evaluation, graph: Graph, show_failures: int, output: Path |
         values = [(c.score.per_predictor.get((node, kind)), d and d["per_predictor"].get(name)) for c, d in pairs]
         table.add_row(name, *(_with_delta(value, delta) for value, delta in values))
     table.add_row("failed runs", *(str(c.score.errors) for c in result.columns))
-    table.add_row("recorded at compile", *(_num(c.recorded_score) for c in result.columns))
+    table.add_row("recorded at compile", *(score_text(c.recorded_score) for c in result.columns))
     table.add_row("LM calls", *(str(c.usage["calls"]) for c in result.columns))
     out.print(table)
     for column, delta in pairs[1:]:
@@ -239,5 +235,5 @@ def _print_failures(result: Evaluation, show_failures: int, output: Path | None)
         gold = failure["gold"]
         out.print(f"  {'gold'.ljust(width)}  {_steps_text(gold['path'], gold['steps'])}", markup=False)
         for name, run in failure["runs"].items():
-            verdict = f"error: {run['error']}" if run["error"] else f"score {_num(run['score'])}"
+            verdict = f"error: {run['error']}" if run["error"] else f"score {score_text(run['score'])}"
             out.print(f"  {name.ljust(width)}  {_steps_text(run['path'], run['steps'])}  ({verdict})", markup=False)

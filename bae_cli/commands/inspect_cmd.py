@@ -11,6 +11,7 @@ from rich.markup import escape
 from bae import artifacts
 from bae.exceptions import BaeError
 from bae.freshness import predictor_statuses
+from bae.wording import score_text
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, graph_from, out, print_json
 
@@ -72,7 +73,7 @@ def inspect(
     gate = [f"{r['node']}.{r['kind']}: {r['status']}" for r in rows if r["status"] != "optimized"]
     optimized_score = scores.get("optimized")
     if min_score is not None and (optimized_score is None or optimized_score < min_score):
-        gate.append(f"optimized dev score {optimized_score} is below --min-score {min_score}")
+        gate.append(f"optimized dev score {score_text(optimized_score)} is below --min-score {min_score:g}")
     invalid = [c for c in file_checks if not c.ok]
     prompt_doc = _prompts(version_dir, manifest) if prompts and not invalid else None
 
@@ -124,7 +125,7 @@ def _print_report(
     )
     out.print(
         f"dataset {dataset.get('path')} ({dataset.get('train')} train / {dataset.get('dev')} dev)  "
-        f"dev score naive {scores.get('naive')} -> optimized {scores.get('optimized')}"
+        f"dev score naive {score_text(scores.get('naive'))} -> optimized {score_text(scores.get('optimized'))}"
     )
     table = Table(show_edge=False)
     for column in ("node", "kind", "status", "demos", "checksum", "note"):

@@ -11,6 +11,7 @@ from rich.tree import Tree
 
 from bae import artifacts
 from bae.exceptions import BaeArtifactError, BaeInputError
+from bae.wording import score_text
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, graph_from, out, print_json
 
@@ -91,7 +92,7 @@ def stats(
                 str(v.get("created_at", "")),
                 str(v.get("optimizer", "")),
                 str(v.get("dataset_size", "")),
-                f"{v.get('naive_score')} -> {v.get('optimized_score')}",
+                f"{score_text(v.get('naive_score'))} -> {score_text(v.get('optimized_score'))}",
                 str(v.get("lm", "")),
                 str(v.get("notes") or ""),
             )
@@ -145,7 +146,8 @@ def versions(directory: CompiledRoot = Path("compiled"), as_json: JsonFlag = Fal
         mark = "*" if v["active"] else " "
         out.print(
             f"{mark} {v['version']:<5} {v.get('created_at', '')}  {v.get('optimizer', '')}  "
-            f"naive {v.get('naive_score')} -> optimized {v.get('optimized_score')}  {v.get('notes') or ''}",
+            f"naive {score_text(v.get('naive_score'))} -> optimized {score_text(v.get('optimized_score'))}  "
+            f"{v.get('notes') or ''}",
             markup=False,
         )
 

@@ -8,16 +8,17 @@ objects, which a loaded predictor never changes, so they are rendered once and r
 messages are exactly the ones JSONAdapter renders. A demo mutated in place after it was
 rendered is not re-rendered: DSPy's optimizers replace demos, they do not edit them.
 
-``$BAE_RESPONSE_FORMAT`` forces how each answer's JSON schema is sent, for a server LiteLLM does not
-know (``openai/<alias>``), where DSPy sends no ``response_format`` and a small model answers in free
-text that does not parse: ``json_schema`` (OpenAI's form: vLLM, llama.cpp's ``llama-server``) or
-``json_object_schema`` (``{"type": "json_object", "schema": ...}``: llama-cpp-python's server, which
-refuses OpenAI's form with a 400). Unset, DSPy decides from LiteLLM's model information.
+A ``FormattedLM`` (``LMSettings.response_format``, the CLI's ``--response-format``) forces how each
+answer's JSON schema is sent, for a server LiteLLM does not know (``openai/<alias>``), where DSPy
+sends no ``response_format`` and a small model answers in free text that does not parse:
+``json_schema`` (OpenAI's form: vLLM, llama.cpp's ``llama-server``) or ``json_object_schema``
+(``{"type": "json_object", "schema": ...}``: llama-cpp-python's server, which refuses OpenAI's form
+with a 400). The setting travels with the LM it describes; for any other LM, DSPy decides from
+LiteLLM's model information.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from contextvars import ContextVar
@@ -26,10 +27,15 @@ from typing import Any
 import dspy
 from dspy.adapters.json_adapter import _get_structured_outputs_response_format
 
-from bae.exceptions import BaeInputError
-
 Messages = list[dict[str, Any]]
-RESPONSE_FORMATS = frozenset({"", "json_schema", "json_object_schema"})  # see the module doc; "" is DSPy's choice
+
+
+class FormattedLM(dspy.LM):
+    """A LiteLLM model whose server takes each answer's JSON schema in one given form (see the module doc)."""
+
+    def __init__(self, model: str, *, response_format: str, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.response_format = response_format
 
 
 # Whether the request of the answer being parsed in this context carried no JSON schema (see schema_hint).
@@ -51,8 +57,8 @@ def schema_hint() -> str:
         return ""
     return (
         ": the LM was sent no JSON schema for its answer (LiteLLM does not know the model); for a llama.cpp "
-        "or vLLM server set BAE_RESPONSE_FORMAT=json_object_schema (llama-cpp-python's server) or "
-        "json_schema (vLLM, llama.cpp's llama-server)"
+        "or vLLM server pass --response-format json_object_schema (llama-cpp-python's server) or "
+        "json_schema (vLLM, llama.cpp's llama-server), or set BAE_RESPONSE_FORMAT"
     )
 
 
@@ -88,10 +94,8 @@ class CachingJSONAdapter(dspy.JSONAdapter):
         self._demos = _LRU(cache_size)
 
     def _prepare_response_format(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature]) -> None:
-        forced = os.environ.get("BAE_RESPONSE_FORMAT") or ""
-        if forced not in RESPONSE_FORMATS:
-            raise BaeInputError(f"BAE_RESPONSE_FORMAT={forced!r}: use one of {', '.join(sorted(RESPONSE_FORMATS))}")
-        if not forced:
+        forced = lm.response_format if isinstance(lm, FormattedLM) else None
+        if forced is None:
             super()._prepare_response_format(lm, lm_kwargs, signature)
             model_string = isinstance(getattr(lm, "engine", None), str)  # not a custom engine (embedded, scripted)
             _SCHEMALESS.set(model_string and not _has_schema(lm_kwargs.get("response_format")))

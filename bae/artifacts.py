@@ -249,29 +249,38 @@ def _new_index(root: Path) -> dict[str, Any]:
 
 
 # -- reading and verifying a version ---------------------------------------------------
-def resolve_version_dir(path: Path) -> Path:
-    """A version dir from either a compiled root (its active version) or a version dir itself."""
+def locate(path: Path, version: str | None = None) -> tuple[Path | None, Path]:
+    """The compiled root (None for a version dir that sits in none) and the version dir that ``path`` names:
+    a compiled root's active version, its version ``version``, or a version dir itself. The one place a
+    version directory is resolved (``bae.compiled_version.open_compiled`` calls it)."""
     if not path.exists():
         raise BaeArtifactError(
             f"compiled directory not found: {path}: check the path, or compile with `bae compile GRAPH`"
         )
-    if (path / MANIFEST).is_file():
-        return path
-    if (path / VERSIONS).is_file():
-        active = read_versions(path)["active"]
-        if active is None:
-            raise BaeArtifactError(f"{path} has no active version: make one active with `bae promote {path} vN`")
-        version_dir = path / active
-        if not (version_dir / MANIFEST).is_file():
-            raise BaeArtifactError(
-                f"active version {active} of {path} is missing its manifest: restore {version_dir} from version "
-                f"control or make another version active (`bae promote {path} vN`)"
-            )
-        return Path(version_dir)
-    raise BaeArtifactError(
-        f"{path} is not a compiled directory (no manifest.json or versions.json): pass the --out of `bae compile` "
-        "or one of its vN directories"
-    )
+    is_version = (path / MANIFEST).is_file() and not (path / VERSIONS).is_file()
+    root = path.parent if is_version else path
+    root_or_none = root if (root / VERSIONS).is_file() else None
+    if version is not None:
+        if version_number(version) is None or not (root / version / MANIFEST).is_file():
+            listed = ", ".join(existing_versions(root)) or "(none)"
+            raise BaeArtifactError(f"no version {version!r} in {root}: use one of {listed}")
+        return root_or_none, root / version
+    if is_version:
+        return root_or_none, path
+    if root_or_none is None:
+        raise BaeArtifactError(
+            f"{path} is not a compiled directory (no manifest.json or versions.json): pass the --out of "
+            "`bae compile` or one of its vN directories"
+        )
+    active = read_versions(root)["active"]
+    if active is None:
+        raise BaeArtifactError(f"{path} has no active version: make one active with `bae promote {path} vN`")
+    if not (root / active / MANIFEST).is_file():
+        raise BaeArtifactError(
+            f"active version {active} of {path} is missing its manifest: restore {root / active} from version "
+            f"control or make another version active (`bae promote {path} vN`)"
+        )
+    return root, root / active
 
 
 def read_manifest(version_dir: Path) -> dict[str, Any]:
@@ -308,9 +317,8 @@ def safe_path(version_dir: Path, rel: str) -> Path:
     return path
 
 
-def read_verified(version_dir: Path, rel: str, manifest: dict[str, Any]) -> Any:
-    """A JSON file of the version, after its sha256 matched the manifest."""
-    data = read_verified_bytes(version_dir, rel, manifest)
+def parse_verified(version_dir: Path, rel: str, data: bytes) -> Any:
+    """The JSON of a version's file whose bytes matched the manifest."""
     try:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -368,11 +376,13 @@ def retrieval_k(document: dict[str, Any], where: str) -> int | None:
 
 @dataclass(frozen=True)
 class FileCheck:
-    """One file of a version as ``inspect`` sees it."""
+    """One file of a version, read and verified once: its bytes and JSON when it passed, else the problem."""
 
     path: str
     ok: bool
     problem: str | None = None
+    data: bytes = b""
+    document: Any = None
 
 
 def verify_files(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[FileCheck], list[str]]:
@@ -381,11 +391,12 @@ def verify_files(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[File
     checks = []
     for rel, entry in manifest["files"].items():
         try:
-            document = read_verified(version_dir, rel, manifest)
+            data = read_verified_bytes(version_dir, rel, manifest)
+            document = parse_verified(version_dir, rel, data)
             if "node" in entry:
                 predictor_state(document, str(version_dir / rel))
                 retrieval_k(document, str(version_dir / rel))
-            checks.append(FileCheck(rel, True))
+            checks.append(FileCheck(rel, True, data=data, document=document))
         except BaeArtifactError as exc:
             checks.append(FileCheck(rel, False, exc.message))
     listed = set(manifest["files"]) | {MANIFEST}

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bae import artifacts
+from bae.compiled_version import CompiledVersion
 from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.loader import LoadedGraph, import_target, split_reference
 from bae.node import graph_fingerprint, spec_of
@@ -152,28 +153,25 @@ def _graph_file(loaded: LoadedGraph, manifest: dict[str, Any]) -> tuple[Path, st
     return source, rel, f"{rel}:{attribute}" if attribute else rel
 
 
-def _check_matches(loaded: LoadedGraph, version_dir: Path) -> dict[str, Any]:
-    """Load the version for this graph as a run would; refuse tampered, stale or missing predictors."""
-    from bae.optimized_lm import load_optimized
-
-    version = load_optimized(loaded.graph, version_dir)
+def _check_matches(version: CompiledVersion) -> None:
+    """Refuse a version the graph cannot use as compiled: stale or missing predictors."""
     unusable = [f"{n}.{k} (stale: changed since compile)" for n, k in sorted(version.stale)]
     unusable += [f"{n}.{k} (missing: not in the graph)" for n, k in sorted(version.missing)]
     if unusable:
         raise BaeArtifactError(
-            f"{version.version} does not match {loaded.reference}: {'; '.join(unusable)}: recompile before bundling"
+            f"{version.name} does not match {version.graph.reference}: {'; '.join(unusable)}: "
+            "recompile before bundling"
         )
-    return version.manifest
 
 
-def _copy_version(version_dir: Path, manifest: dict[str, Any], target: Path) -> None:
-    """The manifest and every file it lists, each read once and checked against its sha256 as it is copied."""
+def _copy_version(version: CompiledVersion, target: Path) -> None:
+    """The manifest and every file it lists, byte for byte as they were verified when the version was opened."""
     target.mkdir(parents=True)
-    shutil.copyfile(artifacts.safe_path(version_dir, artifacts.MANIFEST), target / artifacts.MANIFEST)
-    for rel in manifest["files"]:
-        destination = target / rel
+    shutil.copyfile(artifacts.safe_path(version.path, artifacts.MANIFEST), target / artifacts.MANIFEST)
+    for check in version.files:
+        destination = target / check.path
         destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes(artifacts.read_verified_bytes(version_dir, rel, manifest))
+        destination.write_bytes(check.data)
 
 
 def _self_check(folder: Path, graph_arg: str) -> None:
@@ -226,8 +224,8 @@ curl -s localhost:8000/run -H 'Authorization: Bearer change-me' -H 'content-type
 """
 
 
-def write_bundle(loaded: LoadedGraph, version_dir: Path, out: Path, model: Any | None = None) -> Bundle:
-    """Write the deployment folder ``out`` for ``loaded`` and the version at ``version_dir``.
+def write_bundle(version: CompiledVersion, out: Path, model: Any | None = None) -> Bundle:
+    """Write the deployment folder ``out`` for an opened version (``bae.compiled_version.open_compiled``).
 
     ``model`` is the LM the bundle is meant to run with (its name and safe settings go to
     config.json); without one, the LM the version was compiled with is recorded.
@@ -235,8 +233,8 @@ def write_bundle(loaded: LoadedGraph, version_dir: Path, out: Path, model: Any |
 
     if out.exists():
         raise BaeInputError(f"--out {out} already exists: give a new folder")
-    manifest = _check_matches(loaded, version_dir)
-    name = str(manifest.get("version", version_dir.name))
+    _check_matches(version)
+    loaded, manifest, name = version.graph, version.manifest, version.name
     source, graph_rel, graph_arg = _graph_file(loaded, manifest)
     lm = lm_config(model) if model is not None else {"model": manifest.get("lm", {}).get("model"), "settings": {}}
     lm_spec = "local" if str(lm["model"]).startswith("local/") else str(lm["model"])
@@ -267,7 +265,7 @@ def write_bundle(loaded: LoadedGraph, version_dir: Path, out: Path, model: Any |
     out.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     try:
-        _copy_version(version_dir, manifest, build / "compiled" / name)
+        _copy_version(version, build / "compiled" / name)
         (build / "compiled" / artifacts.VERSIONS).write_bytes(
             artifacts.dump_json(
                 {"format": artifacts.FORMAT, "active": name, "versions": [artifacts.version_summary(manifest)]}

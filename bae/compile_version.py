@@ -14,7 +14,7 @@ import platform
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import dspy
 from dspy.utils.usage_tracker import UsageTracker
@@ -24,6 +24,8 @@ from bae.compiler import CHOICE, MAKE, NodePredict
 from bae.dataset import Dataset, GoldTrace, load_dataset, split
 from bae.dev_coverage import dev_warnings
 from bae.dspy_backend import DSPyBackend
+from bae.executor import ThreadExecutor
+from bae.lm import LM
 from bae.lm_specs import lm_name
 from bae.loader import LoadedGraph
 from bae.metrics import check_metric, metric_name
@@ -37,26 +39,9 @@ from bae.optimizer import (
     optimize_predictors,
     quiet,
 )
-from bae.result import CallRecord
-from bae.scoring import GraphScore, delta_of, run_traces, summarize
-from bae.usage import lm_usage
+from bae.scoring import GraphScore, Progress, Quiet, TraceRun, delta_of, run_traces, summarize
+from bae.usage import UsageCounter
 from bae.version import __version__
-
-
-class Progress(Protocol):
-    """Where compile reports its stages; the CLI draws them, the library stays quiet."""
-
-    def stage(self, name: str, total: int) -> None: ...
-
-    def advance(self) -> None: ...
-
-
-class _Quiet:
-    def stage(self, name: str, total: int) -> None:
-        pass
-
-    def advance(self) -> None:
-        pass
 
 
 @dataclass
@@ -148,11 +133,29 @@ def _dataset_split(loaded: LoadedGraph, options: CompileOptions) -> tuple[Datase
     return dataset, train, dev
 
 
+def _score_dev(
+    loaded: LoadedGraph, dev: list[GoldTrace], backend: LM, options: CompileOptions, progress: Progress
+) -> tuple[list[TraceRun], dict[str, int]]:
+    """The dev traces run through ``backend`` and scored, and what their LM calls cost (counted by an observer)."""
+    cost = UsageCounter()
+    runs = run_traces(
+        loaded.graph,
+        dev,
+        backend,
+        loaded.deps,
+        ThreadExecutor(options.eval_threads),
+        lambda _: progress.advance(),
+        observers=[cost],
+        metric=options.settings.metric,
+    )
+    return runs, cost.cost()
+
+
 def compile_graph(
     loaded: LoadedGraph, lm: dspy.BaseLM, options: CompileOptions, progress: Progress | None = None
 ) -> CompileReport:
     """Optimize, score naive vs optimized on the dev traces, and write the next version."""
-    progress = progress or _Quiet()
+    progress = progress or Quiet()
     artifacts.check_root(options.out)  # a bad --out fails now, not after the optimizing
     with quiet("checking"):
         build_optimizer(options.settings)  # a missing package or LM fails now, before any work
@@ -169,22 +172,12 @@ def compile_graph(
     predictors = {(o.node, o.kind): o.predictor for o in outcomes if o.predictor is not None}
 
     progress.stage("scoring the naive graph on dev", len(dev))
-    naive_calls: list[CallRecord] = []
-    naive_lm = DSPyBackend(lm, listeners=[naive_calls.append])
-    naive_runs = run_traces(graph, dev, naive_lm, loaded.deps, options.eval_threads, progress.advance, metric=metric)
+    naive_runs, naive_cost = _score_dev(loaded, dev, DSPyBackend(lm), options, progress)
     progress.stage("scoring the optimized graph on dev", len(dev))
-    optimized_calls: list[CallRecord] = []
-    optimized_lm = OptimizedLM(predictors, lm=lm, listeners=[optimized_calls.append])
-    optimized_runs = run_traces(
-        graph, dev, optimized_lm, loaded.deps, options.eval_threads, progress.advance, metric=metric
-    )
+    optimized_runs, optimized_cost = _score_dev(loaded, dev, OptimizedLM(predictors, model=lm), options, progress)
     naive = summarize(graph, [run.scored for run in naive_runs])
     optimized = summarize(graph, [run.scored for run in optimized_runs])
-    usage = {
-        "optimize": spent.as_dict(),
-        "naive_dev": lm_usage(naive_calls),
-        "optimized_dev": lm_usage(optimized_calls),
-    }
+    usage = {"optimize": spent.as_dict(), "naive_dev": naive_cost, "optimized_dev": optimized_cost}
 
     files, entries = node_files(graph, outcomes)
     files[artifacts.PROMPTS] = _prompts(predictors)

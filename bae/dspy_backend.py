@@ -3,26 +3,23 @@
 Two failure families are handled differently on purpose. A parse or validation
 failure is the model's mistake: bae retries with the error shown to the model
 (self-correction). A transient LM failure (timeout, rate limit, 5xx) is the
-service's: bae retries the same request with backoff and jitter.
+service's: bae retries the same request with backoff and jitter (``bae.lm_failures``
+says which is which).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
-import random
 import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import dspy
-from dspy.utils.exceptions import AdapterParseError, LMNotConfiguredError, is_retryable_lm_error
+from dspy.utils.exceptions import AdapterParseError
 from pydantic import ValidationError
 
 from bae.adapter import CachingJSONAdapter, schema_hint
@@ -36,6 +33,7 @@ from bae.compiler import (
     with_feedback,
 )
 from bae.exceptions import BaeError, BaeLMError, BaeParseError
+from bae.lm_failures import backoff_delay, describe, is_runaway_nesting, is_timeout, is_transient, retry_after, short
 from bae.lm_specs import default_lm
 from bae.node import Node, spec_of
 from bae.resolve import RunState, context_inputs, visible_state
@@ -48,91 +46,6 @@ logger = logging.getLogger("bae")
 
 T = TypeVar("T", bound=Node)
 R = TypeVar("R")  # what a call builds from the answer: a node, or the chosen name
-MAX_DELAY_S = 30.0  # no single wait is longer, whatever the backoff or the service asks
-
-_TRANSIENT_NAMES = {
-    "TimeoutError", "Timeout", "APITimeoutError", "RateLimitError", "ServerError", "ServiceUnavailableError",
-    "InternalServerError", "APIConnectionError", "TransportError", "ConnectionError",
-}  # fmt: skip
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """The exception and its causes: DSPy wraps an engine's own exception in ``LMUnexpectedError``."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__
-    return chain
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether the same request may succeed later: timeouts, rate limits, 5xx, dropped connections."""
-    for link in _chain(exc):
-        if isinstance(link, Exception) and is_retryable_lm_error(link):
-            return True
-        if {c.__name__ for c in type(link).__mro__} & _TRANSIENT_NAMES:
-            return True
-        status = getattr(link, "status_code", None) or getattr(link, "status", None)
-        if isinstance(status, int) and (status in (408, 429) or status >= 500):
-            return True
-    return False
-
-
-def retry_after(exc: BaseException) -> float | None:
-    """The wait the service asked for: a ``retry_after`` attribute (DSPy's LM errors) or a
-    ``Retry-After`` header (seconds or an HTTP date) on the exception or its response.
-
-    LiteLLM keeps the real response headers of some errors (503s among them) only in
-    ``litellm_response_headers``, where DSPy's own mapping does not look.
-    """
-    for link in _chain(exc):
-        value = getattr(link, "retry_after", None)
-        if value is None:
-            value = _retry_after_header(link)
-        seconds = _seconds(value)
-        if seconds is not None:
-            return seconds
-    return None
-
-
-def _retry_after_header(exc: BaseException) -> Any:
-    response = getattr(exc, "response", None)
-    for headers in (getattr(exc, "headers", None), getattr(response, "headers", None),
-                    getattr(exc, "litellm_response_headers", None)):  # fmt: skip
-        try:
-            items = headers.items() if headers is not None and hasattr(headers, "items") else ()
-            value = next((v for k, v in items if str(k).lower() == "retry-after"), None)
-        except Exception:  # a header object of an unknown shape is no hint
-            value = None
-        if value is not None:
-            return value
-    return None
-
-
-def _seconds(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(str(value))
-        except (TypeError, ValueError, IndexError):
-            return None
-        when = when if when.tzinfo else when.replace(tzinfo=UTC)
-        seconds = max(0.0, (when - datetime.now(UTC)).total_seconds())
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def backoff_delay(attempt: int, backoff_s: float, hint: float | None = None, cap_s: float = MAX_DELAY_S) -> float:
-    """Seconds to wait before retry ``attempt + 1``: exponential backoff with +-20% jitter, or the
-    service's ``Retry-After`` hint plus up to 20% (never sooner than asked), capped at ``cap_s``."""
-    if hint is not None:
-        return min(hint, cap_s) * random.uniform(1.0, 1.2)
-    return float(min(backoff_s * 2**attempt, cap_s)) * random.uniform(0.8, 1.2)
-
-
 def _usage(prediction: dspy.Prediction) -> tuple[int | None, int | None, float | None]:
     usage = prediction.get_lm_usage()
     if not usage:
@@ -177,23 +90,6 @@ class _TruncationFilter(logging.Filter):
 
 
 logging.getLogger("dspy.clients.lm").addFilter(_TruncationFilter())
-
-
-def is_runaway_nesting(exc: BaseException) -> bool:
-    """Whether parsing an answer failed because it nests deeper than the JSON parser recurses: DSPy's
-    ``json_repair`` says "Input nesting exceeds the supported parser recursion depth", ``json`` raises
-    ``RecursionError``. A small model with no schema to follow does this (``[[[[``... until
-    ``max_tokens``), which is no mistake a self-correction fixes: asking again costs as long again."""
-    return any(isinstance(link, RecursionError) or "recursion depth" in str(link) for link in _chain(exc))
-
-
-def is_timeout(exc: BaseException) -> bool:
-    """Whether an LM failure is a request that ran out of time (the per-call ``timeout``)."""
-    return any(
-        isinstance(link, TimeoutError) or any("Timeout" in c.__name__ and "Lock" not in c.__name__
-                                               for c in type(link).__mro__)
-        for link in _chain(exc)
-    )  # fmt: skip
 
 
 class DSPyBackend:
@@ -306,7 +202,7 @@ class DSPyBackend:
                 tally.tokens.append(_usage(prediction))
                 return build({name: prediction[name] for name in _output_names(predictor.signature)})
             except (AdapterParseError, ValidationError) as exc:
-                rejected, feedback = exc, _short(exc)
+                rejected, feedback = exc, short(exc)
                 logger.debug("%s %s: rejected answer (%s); retrying", predictor.node_name, predictor.kind, feedback)
         raise BaeParseError(
             f"{predictor.node_name} ({predictor.kind}): the LM's answer did not parse after "
@@ -332,23 +228,24 @@ class DSPyBackend:
             except (AdapterParseError, ValidationError, BaeError):
                 raise
             except Exception as exc:
-                if is_timeout(exc):
+                timed_out = is_timeout(exc)
+                if timed_out:
                     tally.cut = "timeout"
+                where = f"{predictor.node_name} ({predictor.kind})"
                 if is_runaway_nesting(exc):  # the same request would loop the same way: no retry
                     raise BaeLMError(
-                        f"{predictor.node_name} ({predictor.kind}): the LM's answer is nested too deep to "
-                        f"parse ({_short(exc)}){schema_hint() or ': a model looping inside brackets'}",
+                        f"{where}: the LM's answer is nested too deep to parse "
+                        f"({short(exc)}){schema_hint() or ': a model looping inside brackets'}",
                         cause=exc,
                     ) from exc
                 if not is_transient(exc):
-                    raise BaeLMError(
-                        f"{predictor.node_name} ({predictor.kind}): LM call failed: {_describe(exc)}", cause=exc
-                    ) from exc
+                    failed = f"{where}: LM call failed: {describe(exc)}"
+                    raise BaeLMError(failed, cause=exc, timed_out=timed_out) from exc
                 if attempt == self.max_transient_retries:
                     raise BaeLMError(
-                        f"{predictor.node_name} ({predictor.kind}): LM still failing after "
-                        f"{counted(attempt + 1, 'attempt')}: {_short(exc)}",
+                        f"{where}: LM still failing after {counted(attempt + 1, 'attempt')}: {short(exc)}",
                         cause=exc,
+                        timed_out=timed_out,
                     ) from exc
                 delay = backoff_delay(attempt, self.backoff_s, retry_after(exc))
                 logger.debug(
@@ -383,7 +280,7 @@ class DSPyBackend:
             prompt_tokens=prompt,
             completion_tokens=completion,
             cost=cost,
-            error=None if error is None or isinstance(error, GeneratorExit) else _short(error),
+            error=None if error is None or isinstance(error, GeneratorExit) else short(error),
             cut=tally.cut,
         )
         self.usage.add(record)
@@ -410,20 +307,3 @@ def _total(values: list[Any]) -> Any:
 def _output_names(signature: type[dspy.Signature]) -> tuple[str, ...]:
     """A signature's output field names: DSPy recomputes ``output_fields`` on every access."""
     return tuple(signature.output_fields)
-
-
-def _describe(exc: BaseException) -> str:
-    """A failed LM call in one line. A missing API key is worded by bae: DSPy spells its remedy
-    ``api_key="..."``, which the redaction of every error line rightly takes for a key and hides."""
-    keys = getattr(exc, "env_keys", None)
-    if isinstance(exc, LMNotConfiguredError) and keys:
-        return (
-            f"no API key for {exc.model}: set {' or '.join(keys)} in the environment "
-            "(in Python, dspy.LM also takes the key as its api_key argument)"
-        )
-    return _short(exc)
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

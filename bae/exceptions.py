@@ -45,12 +45,28 @@ class BaeParseError(BaeError):
 
 
 class BaeLMError(BaeError):
-    """The LM is unavailable or kept failing after bounded retries."""
+    """The LM is unavailable or kept failing after bounded retries; ``timed_out`` when its last request ran
+    out of time (a server answers that with 504, any other LM failure with 502)."""
 
     exit_code = 4
+
+    def __init__(self, message: str, *, cause: BaseException | None = None, timed_out: bool = False) -> None:
+        super().__init__(message, cause=cause)
+        self.timed_out = timed_out
 
 
 class BaeArtifactError(BaeError):
     """A compiled directory is missing, corrupt, tampered with or incompatible."""
 
     exit_code = 3
+
+
+def cause_chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, each once: LM clients wrap each other's errors (DSPy wraps an engine's
+    own exception in ``LMUnexpectedError``), so what went wrong is asked of the whole chain."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__
+    return chain

@@ -7,18 +7,19 @@
 | ``file.py:fn`` / ``pkg.module:fn`` | whatever DSPy LM ``fn()`` returns |
 | anything else | ``dspy.LM(spec)``: a LiteLLM model string such as ``openai/gpt-4o-mini`` |
 
-Every LM call is bounded: a model string gets ``max_tokens`` (``$BAE_MAX_TOKENS``, default
-``DEFAULT_MAX_TOKENS``) and a per-request ``timeout`` in seconds (``$BAE_LM_TIMEOUT``, default
-``DEFAULT_LM_TIMEOUT_S``); the CLI's ``--max-tokens`` and ``--lm-timeout`` set those variables. Without
-them a small model that loops inside a string generates up to the server's context length, and
-nothing bounds the wait. A timeout is a transient failure to bae (retried with backoff, then exit 4).
-The embedded model has its own ``max_tokens``; a factory's LM is taken as built.
+Every LM call is bounded: a model string gets ``max_tokens`` (default ``DEFAULT_MAX_TOKENS``) and a
+per-request ``timeout`` in seconds (default ``DEFAULT_LM_TIMEOUT_S``) from the ``LMSettings`` it is
+built with (the CLI's ``--max-tokens`` and ``--lm-timeout``). Without them a small model that loops
+inside a string generates up to the server's context length, and nothing bounds the wait. A timeout is
+a transient failure to bae (retried with backoff, then exit 4). The embedded model has its own
+``max_tokens``; a factory's LM is taken as built.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bae.exceptions import BaeInputError, BaeLMError
@@ -32,17 +33,25 @@ DEFAULT_MAX_TOKENS = 1024  # generous for a structured answer; a looping model s
 DEFAULT_LM_TIMEOUT_S = 180.0  # one request, on a slow CPU server; retried, so a stuck call ends in minutes
 
 
-def lm_limits() -> tuple[int, float]:
-    """``max_tokens`` and the per-request timeout in force: ``$BAE_MAX_TOKENS``, ``$BAE_LM_TIMEOUT``, else defaults."""
-    tokens, timeout = os.environ.get("BAE_MAX_TOKENS") or "", os.environ.get("BAE_LM_TIMEOUT") or ""
-    try:
-        max_tokens = int(tokens) if tokens else DEFAULT_MAX_TOKENS
-        timeout_s = float(timeout) if timeout else DEFAULT_LM_TIMEOUT_S
-    except ValueError:
-        raise BaeInputError(f"BAE_MAX_TOKENS={tokens!r} / BAE_LM_TIMEOUT={timeout!r}: not numbers") from None
-    if max_tokens < 1 or not 0 < timeout_s < float("inf"):
-        raise BaeInputError(f"max tokens ({max_tokens}) and LM timeout ({timeout_s}) must be positive")
-    return max_tokens, timeout_s
+RESPONSE_FORMATS = ("json_schema", "json_object_schema")  # how a server takes an answer's schema (bae.adapter)
+
+
+@dataclass(frozen=True)
+class LMSettings:
+    """How bae talks to a model string's LM: the bounds on every call, and the form its server takes an
+    answer's JSON schema in (None: DSPy decides). Passed explicitly; the CLI builds one from its flags."""
+
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    timeout_s: float = DEFAULT_LM_TIMEOUT_S
+    response_format: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1 or not 0 < self.timeout_s < float("inf"):
+            raise BaeInputError(f"max tokens ({self.max_tokens}) and LM timeout ({self.timeout_s}) must be positive")
+        if self.response_format is not None and self.response_format not in RESPONSE_FORMATS:
+            raise BaeInputError(
+                f"response format {self.response_format!r}: use one of {', '.join(RESPONSE_FORMATS)}"
+            )
 
 
 def lm_spec(spec: str | None) -> str:
@@ -74,8 +83,9 @@ def _is_factory(spec: str) -> bool:
     return target.endswith(".py") or all(part.isidentifier() for part in target.split("."))
 
 
-def resolve_lm(spec: str | None) -> dspy.BaseLM:
-    """Build the LM a spec names; failures are one line (exit 4 unavailable, 2 malformed spec)."""
+def resolve_lm(spec: str | None, settings: LMSettings = LMSettings()) -> dspy.BaseLM:  # noqa: B008  (frozen)
+    """Build the LM a spec names, a model string bounded by ``settings``; failures are one line (exit 4
+    unavailable, 2 malformed spec)."""
     spec = lm_spec(spec)
     if spec == "local" or spec.startswith("local:"):
         from bae.local.engine import local_lm
@@ -96,15 +106,20 @@ def resolve_lm(spec: str | None) -> dspy.BaseLM:
         raise BaeInputError(
             f"--lm {spec!r} is not a model spec: use local, provider/model (e.g. openai/gpt-4o-mini) or module:factory"
         )
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network: skip the cost-map download
     import dspy
 
-    max_tokens, timeout_s = lm_limits()
+    from bae.adapter import FormattedLM
+
+    # bae owns retries, so each failure is seen and logged; and no disk cache, so each call really
+    # reaches the model (an answer replayed from ~/.dspy_cache would hide an outage, log zero tokens
+    # and keep every customer's text on disk). Bounded: see the module docstring.
+    options: dict[str, Any] = {
+        "num_retries": 0, "cache": False, "max_tokens": settings.max_tokens, "timeout": settings.timeout_s
+    }  # fmt: skip
     try:
-        # bae owns retries, so each failure is seen and logged; and no disk cache, so each call really
-        # reaches the model (an answer replayed from ~/.dspy_cache would hide an outage, log zero tokens
-        # and keep every customer's text on disk). Bounded: see the module docstring.
-        return dspy.LM(spec, num_retries=0, cache=False, max_tokens=max_tokens, timeout=timeout_s)
+        if settings.response_format is not None:
+            return FormattedLM(spec, response_format=settings.response_format, **options)
+        return dspy.LM(spec, **options)
     except Exception as exc:
         raise BaeLMError(f"--lm {spec}: {type(exc).__name__}: {exc}") from exc
 

@@ -1,91 +1,38 @@
-"""Production runs of a loaded graph: one shared backend, every run logged. ``bae run`` and ``bae serve`` share it.
+"""Production runs: the runtime a process serves a graph with, one run through it, and how a run is written.
 
-Kept free of CLI and HTTP concerns so both front ends log, record and count runs the
-same way; DSPy is imported only when a backend is opened.
+``bae run`` (one input or a batch) and ``bae serve`` share it, free of CLI and HTTP concerns, so both
+open a version, log, record and count runs the same way: a ``Runtime`` is opened once (the graph, its
+compiled version, the LM backend: ``open_runtime``), a ``Runner`` runs inputs through it with the
+process's observers (the run log, usage counting), and each run is printed or answered as
+``run_json``. DSPy is imported only when a runtime is opened.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from bae.exceptions import BaeError
-from bae.graph import Graph
+from bae.lm import LM
 from bae.loader import LoadedGraph
-from bae.node import Node, spec_of
+from bae.node import Node, node_json, steps_json
+from bae.observe import Observer
 from bae.result import CallRecord, GraphResult
+from bae.runlog import RunSource
 from bae.usage import usage_rows
 
 if TYPE_CHECKING:
-    from bae.optimized_lm import OptimizedLM
-    from bae.runlog import RunLog
+    import dspy
+
+    from bae.lm_specs import LMSettings
+    from bae.optimized_lm import LoadedVersion
 
 logger = logging.getLogger("bae")
-
-
-class RunSink(Protocol):
-    """Where a finished run is logged: a ``RunLog``, or a ``BackgroundLog`` in front of one."""
-
-    def log_run(self, **run: Any) -> object: ...
-
-
-class BackgroundLog:
-    """A run log written by one background thread, so a run never waits on SQLite.
-
-    A write is a transaction with an fsync, and writers to one file take turns: done
-    inline, that time is spent holding one of a server's concurrency slots. Here runs
-    queue (bounded: a log that cannot keep up slows runs down rather than filling
-    memory) and one thread writes them in order. ``flush`` waits for the queue to drain;
-    ``close`` flushes and stops the thread.
-    """
-
-    def __init__(self, log: RunLog, max_pending: int = 10_000) -> None:
-        self.log = log
-        self._pending: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_pending)
-        self._thread = threading.Thread(target=self._write, name="bae-runlog", daemon=True)
-        self._thread.start()
-
-    def log_run(self, **run: Any) -> None:
-        self._pending.put(run)
-
-    def flush(self) -> None:
-        self._pending.join()
-
-    def close(self) -> None:
-        self._pending.put(None)
-        self._thread.join()
-
-    def _write(self) -> None:
-        from bae.runlog import RunLogError
-
-        while True:
-            run = self._pending.get()
-            try:
-                if run is None:
-                    return
-                self.log.log_run(**run)
-            except RunLogError as exc:  # a run that worked is not failed by its log
-                logger.warning("run not logged: %s", exc.message)
-            finally:
-                self._pending.task_done()
-
-
-def node_json(node: Node) -> dict[str, Any]:
-    """A node as JSON: LM-visible fields only (``Bind`` values are services, not data)."""
-    bound = {f.name for f in spec_of(type(node)).bound}
-    return node.model_dump(mode="json", exclude=bound)
-
-
-def trace_json(result: GraphResult) -> list[dict[str, Any]]:
-    return [{"node": type(n).__name__, "fields": node_json(n)} for n in result.trace]
 
 
 def run_json(outcome: Outcome, version: str | None) -> dict[str, Any]:
@@ -97,14 +44,14 @@ def run_json(outcome: Outcome, version: str | None) -> dict[str, Any]:
         ran = {"error": outcome.error.message if outcome.error else "interrupted"}
     else:
         node = outcome.result.node
-        ran = {"node": type(node).__name__, "result": node_json(node), "trace": trace_json(outcome.result)}
+        ran = {"node": type(node).__name__, "result": node_json(node), "trace": steps_json(outcome.result.trace)}
     usage = [row.as_dict() for row in usage_rows(outcome.calls)]
     return {**ran, "usage": usage, "version": version, "duration_s": round(outcome.duration_s, 4)}
 
 
 def record_traces(path: Path, results: Iterable[GraphResult]) -> None:
     """Append each run's trace to ``path`` in the dataset format (``bae run --record``), in the order given."""
-    lines = "".join(json.dumps({"trace": trace_json(result)}, ensure_ascii=False) + "\n" for result in results)
+    lines = "".join(json.dumps({"trace": steps_json(result.trace)}, ensure_ascii=False) + "\n" for result in results)
     if lines:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(lines)
@@ -128,90 +75,64 @@ class Outcome:
             "ok": True,
             "node": type(self.result.node).__name__,
             "result": node_json(self.result.node),
-            "trace": trace_json(self.result),
+            "trace": steps_json(self.result.trace),
         }
 
 
 @dataclass
-class Backend:
-    """The LM backend a process serves with, what the run log records about it, and its stale predictors."""
+class Runtime:
+    """What a process runs a graph with: the graph and its version (or the naive graph), the LM backend built
+    over them, and what the run log records about them."""
 
-    lm: OptimizedLM
-    meta: dict[str, Any]
-    stale: set[tuple[str, str]] = field(default_factory=set)
+    version: LoadedVersion
+    backend: LM
+    source: RunSource
+
+    @property
+    def graph(self) -> LoadedGraph:
+        return self.version.graph
 
 
-def open_backend(loaded: LoadedGraph, compiled: Path | None, lm_spec: str | None) -> Backend:
-    """Resolve the LM and load the compiled version (verified) once; ``compiled=None`` runs naive predictors."""
-    from bae.lm_specs import lm_name, resolve_lm
-    from bae.optimized_lm import OptimizedLM, load_optimized
+def start_runtime(
+    version: LoadedVersion, lm: str | dspy.BaseLM | None = None, settings: LMSettings | None = None
+) -> Runtime:
+    """Build the LM (a DSPy LM, or an ``--lm`` spec bounded by ``settings``) and the backend serving
+    ``version`` (opened with ``bae.optimized_lm.open_version``) with it."""
+    from bae.lm_specs import LMSettings, lm_name, resolve_lm
 
-    model = resolve_lm(lm_spec)
-    meta: dict[str, Any] = {"version": None, "compiled_dir": None, "lm": lm_name(model)}
-    if compiled is None:
-        return Backend(OptimizedLM(lm=model), meta)
-    version = load_optimized(loaded.graph, compiled)
-    meta.update(version=version.version, compiled_dir=str(version.version_dir))
-    return Backend(version.lm(lm=model), meta, set(version.stale))
+    model = lm if lm is not None and not isinstance(lm, str) else resolve_lm(lm, settings or LMSettings())
+    path = None if version.path is None else str(version.path)
+    source = RunSource(version.graph.reference, None if version.is_naive else version.name, path, lm_name(model))
+    return Runtime(version, version.backend(model=model), source)
 
 
 class Runner:
-    """Runs inputs through one shared backend, logging each run.
+    """Runs inputs through one runtime, each run observed by ``observers`` (the run log, usage counting).
 
-    Thread-safe: ``bae run --batch`` and ``bae serve`` call ``run`` from many worker threads.
-    ``warn`` reports a run-log write that failed (the run itself still counts).
+    Thread-safe: ``bae run --batch`` and ``bae serve`` call ``run`` from many worker threads. It is also the
+    batch executor's ``Work`` (``bae.executor``): its items are ``(line, start node)``.
     """
 
-    def __init__(
-        self,
-        loaded: LoadedGraph,
-        lm: Any,
-        logs: Sequence[RunSink],
-        meta: dict[str, Any],
-        warn: Callable[[str], None] = logger.warning,
-    ) -> None:
-        self.loaded, self.lm, self.logs, self.meta, self.warn = loaded, lm, logs, meta, warn
+    def __init__(self, runtime: Runtime, observers: Sequence[Observer] = (), max_steps: int = 100) -> None:
+        self.runtime, self.observers, self.max_steps = runtime, tuple(observers), max_steps
 
-    @property
-    def graph(self) -> Graph:
-        return self.loaded.graph
-
-    def run(self, line: int, start: Node, max_steps: int) -> Outcome:
+    def run(self, line: int, start: Node) -> Outcome:
+        """Run one input; a run that fails as bae understands it is an ``Outcome`` with the error, anything else
+        (a bug, Ctrl-C) is raised after the observers saw the run end."""
         outcome = Outcome(line)
-        started_at = datetime.now(UTC)
         began = time.perf_counter()
-        status, error = "ok", None
+        graph = self.runtime.graph
         try:
-            outcome.result = self.graph.run(start, lm=self.lm, max_steps=max_steps, **self.loaded.deps)
+            outcome.result = graph.graph.run(
+                start, lm=self.runtime.backend, max_steps=self.max_steps, observers=self.observers, **graph.deps
+            )
             outcome.calls = outcome.result.calls
         except BaeError as exc:
-            outcome.error, status, error = exc, "error", exc.message
+            outcome.error = exc
             outcome.calls = exc.result.calls if exc.result is not None else []
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
-        except Exception as exc:  # a bug in user code or bae: still logged as a failed run, then raised
-            status, error = "error", f"unexpected {type(exc).__name__}: {exc}"
-            raise
         finally:
             outcome.duration_s = time.perf_counter() - began
-            self._log(outcome, started_at, status, error)
         return outcome
 
-    def _log(self, outcome: Outcome, started_at: datetime, status: str, error: str | None) -> None:
-        from bae.runlog import RunLogError
-
-        for log in self.logs:
-            try:
-                log.log_run(
-                    started_at=started_at,
-                    duration_s=outcome.duration_s,
-                    status=status,
-                    error=error,
-                    graph=self.loaded.reference,
-                    start_node=self.graph.start.__name__,
-                    calls=outcome.calls,
-                    **self.meta,
-                )
-            except RunLogError as exc:  # a run that worked is not failed by its log
-                self.warn(f"run not logged: {exc.message}")
+    def open(self) -> Callable[[tuple[int, Node]], Outcome]:
+        return lambda item: self.run(*item)

@@ -45,7 +45,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from bae.dataset import GoldTrace
 from bae.exceptions import BaeError, BaeLMError
@@ -59,6 +59,24 @@ from bae.observe import Observer
 from bae.result import CallRecord, GraphResult
 
 Key = tuple[str, str]  # (node name, "make" | "choice")
+
+
+class Progress(Protocol):
+    """Where long scoring work (compile's stages, eval's columns) reports itself; the CLI draws bars."""
+
+    def stage(self, name: str, total: int) -> None: ...
+
+    def advance(self) -> None: ...
+
+
+class Quiet:
+    """Progress reported nowhere: the library's default."""
+
+    def stage(self, name: str, total: int) -> None:
+        pass
+
+    def advance(self) -> None:
+        pass
 ENDED = "None"  # a choice predictor's answer for ending the run
 FAILED = "error"  # the run failed at this decision
 

@@ -6,7 +6,8 @@ of the same size: the event loop stays free, requests beyond the limit queue, an
 per-request timeout covers the wait as well as the run.
 
 No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations at
-runtime, and the request model is built per graph inside ``create_app``.
+runtime, and the request model is built per graph inside ``create_app``, whose ``POST /run`` is
+the one handler made there; the others read the app's ``Service`` from its state.
 """
 
 import asyncio
@@ -32,12 +33,12 @@ from pydantic.fields import FieldInfo
 from bae import telemetry
 from bae.exceptions import BaeError, BaeGraphError, BaeInputError, BaeLMError, BaeParseError
 from bae.jsontext import JSONTextError, check_text
-from bae.loader import LoadedGraph
 from bae.markers import Bind, Context
 from bae.node import Node, graph_fingerprint, spec_of
 from bae.redaction import redact
-from bae.runlog import RunLog
-from bae.runner import Backend, BackgroundLog, Outcome, Runner, run_json
+from bae.runlog import BackgroundLog, RunLog, RunLogObserver
+from bae.runner import Outcome, Runner, Runtime, run_json
+from bae.usage import UsageJSON
 from bae.version import __version__
 
 logger = logging.getLogger("bae")
@@ -58,28 +59,13 @@ class Step(BaseModel):
     fields: dict[str, Any]
 
 
-class Usage(BaseModel):
-    """LM calls of one predictor in this run, by source: compiled (optimized), naive, or stale."""
-
-    node: str
-    kind: str
-    calls: int
-    optimized: int
-    naive: int
-    stale: int
-    errors: int
-    mean_latency_s: float
-    prompt_tokens: int
-    completion_tokens: int
-
-
 class RunResponse(BaseModel):
     """The node the run ended on, every node it passed through, and its LM usage per predictor."""
 
     node: str
     result: dict[str, Any]
     trace: list[Step]
-    usage: list[Usage]
+    usage: list[UsageJSON]
     version: str | None
     duration_s: float
 
@@ -115,37 +101,49 @@ def input_model(start: type[Node]) -> type[BaseModel]:
     return model
 
 
-def _timed_out(exc: BaseException) -> bool:
-    """Whether an LM failure was a timeout somewhere down its cause chain (504 rather than 502)."""
-    seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        if any("Timeout" in cls.__name__ for cls in type(link).__mro__):
-            return True
-        link = link.__cause__
-    return False
-
-
 def error_status(exc: BaeError) -> int:
     """The HTTP status of a failed run: the LM's fault is a gateway error, the client's a 422, ours a 500."""
     if isinstance(exc, BaeLMError | BaeParseError):
-        return 504 if _timed_out(exc) else 502
+        return 504 if getattr(exc, "timed_out", False) else 502
     if isinstance(exc, BaeInputError) and not isinstance(exc, BaeGraphError):
         return 422
     return 500
 
 
 class Service:
-    """The shared runner and the concurrency it is allowed; one per app."""
+    """What one app serves with: the runtime, the concurrency it is allowed, its runs' logs and readiness.
 
-    def __init__(self, runner: Runner, settings: ServeSettings) -> None:
-        self.runner = runner
+    Every run goes to the run logs given and to a private log for ``/stats`` (a temporary SQLite file,
+    removed at shutdown), so ``GET /stats`` is ``bae stats`` computed by the same code, for this server.
+    Logs are written by background threads, off the runs' concurrency slots.
+    """
+
+    def __init__(self, runtime: Runtime, logs: list[RunLog], settings: ServeSettings) -> None:
+        self.runtime = runtime
         self.settings = settings
+        self.scratch = tempfile.TemporaryDirectory(prefix="bae-serve-")
+        self.own_log = BackgroundLog(RunLog(Path(self.scratch.name) / "runs.db"))
+        self.sinks = [*(BackgroundLog(log) for log in logs), self.own_log]
+        observers = [RunLogObserver(sink, runtime.source) for sink in self.sinks]
+        self.runner = Runner(runtime, observers, settings.max_steps)
         self.pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="bae-run")
         self.slots: asyncio.Semaphore | None = None  # made on the server's event loop, at startup
         self.ready = False
+        self.info = version_info(runtime)
         self._numbers = itertools.count(1)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        self.slots = asyncio.Semaphore(self.settings.max_concurrency)
+        self.ready = True
+        try:
+            yield
+        finally:
+            self.ready = False
+            self.pool.shutdown(wait=True)  # runs past their deadline still finish and are logged
+            for sink in self.sinks:
+                sink.close()
+            self.scratch.cleanup()
 
     async def run(self, start: Node, parent: Any = None) -> Outcome:
         """Run one input within the deadline; the slot is held until the run's thread finishes.
@@ -162,9 +160,8 @@ class Service:
         except TimeoutError:
             raise HTTPException(504, f"timed out after {self.settings.timeout_s:g}s waiting for a free slot") from None
         try:
-            run = self.runner.run
             future = loop.run_in_executor(
-                self.pool, telemetry.within, parent, run, next(self._numbers), start, self.settings.max_steps
+                self.pool, telemetry.within, parent, self.runner.run, next(self._numbers), start
             )
         except BaseException:
             slots.release()
@@ -175,15 +172,32 @@ class Service:
         except TimeoutError:
             raise HTTPException(504, f"run timed out after {self.settings.timeout_s:g}s") from None
 
+    async def answer(self, data: dict[str, Any], headers: Any) -> RunResponse:
+        """``POST /run``: the start node from the request's fields, run, answered as ``bae run --json`` prints it."""
+        try:
+            check_text(data)
+        except JSONTextError as exc:
+            raise RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": str(exc)}]) from None
+        try:
+            node = self.runtime.graph.graph.start.model_validate(data)
+        except ValidationError as exc:  # the node's own validators, beyond the field types
+            raise RequestValidationError(exc.errors(include_url=False)) from None
+        try:
+            outcome = await self.run(node, telemetry.incoming(headers))  # continues a traceparent
+        except HTTPException:
+            raise
+        except Exception as exc:  # a bug in user code or in bae: logged here in full, answered in one line
+            logger.exception("run failed")
+            raise HTTPException(500, f"unexpected {type(exc).__name__} (details in the server log)") from None
+        if outcome.error is not None:
+            raise HTTPException(error_status(outcome.error), redact(outcome.error.message))
+        return RunResponse.model_validate(run_json(outcome, self.runtime.source.version))
 
-def response_of(outcome: Outcome, version: str | None) -> RunResponse:
-    """A finished run as the API returns it: ``bae run --json``'s object (``run_json``), typed for OpenAPI."""
-    assert outcome.result is not None
-    return RunResponse.model_validate(run_json(outcome, version))
-
-
-def _failure(exc: BaeError) -> HTTPException:
-    return HTTPException(error_status(exc), redact(exc.message))
+    async def stats(self) -> dict[str, Any]:
+        """``GET /stats``: ``bae stats`` over the runs this process served."""
+        await asyncio.to_thread(self.own_log.flush)
+        figures = await asyncio.to_thread(self.own_log.log.stats)
+        return figures.as_dict()
 
 
 def _auth(token: str | None) -> list[Any]:
@@ -201,90 +215,67 @@ def _auth(token: str | None) -> list[Any]:
     return [Depends(check)]
 
 
-def version_info(loaded: LoadedGraph, manifest: dict[str, Any], backend: Backend) -> dict[str, Any]:
+def version_info(runtime: Runtime) -> dict[str, Any]:
     """What ``GET /version`` answers: which compiled version of which graph, on which bae and DSPy."""
     import dspy
 
+    graph, manifest = runtime.graph, runtime.version.manifest
     return {
-        "version": backend.meta["version"],
+        "version": runtime.source.version,
         "created_at": manifest.get("created_at"),
-        "graph": loaded.reference,
-        "start": loaded.graph.start.__name__,
-        "graph_fingerprint": graph_fingerprint(loaded.graph.nodes),
+        "graph": graph.reference,
+        "start": graph.graph.start.__name__,
+        "graph_fingerprint": graph_fingerprint(graph.graph.nodes),
         "compiled_fingerprint": manifest.get("graph", {}).get("fingerprint"),
-        "stale": sorted(f"{node}.{kind}" for node, kind in backend.stale),
+        "stale": sorted(f"{node}.{kind}" for node, kind in runtime.version.stale),
         "scores": manifest.get("scores"),
-        "lm": backend.meta["lm"],
+        "lm": runtime.source.lm,
         "bae": __version__,
         "dspy": dspy.__version__,
         "python": platform.python_version(),
     }
 
 
-def create_app(
-    loaded: LoadedGraph,
-    backend: Backend,
-    manifest: dict[str, Any],
-    logs: list[RunLog],
-    settings: ServeSettings,
-) -> FastAPI:
-    """The app serving ``loaded`` with ``backend``: every run goes to ``logs`` and to a private log for /stats.
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
 
-    The private log (a temporary SQLite file, removed at shutdown) holds this process's
-    runs only, so ``GET /stats`` is ``bae stats`` computed by the same code, for this server.
-    Logs are written by background threads, off the runs' concurrency slots.
-    """
-    start = loaded.graph.start
+
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def ready(request: Request) -> dict[str, Any]:
+    if not _service(request).ready:
+        raise HTTPException(503, "not ready")
+    return {"ready": True, "version": _service(request).runtime.source.version}
+
+
+async def version_endpoint(request: Request) -> dict[str, Any]:
+    return _service(request).info
+
+
+async def stats(request: Request) -> dict[str, Any]:
+    return await _service(request).stats()
+
+
+def create_app(runtime: Runtime, logs: list[RunLog], settings: ServeSettings) -> FastAPI:
+    """The app serving ``runtime``: ``POST /run`` (its request model built from the start node),
+    ``/health``, ``/ready``, ``/version`` and ``/stats``; every route but the first two behind the token."""
+    service = Service(runtime, logs, settings)
+    start, version = runtime.graph.graph.start, runtime.source.version
     request_model = input_model(start)
-    scratch = tempfile.TemporaryDirectory(prefix="bae-serve-")
-    own_log = BackgroundLog(RunLog(Path(scratch.name) / "runs.db"))
-    sinks = [*(BackgroundLog(log) for log in logs), own_log]
-    runner = Runner(loaded, backend.lm, sinks, backend.meta)
-    service = Service(runner, settings)
-    info = version_info(loaded, manifest, backend)
-    version = backend.meta["version"]
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        service.slots = asyncio.Semaphore(settings.max_concurrency)
-        service.ready = True
-        try:
-            yield
-        finally:
-            service.ready = False
-            service.pool.shutdown(wait=True)  # runs past their deadline still finish and are logged
-            for sink in sinks:
-                sink.close()
-            scratch.cleanup()
-
     app = FastAPI(
         title=f"bae: {start.__name__}",
         version=str(version or "naive"),
-        description=f"Runs {loaded.reference} ({version or 'naive predictors'}) from {start.__name__}.",
-        lifespan=lifespan,
+        description=f"Runs {runtime.graph.reference} ({version or 'naive predictors'}) from {start.__name__}.",
+        lifespan=service.lifespan,
     )
+    app.state.service = service
     protected = _auth(settings.token)
 
     async def run(body: request_model, request: Request) -> RunResponse:  # type: ignore[valid-type]
-        data = body.model_dump()  # type: ignore[attr-defined]
-        try:
-            check_text(data)
-        except JSONTextError as exc:
-            raise RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": str(exc)}]) from None
-        try:
-            node = start.model_validate(data)
-        except ValidationError as exc:  # the node's own validators, beyond the field types
-            raise RequestValidationError(exc.errors(include_url=False)) from None
-        try:
-            outcome = await service.run(node, telemetry.incoming(request.headers))  # continues a traceparent
-        except HTTPException:
-            raise
-        except Exception as exc:  # a bug in user code or in bae: logged here in full, answered in one line
-            logger.exception("run failed")
-            raise HTTPException(500, f"unexpected {type(exc).__name__} (details in the server log)") from None
-        if outcome.error is not None:
-            raise _failure(outcome.error)
-        return response_of(outcome, version)
+        return await service.answer(body.model_dump(), request.headers)  # type: ignore[attr-defined]
 
     app.post(
         "/run",
@@ -297,25 +288,10 @@ def create_app(
             504: {"description": "The run or the LM timed out"},
         },
     )(run)
-
-    @app.get("/health", summary="Liveness: the process answers")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready", summary="Readiness: compiled artifacts loaded and verified, accepting runs")
-    async def ready() -> dict[str, Any]:
-        if not service.ready:
-            raise HTTPException(503, "not ready")
-        return {"ready": True, "version": version}
-
-    @app.get("/version", dependencies=protected, summary="Compiled version, graph fingerprint, bae and DSPy versions")
-    async def version_endpoint() -> dict[str, Any]:
-        return info
-
-    @app.get("/stats", dependencies=protected, summary="bae stats for the runs this process served")
-    async def stats() -> dict[str, Any]:
-        await asyncio.to_thread(own_log.flush)
-        figures = await asyncio.to_thread(own_log.log.stats)
-        return figures.as_dict()
-
+    app.get("/health", summary="Liveness: the process answers")(health)
+    app.get("/ready", summary="Readiness: compiled artifacts loaded and verified, accepting runs")(ready)
+    app.get("/version", dependencies=protected, summary="Compiled version, graph fingerprint, bae and DSPy versions")(
+        version_endpoint
+    )
+    app.get("/stats", dependencies=protected, summary="bae stats for the runs this process served")(stats)
     return app

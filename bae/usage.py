@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import TypedDict  # pydantic (bae serve's response model) needs this one before 3.12
+
 from bae.observe import Observer
 from bae.result import CallRecord
 
@@ -25,6 +27,23 @@ SOURCES = ("optimized", "naive", "stale")
 def _plus(total: Any, value: Any) -> Any:
     """A running total of a figure some calls do not report: None until one does, so unknown never reads 0."""
     return total if value is None else value if total is None else total + value
+
+
+class UsageJSON(TypedDict):
+    """A ``UsageRow`` as ``bae run --json``, ``POST /run`` and eval's ``--json`` give it."""
+
+    node: str
+    kind: str
+    calls: int
+    attempts: int
+    optimized: int
+    naive: int
+    stale: int
+    errors: int
+    mean_latency_s: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost: float | None
 
 
 @dataclass
@@ -62,13 +81,15 @@ class UsageRow:
     def tokens(self) -> int:
         return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> UsageJSON:
         return {
             "node": self.node,
             "kind": self.kind,
             "calls": self.calls,
             "attempts": self.attempts,
-            **{source: getattr(self, source) for source in SOURCES},
+            "optimized": self.optimized,
+            "naive": self.naive,
+            "stale": self.stale,
             "errors": self.errors,
             "mean_latency_s": round(self.mean_latency_s, 4),
             "prompt_tokens": self.prompt_tokens,

@@ -12,14 +12,23 @@ from typing import Any
 from typer.core import TyperOption
 
 
+_flagged = False  # --debug was given in this invocation
+
+
 def debugging() -> bool:
-    """Whether to show tracebacks: ``BAE_DEBUG`` set, by the user or by the flag."""
-    return os.environ.get("BAE_DEBUG", "") not in ("", "0")
+    """Whether to show tracebacks: ``--debug`` given, or ``BAE_DEBUG`` set."""
+    return _flagged or os.environ.get("BAE_DEBUG", "") not in ("", "0")
+
+
+def reset() -> None:
+    """Forget a ``--debug`` of an earlier invocation in this process (``bae_cli.app.run`` starts each one so)."""
+    global _flagged
+    _flagged = False
 
 
 def _flag(_: Any, __: Any, value: bool) -> None:
-    if value:
-        os.environ["BAE_DEBUG"] = "1"
+    global _flagged
+    _flagged = _flagged or value
     if debugging():
         _debug_log()
 

@@ -1,16 +1,30 @@
-"""``--max-tokens`` and ``--lm-timeout``: the bounds on every LM call (``run``, ``serve``, ``compile``, ``eval``).
+"""The options that say how to reach the LM, shared by ``run``, ``serve``, ``compile`` and ``eval``.
 
-Each flag is also an environment variable, and a given flag is written back to it, so
-``bae.lm_specs.resolve_lm`` reads one place wherever in the command the LM is built.
+``--lm`` names it; ``--max-tokens`` and ``--lm-timeout`` bound every call to a model string;
+``--response-format`` says how its server takes an answer's JSON schema. Each is also an environment
+variable, read here, at the edge, once: the library gets them as an ``LMSettings``, never from the
+environment.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from bae.lm_specs import LMSettings
+
+LmOption = Annotated[
+    str | None,
+    typer.Option(
+        "--lm",
+        envvar="BAE_LM",
+        help="LM to call: 'local' (embedded model, default), 'local:path.gguf', a LiteLLM model string "
+        "such as 'openai/gpt-4o-mini', or 'module:factory' returning a DSPy LM. Also $BAE_LM.",
+        show_default=False,
+    ),
+]
 MaxTokensOption = Annotated[
     int | None,
     typer.Option(
@@ -32,11 +46,22 @@ LmTimeoutOption = Annotated[
         show_default=False,
     ),
 ]
+ResponseFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--response-format",
+        envvar="BAE_RESPONSE_FORMAT",
+        help="How the LM's server takes an answer's JSON schema, for a model LiteLLM does not know: "
+        "json_object_schema (llama-cpp-python's server) or json_schema (vLLM, llama.cpp's llama-server). "
+        "Also $BAE_RESPONSE_FORMAT.",
+        show_default=False,
+    ),
+]
 
 
-def apply_lm_limits(max_tokens: int | None, lm_timeout: float | None) -> None:
-    """Make the flags the values every LM this process builds gets."""
-    if max_tokens is not None:
-        os.environ["BAE_MAX_TOKENS"] = str(max_tokens)
-    if lm_timeout is not None:
-        os.environ["BAE_LM_TIMEOUT"] = str(lm_timeout)
+def lm_settings(max_tokens: int | None, lm_timeout: float | None, response_format: str | None) -> LMSettings:
+    """The flags (or their variables) as the library's settings; what is not given keeps its default."""
+    from bae.lm_specs import LMSettings
+
+    given = {"max_tokens": max_tokens, "timeout_s": lm_timeout, "response_format": response_format or None}
+    return LMSettings(**{name: value for name, value in given.items() if value is not None})

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from bae import artifacts
 from bae.wording import counted
 from bae_cli.app import app
-from bae_cli.common import JsonFlag, graph_from, out, print_json
+from bae_cli.common import JsonFlag, out, print_json
 
 
 @app.command("bundle")
@@ -41,15 +40,15 @@ def bundle(
     exit 3. Nothing is pickled; no key or endpoint is written.
     """
     from bae.bundle import write_bundle
+    from bae.compiled_version import open_compiled
 
-    version_dir = artifacts.resolve_version_dir(compiled)
-    loaded = graph_from(graph, artifacts.read_manifest(version_dir), version_dir)
+    version = open_compiled(compiled, graph=graph)
     model = None
     if lm is not None:
         from bae.lm_specs import resolve_lm
 
         model = resolve_lm(lm)
-    made = write_bundle(loaded, version_dir, output, model)
+    made = write_bundle(version, output, model)
     if as_json:
         print_json({"path": str(made.path), "version": made.version, "graph": made.graph, "lm": made.lm})
         return

@@ -9,21 +9,23 @@ import typer
 from rich.markup import escape
 
 from bae import artifacts
+from bae.compiled_version import CompiledVersion, open_compiled
 from bae.exceptions import BaeError
-from bae.freshness import predictor_statuses
 from bae.wording import score_text
 from bae_cli.app import app
-from bae_cli.common import JsonFlag, graph_from, out, print_json
+from bae_cli.common import JsonFlag, out, print_json
 
 if TYPE_CHECKING:
-    from bae.graph import Graph
+    pass
 
 
-def node_rows(graph: Graph, manifest: dict[str, Any], checks: dict[str, artifacts.FileCheck]) -> list[dict[str, Any]]:
-    """One row per predictor, its status decided by ``bae.freshness`` (as loading decides it)."""
-    reasons = {(n["node"], n["kind"]): n.get("reason") for n in manifest.get("naive_predictors", [])}
+def node_rows(version: CompiledVersion) -> list[dict[str, Any]]:
+    """One row per predictor, its status decided by ``bae.freshness`` when the version was opened (as loading
+    decides it)."""
+    reasons = {(n["node"], n["kind"]): n.get("reason") for n in version.manifest.get("naive_predictors", [])}
+    checks = {check.path: check for check in version.files}
     rows = []
-    for held in predictor_statuses(graph, manifest):
+    for held in version.predictors:
         entry = held.entry or {}
         row: dict[str, Any] = {
             "node": held.node,
@@ -63,19 +65,16 @@ def inspect(
     --min-score); 2 usage error or graph that does not load; 3 invalid artifacts (missing or malformed
     manifest, checksum mismatch, unknown format, unsafe paths).
     """
-    version_dir = artifacts.resolve_version_dir(directory)
-    manifest = artifacts.read_manifest(version_dir)
-    file_checks, extra = artifacts.verify_files(version_dir, manifest)
-    checks = {c.path: c for c in file_checks}
-    loaded = graph_from(graph, manifest, version_dir)
-    rows = node_rows(loaded.graph, manifest, checks)
+    version = open_compiled(directory, graph=graph, strict=False)  # every problem reported before the verdict
+    version_dir, manifest, extra = version.path, version.manifest, version.unexpected
+    rows = node_rows(version)
     scores = manifest.get("scores", {})
     gate = [f"{r['node']}.{r['kind']}: {r['status']}" for r in rows if r["status"] != "optimized"]
     optimized_score = scores.get("optimized")
     if min_score is not None and (optimized_score is None or optimized_score < min_score):
         gate.append(f"optimized dev score {score_text(optimized_score)} is below --min-score {min_score:g}")
-    invalid = [c for c in file_checks if not c.ok]
-    prompt_doc = _prompts(version_dir, manifest) if prompts and not invalid else None
+    invalid = version.invalid
+    prompt_doc = version.prompts() if prompts and not invalid else None
 
     if as_json:
         print_json(
@@ -95,15 +94,9 @@ def inspect(
         )
     else:
         _print_report(version_dir, manifest, rows, invalid, extra, gate, prompt_doc)
-    artifacts.refuse_invalid(file_checks)
+    artifacts.refuse_invalid(version.files)
     if gate:  # the report stays on stdout; the verdict is also the one error line on stderr, as for eval's gates
         raise BaeError("gate failed: " + "; ".join(gate))
-
-
-def _prompts(version_dir: Path, manifest: dict[str, Any]) -> Any:
-    if artifacts.PROMPTS not in manifest["files"]:
-        return None
-    return artifacts.read_verified(version_dir, artifacts.PROMPTS, manifest)
 
 
 def _print_report(

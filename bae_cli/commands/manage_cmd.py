@@ -13,7 +13,7 @@ from bae import artifacts
 from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.wording import score_text
 from bae_cli.app import app
-from bae_cli.common import JsonFlag, graph_from, out, print_json
+from bae_cli.common import JsonFlag, out, print_json
 
 CompiledRoot = Annotated[Path, typer.Argument(help="A compiled root (holds versions.json).")]
 
@@ -179,17 +179,17 @@ def graph(
     """Show a graph's structure, and which nodes a compiled version optimized.
 
     Exit 1 when the graph has problems (``Graph.validate``), listed after the structure."""
-    from bae.freshness import NAIVE, OPTIMIZED, predictor_statuses
+    from bae.compiled_version import as_loaded, open_compiled
+    from bae.freshness import NAIVE, OPTIMIZED
 
-    loaded = graph_from(reference, None)
+    loaded = as_loaded(reference)
     g = loaded.graph
     version: dict[str, Any] | None = None
     statuses: dict[tuple[str, str], str] = {}  # each predictor's status in the version (bae.freshness decides)
     if compiled is not None:
-        version_dir = artifacts.resolve_version_dir(compiled)
-        manifest = artifacts.read_manifest(version_dir)
-        version = {"version": manifest.get("version"), "path": str(version_dir)}
-        statuses = {s.key: s.status for s in predictor_statuses(g, manifest)}
+        opened = open_compiled(compiled, graph=loaded)
+        version = {"version": opened.name, "path": str(opened.path)}
+        statuses = {s.key: s.status for s in opened.predictors}
     if as_json:
         problems = g.validate()
         print_json(_graph_json(loaded.reference, g, version, statuses, problems))

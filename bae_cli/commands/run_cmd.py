@@ -4,61 +4,27 @@ from __future__ import annotations
 
 import json
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bae import artifacts, jsontext
+from bae import artifacts
 from bae.exceptions import BaeInputError, BaeLMError
-from bae.jsontext import JSONTextError
-from bae.node import Node
+from bae.inputs import MAX_INPUT_BYTES, parse_input, read_batch
+from bae.node import Node, node_json
 from bae.result import CallRecord
-from bae.runner import Outcome, Runner, node_json, open_backend, record_traces, run_json
-from bae.usage import usage_rows
-from bae.wording import counted, unknown_names
+from bae.runner import Outcome, Runner, Runtime, record_traces, run_json, start_runtime
+from bae.usage import UsageRow, usage_rows
+from bae.wording import counted
 from bae_cli.app import app
-from bae_cli.common import JsonFlag, LmOption, err, graph_from, out, print_json, warn, warn_stale
-from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
+from bae_cli.common import JsonFlag, err, out, print_json, warn
+from bae_cli.lm_options import LmOption, LmTimeoutOption, MaxTokensOption, ResponseFormatOption, lm_settings
 from bae_cli.otel import OtelContentFlag, OtelFlag, start_otel
-
-MAX_INPUT_BYTES = 1024 * 1024  # far beyond any prompt; a bigger input is a mistake, not a ticket
-
-
-def parse_input(text: str | bytes, start: type[Node], where: str) -> Node:
-    """The start node from JSON, with every bad field named in one line and the expected shape shown."""
-    raw = text.encode() if isinstance(text, str) else text
-    expected = f"give {start.__name__}'s fields as a JSON object, e.g. {_shape(start)}"
-    if len(raw) > MAX_INPUT_BYTES:
-        raise BaeInputError(
-            f"{where}: input is over {MAX_INPUT_BYTES // 1024 // 1024} MB: pass large documents by reference "
-            "(a path or id that a Dep service loads)"
-        )
-    if not raw.strip():
-        raise BaeInputError(f"{where}: input is empty: {expected}")
-    try:
-        data = jsontext.loads(raw)
-    except JSONTextError as exc:
-        raise BaeInputError(f"{where}: {exc}: {expected}") from None
-    if not isinstance(data, dict):
-        raise BaeInputError(f"{where}: expected a JSON object, got {type(data).__name__}: {expected}")
-    problems = unknown_names(data, start.model_fields)  # a typo is named, not silently dropped
-    try:
-        node = start.model_validate(data)
-    except ValidationError as exc:
-        problems += [f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in exc.errors()]
-    if problems:
-        raise BaeInputError(f"{where}: not a valid {start.__name__}: {'; '.join(problems)}: {expected}")
-    return node
-
-
-def _shape(start: type[Node]) -> str:
-    return "{" + ", ".join(f'"{name}": ...' for name in start.model_fields) + "}"
+from bae_cli.progress import RunProgress
 
 
 def _read_single(input_json: str | None, input_file: Path | None, stdin: bool) -> tuple[bytes, str]:
@@ -114,6 +80,7 @@ def run(
     lm: LmOption = None,
     max_tokens: MaxTokensOption = None,
     lm_timeout: LmTimeoutOption = None,
+    response_format: ResponseFormatOption = None,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Stop a run after this many steps.")] = 100,
     log_db: Annotated[
         Path | None, typer.Option("--log-db", envvar="BAE_LOG_DB", help="Run log (SQLite). Default .bae/runs.db.")
@@ -129,9 +96,10 @@ def run(
     Input is the start node's fields as JSON: --input '{...}', --input-file F, or - to read stdin
     (after GRAPH, if given). Prints the result, the trace and which nodes used optimized prompts.
     """
-    apply_lm_limits(max_tokens, lm_timeout)
-    from bae.runlog import RunLog, default_log_path
+    from bae.optimized_lm import open_version
+    from bae.runlog import RunLog, RunLogObserver, default_log_path
 
+    settings = lm_settings(max_tokens, lm_timeout, response_format)
     start_otel(otel, otel_content)
     graph, stdin = _stdin_marker(graph, dash)
     if batch is None and output is not None:
@@ -140,28 +108,26 @@ def run(
     single = [flag for flag, present in given if present]
     if batch is not None and single:
         raise BaeInputError(f"--batch {batch} holds the inputs: drop {' and '.join(single)}, or drop --batch")
-    version_dir = artifacts.resolve_version_dir(compiled) if compiled is not None else None
-    manifest = artifacts.read_manifest(version_dir) if version_dir is not None else None
-    loaded = graph_from(graph, manifest, version_dir)
+    version = open_version(compiled, graph, warn=warn)
+    start = version.graph.graph.start
     if batch is not None:
-        inputs = _batch_inputs(batch, loaded.graph.start)
+        inputs = read_batch(batch, start)
     else:
         raw, where = _read_single(input_json, input_file, stdin)
-        inputs = [(1, parse_input(raw, loaded.graph.start, where))]
-    backend = open_backend(loaded, compiled, lm)
-    if compiled is None:
+        inputs = [(1, parse_input(raw, start, where))]
+    runtime = start_runtime(version, lm, settings)
+    if version.is_naive:
         err.print("[yellow]no --compiled: running naive (zero-shot) predictors[/]")
-    warn_stale(backend.stale)
-    meta = backend.meta
-    logs = [] if no_log else [RunLog(log_db or default_log_path())]
-    runner = Runner(loaded, backend.lm, logs, meta, warn=warn)
+    logs = [] if no_log else [RunLogObserver(RunLog(log_db or default_log_path()), runtime.source, warn=warn)]
     if batch is None:
-        outcome = runner.run(1, inputs[0][1], max_steps)
+        node = inputs[0][1]
+        assert isinstance(node, Node)  # a single input that does not parse was refused above
+        outcome = Runner(runtime, [*logs, RunProgress(err)], max_steps).run(1, node)
         if record is not None and outcome.result is not None:
             record_traces(record, [outcome.result])
-        _report_single(outcome, meta, verbose, as_json)
+        _report_single(outcome, runtime, verbose, as_json)
     else:
-        _run_batch(runner, Batch(batch, inputs), output, record, concurrency, max_steps, meta, as_json)
+        _run_batch(Runner(runtime, logs, max_steps), Batch(batch, inputs), output, record, concurrency, as_json)
 
 
 def _stdin_marker(graph: str | None, dash: str | None) -> tuple[str | None, bool]:
@@ -173,29 +139,12 @@ def _stdin_marker(graph: str | None, dash: str | None) -> tuple[str | None, bool
     return graph, dash == "-"
 
 
-def _batch_inputs(path: Path, start: type[Node]) -> list[tuple[int, Node | BaeInputError]]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BaeInputError(f"cannot read --batch {path}: {exc.strerror}: check the path") from None
-    inputs: list[tuple[int, Node | BaeInputError]] = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        if line.strip():
-            try:
-                inputs.append((number, parse_input(line, start, f"{path}:{number}")))
-            except BaeInputError as exc:
-                inputs.append((number, exc))
-    if not inputs:
-        raise BaeInputError(f"--batch {path} has no inputs: put one JSON object per line")
-    return inputs
-
-
-def _usage_table(calls: list[CallRecord], title: str) -> Table:
+def _usage_table(rows: list[UsageRow], title: str) -> Table:
     table = Table(title=title, show_edge=False)
     table.add_column("predictor", no_wrap=True)
     for column in ("calls", "optimized", "naive", "stale", "errors", "latency", "tokens"):
         table.add_column(column, justify="right")
-    for row in usage_rows(calls):
+    for row in rows:
         table.add_row(
             f"{row.node}.{row.kind}",
             str(row.calls),
@@ -204,18 +153,14 @@ def _usage_table(calls: list[CallRecord], title: str) -> Table:
             f"[red]{row.stale}[/]" if row.stale else "0",
             f"[red]{row.errors}[/]" if row.errors else "0",
             f"{row.mean_latency_s * 1000:.0f} ms",
-            str(row.prompt_tokens + row.completion_tokens),
+            str(row.tokens),
         )
     return table
 
 
-def _usage_json(calls: list[CallRecord]) -> list[dict[str, object]]:
-    return [row.as_dict() for row in usage_rows(calls)]
-
-
-def _report_single(outcome: Outcome, meta: dict[str, Any], verbose: bool, as_json: bool) -> None:
+def _report_single(outcome: Outcome, runtime: Runtime, verbose: bool, as_json: bool) -> None:
     if as_json:
-        print_json(run_json(outcome, meta["version"]))
+        print_json(run_json(outcome, runtime.source.version))
     elif outcome.result is not None:
         result = outcome.result
         out.print(f"[bold]{type(result.node).__name__}[/] {json.dumps(node_json(result.node), ensure_ascii=False)}")
@@ -223,8 +168,7 @@ def _report_single(outcome: Outcome, meta: dict[str, Any], verbose: bool, as_jso
         if verbose:
             for node in result.trace:
                 out.print(f"  {type(node).__name__}: {json.dumps(node_json(node), ensure_ascii=False)}", markup=False)
-        version = meta["version"] or "naive"
-        out.print(_usage_table(outcome.calls, f"LM usage ({version})"))
+        out.print(_usage_table(usage_rows(outcome.calls), f"LM usage ({runtime.version.name})"))
     if outcome.error is not None:
         raise outcome.error
 
@@ -265,57 +209,51 @@ class Batch:
 
 
 def _run_batch(
-    runner: Runner,
-    batch: Batch,
-    output: Path | None,
-    record: Path | None,
-    concurrency: int,
-    max_steps: int,
-    meta: dict[str, Any],
-    as_json: bool,
+    runner: Runner, batch: Batch, output: Path | None, record: Path | None, concurrency: int, as_json: bool
 ) -> None:
     """Run, save, report, then exit by the batch's outcome: each step survives a Ctrl-C in the first."""
+    from bae.executor import ThreadExecutor
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        _execute(runner, batch, concurrency, max_steps, transient=as_json)
+        with Progress(*columns, console=err, transient=as_json) as progress:
+            task = progress.add_task("running batch", total=batch.inputs, completed=len(batch.outcomes))
+
+            def done(index: int, outcome: Outcome) -> None:
+                batch.outcomes[outcome.line] = outcome
+                progress.advance(task)
+
+            results = ThreadExecutor(concurrency).map(runner, batch.pending, done, _stopping)
+        batch.interrupted = results.interrupted
+        if results.abandoned:
+            err.print("interrupted again: runs in flight abandoned")
     finally:
         _save(batch, output, record, as_json)
-    _report_batch(batch, meta, output, as_json)
+    _report_batch(batch, runner.runtime, output, as_json)
     if batch.interrupted:
         raise KeyboardInterrupt
     if batch.exit_code():
         raise typer.Exit(batch.exit_code())
 
 
-def _execute(runner: Runner, batch: Batch, concurrency: int, max_steps: int, transient: bool) -> None:
-    """Run the batch's pending inputs on a thread pool with a progress bar; on Ctrl-C, finish the runs in flight."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    pool = ThreadPoolExecutor(max_workers=concurrency)
-    futures: dict[Future[Outcome], int] = {}
-    try:
-        with Progress(*columns, console=err, transient=transient) as progress:
-            task = progress.add_task("running batch", total=batch.inputs, completed=len(batch.outcomes))
-            futures = {pool.submit(runner.run, line, node, max_steps): line for line, node in batch.pending}
-            for future in as_completed(futures):
-                batch.outcomes[futures[future]] = future.result()
-                progress.advance(task)
-    except KeyboardInterrupt:
-        batch.interrupted = True
-        _finish_in_flight(pool, futures, batch.outcomes)
-    finally:
-        pool.shutdown(wait=not batch.interrupted, cancel_futures=True)
+def _stopping(in_flight: int) -> None:
+    """On Ctrl-C: start nothing new and keep the runs under way (a second Ctrl-C abandons them)."""
+    if in_flight:
+        err.print(f"interrupted: finishing {counted(in_flight, 'run')} in flight (Ctrl-C again to abandon them)")
 
 
-def _report_batch(batch: Batch, meta: dict[str, Any], output: Path | None, as_json: bool) -> None:
+def _report_batch(batch: Batch, runtime: Runtime, output: Path | None, as_json: bool) -> None:
     """The summary as JSON (results inline unless they went to --output), or failures, usage and counts on
     stderr: stdout holds the results alone (see ``_save``), so it can be piped."""
     failed = batch.failed
+    rows = usage_rows(batch.calls)
     summary = {
         "inputs": batch.inputs,
         "ok": len(batch.outcomes) - len(failed),
         "failed": len(failed),
         "unfinished": batch.inputs - len(batch.outcomes),
-        "version": meta["version"],
-        "usage": _usage_json(batch.calls),
+        "version": runtime.source.version,
+        "usage": [row.as_dict() for row in rows],
     }
     if as_json:
         results = None if output else [outcome.as_dict() for outcome in batch.finished()]
@@ -323,30 +261,12 @@ def _report_batch(batch: Batch, meta: dict[str, Any], output: Path | None, as_js
         return
     for line in failed:
         err.print(escape(batch.problem(line)), style="red")
-    err.print(_usage_table(batch.calls, f"LM usage over the batch ({meta['version'] or 'naive'})"))
+    err.print(_usage_table(rows, f"LM usage over the batch ({runtime.version.name})"))
     err.print(
         f"{summary['ok']} ok, {summary['failed']} failed"
         + (f", {summary['unfinished']} not run (interrupted)" if batch.interrupted else "")
         + (f"; results in {output}" if output else "")
     )
-
-
-def _finish_in_flight(
-    pool: ThreadPoolExecutor, futures: dict[Future[Outcome], int], outcomes: dict[int, Outcome]
-) -> None:
-    """On Ctrl-C: start nothing new, and keep the runs already under way: their results (logged and
-    recorded as they finish) also reach --output and the summary. A second Ctrl-C stops waiting; the
-    exit then leaves their threads behind (see ``bae_cli.app``)."""
-    in_flight = sum(1 for future in futures if future.running())
-    if in_flight:
-        err.print(f"interrupted: finishing {counted(in_flight, 'run')} in flight (Ctrl-C again to abandon them)")
-    try:
-        pool.shutdown(wait=True, cancel_futures=True)
-    except KeyboardInterrupt:
-        err.print("interrupted again: runs in flight abandoned")
-    for future, line in futures.items():
-        if future.done() and not future.cancelled() and future.exception() is None:
-            outcomes.setdefault(line, future.result())
 
 
 def _save(batch: Batch, output: Path | None, record: Path | None, as_json: bool) -> None:

@@ -13,11 +13,10 @@ from typing import Annotated
 
 import typer
 
-from bae import artifacts
 from bae.exceptions import BaeInputError
 from bae_cli.app import app
-from bae_cli.common import LmOption, err, graph_from, warn, warn_stale
-from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
+from bae_cli.common import err, warn
+from bae_cli.lm_options import LmOption, LmTimeoutOption, MaxTokensOption, ResponseFormatOption, lm_settings
 from bae_cli.otel import OtelContentFlag, OtelFlag, start_otel
 
 
@@ -70,6 +69,7 @@ def serve(
     lm: LmOption = None,
     max_tokens: MaxTokensOption = None,
     lm_timeout: LmTimeoutOption = None,
+    response_format: ResponseFormatOption = None,
     max_concurrency: Annotated[
         int, typer.Option("--max-concurrency", min=1, help="Runs in flight at once; more requests wait.")
     ] = 8,
@@ -98,33 +98,29 @@ def serve(
     POST /run takes the start node's fields as JSON and returns the final node, the trace and
     the LM usage per node. GET /health, /ready, /version, /stats; OpenAPI docs at /docs.
     """
-    apply_lm_limits(max_tokens, lm_timeout)
     try:
         import uvicorn
 
         from bae.serving import ServeSettings, create_app
     except ImportError as exc:
         raise BaeInputError(f"bae serve needs the serve extra: pip install 'bae[serve]' ({exc.name} missing)") from None
+    from bae.optimized_lm import open_version
     from bae.runlog import RunLog, default_log_path
-    from bae.runner import open_backend
+    from bae.runner import start_runtime
 
     start_otel(otel, otel_content, serving=True)
-    version_dir = artifacts.resolve_version_dir(compiled)
-    manifest = artifacts.read_manifest(version_dir)
-    artifacts.refuse_invalid(artifacts.verify_files(version_dir, manifest)[0])  # all files, before listening
-    loaded = graph_from(graph, manifest, version_dir)
-    backend = open_backend(loaded, compiled, lm)
-    warn_stale(backend.stale)
+    version = open_version(compiled, graph, warn=warn)  # every file verified, before listening
+    runtime = start_runtime(version, lm, lm_settings(max_tokens, lm_timeout, response_format))
     logs = [] if no_log else [RunLog(log_db or default_log_path())]
     settings = ServeSettings(max_concurrency, timeout, max_steps, token or None)
-    api = create_app(loaded, backend, manifest, logs, settings)
+    api = create_app(runtime, logs, settings)
     listener = _listen(host, port)
     if not token and not _loopback(host):
         warn(f"listening on {host} without a token: anyone who can reach this port can run the graph")
     bound = listener.getsockname()[1]
     where = f"[{host}]" if ":" in host else host
     err.print(
-        f"bae serve: {backend.meta['version']} of {loaded.reference} on http://{where}:{bound} "
+        f"bae serve: {version.name} of {runtime.graph.reference} on http://{where}:{bound} "
         f"(max concurrency {max_concurrency}, timeout {timeout:g}s, auth {'on' if token else 'off'}); docs at /docs",
         markup=False,
         soft_wrap=True,

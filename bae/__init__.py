@@ -18,7 +18,6 @@ from bae.result import CallRecord, GraphResult
 from bae.version import __version__
 
 if TYPE_CHECKING:  # for type checkers: at run time these load on first use (_LAZY, below); keep the two in step
-    from bae.compiler import node_to_signature as node_to_signature
     from bae.dspy_backend import DSPyBackend as DSPyBackend
     from bae.evaluator import Evaluation as Evaluation
     from bae.evaluator import evaluate as evaluate
@@ -28,13 +27,14 @@ if TYPE_CHECKING:  # for type checkers: at run time these load on first use (_LA
     from bae.optimized_lm import CompiledGraph as CompiledGraph
     from bae.optimized_lm import OptimizedLM as OptimizedLM
     from bae.optimized_lm import create_optimized_lm as create_optimized_lm
+    from bae.predictors import node_to_signature as node_to_signature
 
 _LAZY = {
     "Graph": "bae.graph",
     "Problem": "bae.graph",
     "Node": "bae.node",
     "DSPyBackend": "bae.dspy_backend",
-    "node_to_signature": "bae.compiler",
+    "node_to_signature": "bae.predictors",
     "CompiledGraph": "bae.optimized_lm",
     "OptimizedLM": "bae.optimized_lm",
     "create_optimized_lm": "bae.optimized_lm",

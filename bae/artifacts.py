@@ -408,6 +408,17 @@ def verify_files(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[File
     return checks, extra
 
 
+def copy_verified(version_dir: Path, checks: list[FileCheck], target: Path) -> None:
+    """A version's manifest and the files ``verify_files`` read, byte for byte as they were verified, into
+    ``target`` (a new directory): a copy can hold nothing that was not checked."""
+    target.mkdir(parents=True)
+    shutil.copyfile(safe_path(version_dir, MANIFEST), target / MANIFEST)
+    for check in checks:
+        destination = target / check.path
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(check.data)
+
+
 def refuse_invalid(checks: list[FileCheck]) -> None:
     """Fail on a version with any invalid file: the first problem, and how many there are."""
     invalid = [c for c in checks if not c.ok]

@@ -164,16 +164,6 @@ def _check_matches(version: CompiledVersion) -> None:
         )
 
 
-def _copy_version(version: CompiledVersion, target: Path) -> None:
-    """The manifest and every file it lists, byte for byte as they were verified when the version was opened."""
-    target.mkdir(parents=True)
-    shutil.copyfile(artifacts.safe_path(version.path, artifacts.MANIFEST), target / artifacts.MANIFEST)
-    for check in version.files:
-        destination = target / check.path
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes(check.data)
-
-
 def _self_check(folder: Path, graph_arg: str) -> None:
     """``bae inspect`` from inside the new bundle, in a fresh process: the copied graph must load on its own."""
     command = [sys.executable, "-m", "bae_cli", "inspect", "compiled", "--graph", graph_arg, "--json"]
@@ -265,7 +255,7 @@ def write_bundle(version: CompiledVersion, out: Path, model: Any | None = None) 
     out.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     try:
-        _copy_version(version, build / "compiled" / name)
+        artifacts.copy_verified(version.path, version.files, build / "compiled" / name)
         (build / "compiled" / artifacts.VERSIONS).write_bytes(
             artifacts.dump_json(
                 {"format": artifacts.FORMAT, "active": name, "versions": [artifacts.version_summary(manifest)]}

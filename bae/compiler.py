@@ -1,133 +1,295 @@
-"""From node classes to DSPy: signatures, node-aware predictors, and compiled graphs.
+"""``compile_graph``, what ``bae compile`` runs: gold traces in, a new verified version directory out.
 
-The class name and docstring are the prompt.
+The steps are the product's promise: optimize every predictor, score the naive and
+the optimized graph on the same dev traces, and write both scores next to the
+artifacts, with their 95% intervals and what the dev split cannot measure, so a
+version always says what it bought and how sure that is. A version that optimized
+nothing is written but not activated unless asked: it would only replace the
+active version with the naive graph.
 
-Two kinds of predictor serve a graph: a *make* predictor per node (inputs: its
-``Context`` fields; outputs: its generated fields, with their real types) and a
-*choice* predictor per deciding node (inputs: its LM-visible state; output: the
-successor's name as a ``Literal``).
+(The seeds' ``bae.compiler.node_to_signature`` lives in ``bae.predictors`` and is importable here too.)
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+import platform
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import dspy
+from dspy.utils.usage_tracker import UsageTracker
 
-from bae.node import FieldSpec, Node, spec_of
-from bae.retrieval import DemoRetriever
-
-MAKE = "make"
-CHOICE = "choice"
-CHOICE_FIELD = "next_step"
-FEEDBACK_FIELD = "feedback_on_previous_answer"
-
-
-def title(cls: type) -> str:
-    """``BillingIssue`` -> ``Billing Issue``: class names read as the task's name."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", cls.__name__)
-
-
-def _fields(specs: tuple[FieldSpec, ...], kind: Any) -> dict[str, tuple[Any, Any]]:
-    return {f.name: (f.annotation, kind(desc=f.description) if f.description else kind()) for f in specs}
-
-
-def node_to_signature(cls: type[Node]) -> type[dspy.Signature]:
-    """The make signature of ``cls``: its ``Context`` fields in, its generated fields out."""
-    spec = spec_of(cls)
-    instructions = f"{title(cls)}. {spec.doc}".strip()
-    fields = {**_fields(spec.context, dspy.InputField), **_fields(spec.generated, dspy.OutputField)}
-    signature: type[dspy.Signature] = dspy.make_signature(fields, instructions, signature_name=f"Make{cls.__name__}")
-    return signature
+from bae import artifacts
+from bae.dataset import Dataset, GoldTrace, load_dataset, split
+from bae.dev_coverage import dev_warnings
+from bae.dspy_backend import DSPyBackend
+from bae.examples import collect_examples
+from bae.executor import ThreadExecutor
+from bae.lm import LM
+from bae.lm_specs import lm_name
+from bae.loader import LoadedGraph
+from bae.metrics import check_metric, metric_name
+from bae.node import graph_fingerprint, predictor_fingerprint, schema_fingerprint
+from bae.optimized_lm import OptimizedLM
+from bae.optimizer import (
+    OptimizeSettings,
+    PredictorOutcome,
+    build_optimizer,
+    optimize_predictors,
+    quiet,
+)
+from bae.predictors import CHOICE, MAKE, NodePredict, node_to_signature
+from bae.scoring import GraphScore, Progress, Quiet, TraceRun, delta_of, run_traces, summarize
+from bae.usage import UsageCounter
+from bae.version import __version__
 
 
-def choice_signature(cls: type[Node]) -> type[dspy.Signature]:
-    """The choice signature of a deciding node: its visible state in, the next step's name out."""
-    spec = spec_of(cls)
-    options = "\n".join(f"- {s.__name__}: {title(s)}. {spec_of(s).doc}".rstrip() for s in spec.successors) + (
-        "\n- None: nothing follows; the work ends here." if spec.may_end else ""
+@dataclass
+class CompileOptions:
+    trainset: Path
+    out: Path
+    devset: Path | None = None
+    dev_split: float = 0.25
+    strict: bool = True
+    activate: bool | None = None  # None: activate unless nothing was optimized
+    notes: str = ""
+    eval_threads: int = 4
+    settings: OptimizeSettings = field(default_factory=OptimizeSettings)
+
+
+@dataclass
+class CompileReport:
+    """The new version and what compiling it found. ``warnings`` say what the dev split cannot
+    measure; ``activated`` is False for ``--no-activate`` and for a version that optimized nothing."""
+
+    version_dir: Path
+    manifest: dict[str, Any]
+    outcomes: list[PredictorOutcome]
+    naive: GraphScore
+    optimized: GraphScore
+    invalid: list[str]
+    activated: bool = True
+
+    @property
+    def optimized_any(self) -> bool:
+        return any(o.predictor is not None for o in self.outcomes)
+
+    def as_dict(self) -> dict[str, Any]:
+        rows = []
+        for o in self.outcomes:
+            key = (o.node, o.kind)
+            rows.append(
+                {
+                    "node": o.node,
+                    "kind": o.kind,
+                    "examples": o.examples,
+                    "demos": o.demos,
+                    "pool": o.pool if o.predictor is not None and o.predictor.retriever is not None else None,
+                    "status": "optimized" if o.predictor is not None else "naive",
+                    "reason": o.reason,
+                    "naive_score": _round(self.naive.per_predictor.get(key)),
+                    "optimized_score": _round(self.optimized.per_predictor.get(key)),
+                }
+            )
+        return {
+            "version": self.manifest["version"],
+            "path": str(self.version_dir),
+            "active": self.activated,
+            "scores": self.manifest["scores"],
+            "warnings": self.manifest["warnings"],
+            "confusion": self.manifest["confusion"],
+            "usage": self.manifest["usage"],
+            "predictors": rows,
+            "invalid_lines": self.invalid,
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+class _SharedUsage(UsageTracker):
+    """DSPy's usage tracker, one for every thread: DSPy's parallel optimizers give each worker
+    thread a deep copy and drop it, which would leave those threads' LM calls uncounted."""
+
+    def __deepcopy__(self, memo: Any) -> _SharedUsage:
+        return self
+
+    def as_dict(self) -> dict[str, int]:
+        entries = [entry for per_lm in self.usage_data.values() for entry in per_lm]
+        return {
+            "calls": len(entries),
+            "prompt_tokens": sum(int(e.get("prompt_tokens") or 0) for e in entries),
+            "completion_tokens": sum(int(e.get("completion_tokens") or 0) for e in entries),
+        }
+
+
+def _dataset_split(loaded: LoadedGraph, options: CompileOptions) -> tuple[Dataset, list[GoldTrace], list[GoldTrace]]:
+    dataset = load_dataset(options.trainset, loaded.graph, strict=options.strict)
+    if options.devset is not None:
+        devset = load_dataset(options.devset, loaded.graph, strict=options.strict)
+        return dataset, dataset.traces, devset.traces
+    train, dev = split(dataset.traces, options.dev_split, options.settings.seed)
+    return dataset, train, dev
+
+
+def _score_dev(
+    loaded: LoadedGraph, dev: list[GoldTrace], backend: LM, options: CompileOptions, progress: Progress
+) -> tuple[list[TraceRun], dict[str, int]]:
+    """The dev traces run through ``backend`` and scored, and what their LM calls cost (counted by an observer)."""
+    cost = UsageCounter()
+    runs = run_traces(
+        loaded.graph,
+        dev,
+        backend,
+        loaded.deps,
+        ThreadExecutor(options.eval_threads),
+        lambda _: progress.advance(),
+        observers=[cost],
+        metric=options.settings.metric,
     )
-    instructions = f"{title(cls)}. {spec.doc}\nChoose the step that follows:\n{options}".strip()
-    answer = Literal.__getitem__(spec.choices)  # the options are data, known only at run time
-    fields = {
-        **_fields(spec.visible, dspy.InputField),
-        CHOICE_FIELD: (answer, dspy.OutputField(desc="the name of the step that follows")),
+    return runs, cost.cost()
+
+
+def compile_graph(
+    loaded: LoadedGraph, lm: dspy.BaseLM, options: CompileOptions, progress: Progress | None = None
+) -> CompileReport:
+    """Optimize, score naive vs optimized on the dev traces, and write the next version."""
+    progress = progress or Quiet()
+    artifacts.check_root(options.out)  # a bad --out fails now, not after the optimizing
+    with quiet("checking"):
+        build_optimizer(options.settings)  # a missing package or LM fails now, before any work
+    graph = loaded.graph
+    dataset, train, dev = _dataset_split(loaded, options)
+    metric = options.settings.metric
+    check_metric(metric, (node for trace in [*train, *dev] for node in trace.nodes[1:]))  # fails before any LM call
+    examples = collect_examples([t.nodes for t in train])
+
+    progress.stage("optimizing predictors", len(graph.predictor_keys()))
+    spent = _SharedUsage()  # what the compile cost, recorded with the version: LM calls and tokens per stage
+    with dspy.context(usage_tracker=spent):
+        outcomes = optimize_predictors(graph, examples, lm, options.settings, on_done=lambda _: progress.advance())
+    predictors = {(o.node, o.kind): o.predictor for o in outcomes if o.predictor is not None}
+
+    progress.stage("scoring the naive graph on dev", len(dev))
+    naive_runs, naive_cost = _score_dev(loaded, dev, DSPyBackend(lm), options, progress)
+    progress.stage("scoring the optimized graph on dev", len(dev))
+    optimized_runs, optimized_cost = _score_dev(loaded, dev, OptimizedLM(predictors, model=lm), options, progress)
+    naive = summarize(graph, [run.scored for run in naive_runs])
+    optimized = summarize(graph, [run.scored for run in optimized_runs])
+    usage = {"optimize": spent.as_dict(), "naive_dev": naive_cost, "optimized_dev": optimized_cost}
+
+    files, entries = node_files(graph, outcomes)
+    files[artifacts.PROMPTS] = _prompts(predictors)
+    entries[artifacts.PROMPTS] = {"kind": "prompts"}
+    scores = {
+        "naive": round(naive.score, 4),
+        "optimized": round(optimized.score, 4),
+        "naive_path_accuracy": round(naive.path_accuracy, 4),
+        "optimized_path_accuracy": round(optimized.path_accuracy, 4),
+        "naive_errors": naive.errors,
+        "optimized_errors": optimized.errors,
+        "naive_interval": naive.interval.as_list(),
+        "optimized_interval": optimized.interval.as_list(),
+        "delta_interval": delta_of(naive_runs, optimized_runs).as_list(),
+        "metric": metric_name(metric),
     }
-    signature: type[dspy.Signature] = dspy.make_signature(fields, instructions, signature_name=f"Choose{cls.__name__}")
-    return signature
+    manifest = {
+        "format": artifacts.FORMAT,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "bae_version": __version__,
+        "dspy_version": dspy.__version__,
+        "python_version": platform.python_version(),
+        "graph": {
+            "reference": loaded.reference,
+            "start": graph.start.__name__,
+            "fingerprint": graph_fingerprint(graph.nodes),
+            "nodes": {cls.__name__: schema_fingerprint(cls) for cls in graph.nodes},
+        },
+        "optimizer": {"name": options.settings.optimizer, "params": options.settings.params()},
+        "dataset": {
+            "path": str(options.trainset),
+            "sha256": dataset.sha256,
+            "traces": len(dataset.traces),
+            "invalid_skipped": len(dataset.invalid),
+            "train": len(train),
+            "dev": len(dev),
+            "devset": str(options.devset) if options.devset else None,
+        },
+        "seed": options.settings.seed,
+        "lm": {"model": lm_name(lm)},
+        "scores": scores,
+        "usage": usage,
+        "per_predictor": {"naive": naive.as_dict()["per_predictor"], "optimized": optimized.as_dict()["per_predictor"]},
+        "confusion": {"naive": naive.confusion, "optimized": optimized.confusion},
+        "naive_predictors": [{"node": o.node, "kind": o.kind, "reason": o.reason} for o in outcomes if o.reason],
+        "warnings": dev_warnings(train, dev, optimized.interval),
+        "notes": options.notes,
+        "files": entries,
+    }
+    activate = options.activate if options.activate is not None else bool(predictors)
+    version_dir = artifacts.write_version(options.out, files, manifest, activate=activate)
+    return CompileReport(version_dir, manifest, outcomes, naive, optimized, dataset.invalid, activate)
 
 
-def with_feedback(signature: type[dspy.Signature]) -> type[dspy.Signature]:
-    """The same signature plus an input that tells the LM why its last answer was rejected."""
-    extended: type[dspy.Signature] = signature.append(
-        FEEDBACK_FIELD,
-        dspy.InputField(desc="why the previous answer was rejected; answer again and fix it"),
-        type_=str,
-    )
-    return extended
+def node_file_name(node: str, kind: str) -> str:
+    return f"nodes/{node}.json" if kind == MAKE else f"nodes/{node}.{CHOICE}.json"
 
 
-@dataclass(frozen=True)
-class PredictorCall:
-    """Which predictor is calling the LM right now, for test doubles and observability."""
-
-    node: str
-    kind: str
-    inputs: dict[str, Any] = field(default_factory=dict)
-    demos: int = 0
-
-
-_CALL: ContextVar[PredictorCall | None] = ContextVar("bae_predictor_call", default=None)
-
-
-def current_call() -> PredictorCall | None:
-    """The bae predictor whose LM request is being served in this context, if any."""
-    return _CALL.get()
-
-
-@contextmanager
-def _calling(call: PredictorCall) -> Iterator[None]:
-    token = _CALL.set(call)
-    try:
-        yield
-    finally:
-        _CALL.reset(token)
-
-
-class NodePredict(dspy.Predict):
-    """A ``dspy.Predict`` that knows which node and kind it serves.
-
-    Optimizers copy and save it like any ``Predict``; the extra identity lets a
-    scripted LM answer by node name and keeps call records attributable.
-    """
-
-    def __init__(self, signature: type[dspy.Signature], node: str, kind: str, **config: Any) -> None:
-        super().__init__(signature, **config)
-        self.node_name = node
-        self.kind = kind
-        self.retriever: DemoRetriever | None = None
-
-    def retrieve(self, k: int) -> None:
-        """From now on each call gets the ``k`` demos most similar to its inputs (``bae.retrieval``),
-        out of the current demos as the pool; a choice predictor's are balanced over its options."""
-        label = CHOICE_FIELD if self.kind == CHOICE else None
-        self.retriever = DemoRetriever(self.demos, tuple(self.signature.input_fields), k, label)
-
-    def forward(self, **kwargs: Any) -> dspy.Prediction:
-        inputs = {k: v for k, v in kwargs.items() if k not in ("signature", "demos", "config", "lm")}
-        if self.retriever is not None and "demos" not in kwargs:
-            kwargs["demos"] = self.retriever.select(inputs)
-        demos = len(kwargs.get("demos", self.demos) or ())
-        with _calling(PredictorCall(self.node_name, self.kind, inputs, demos)):
-            return super().forward(**kwargs)
+def node_files(graph: Any, outcomes: list[PredictorOutcome]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The node files of a version (path -> JSON document) and their manifest entries: the one save path,
+    which ``load_optimized`` reverses."""
+    files: dict[str, Any] = {}
+    entries: dict[str, Any] = {}
+    for outcome in outcomes:
+        if outcome.predictor is None:
+            continue
+        cls = graph.node(outcome.node)
+        fingerprint = predictor_fingerprint(cls, outcome.kind)
+        state = outcome.predictor.dump_state()
+        state["lm"] = None  # never persist an LM, its endpoint or its key
+        rel = node_file_name(outcome.node, outcome.kind)
+        header = {"format": artifacts.FORMAT, "node": outcome.node, "kind": outcome.kind, "fingerprint": fingerprint}
+        entries[rel] = {
+            "node": outcome.node,
+            "kind": outcome.kind,
+            "fingerprint": fingerprint,
+            "demos": outcome.demos,
+            "examples": outcome.examples,
+        }
+        retriever = outcome.predictor.retriever
+        if retriever is not None:  # the demos are the pool: k of them are chosen per call
+            header["retrieval"] = retriever.settings()
+            entries[rel]["pool"] = outcome.pool
+        files[rel] = {"bae": header, "predictor": state}
+    return files, entries
 
 
-def new_predictor(cls: type[Node], kind: str) -> NodePredict:
-    """A fresh, naive predictor making ``cls`` (``make``) or choosing its successor (``choice``)."""
-    signature = node_to_signature(cls) if kind == MAKE else choice_signature(cls)
-    return NodePredict(signature, cls.__name__, kind)
+def _prompts(predictors: dict[tuple[str, str], NodePredict]) -> dict[str, Any]:
+    """Each predictor's final prompt as chat messages, with ``{field}`` placeholders for the inputs."""
+    adapter = dspy.JSONAdapter()
+    prompts = {}
+    for (node, kind), predictor in sorted(predictors.items()):
+        signature = predictor.signature
+        placeholders = {name: "{" + name + "}" for name in signature.input_fields}
+        retriever = predictor.retriever
+        prompts[f"{node}.{kind}"] = {
+            "node": node,
+            "kind": kind,
+            "inputs": list(signature.input_fields),
+            "outputs": list(signature.output_fields),
+            # with retrieval only the static part: the demos differ from call to call
+            "messages": adapter.format(signature, [] if retriever else predictor.demos, placeholders),
+        }
+        if retriever is not None:
+            prompts[f"{node}.{kind}"]["note"] = (
+                f"before the last message, the {retriever.k} of {len(retriever.pool)} pool examples most similar "
+                f"to the inputs (BM25{', balanced over the options' if retriever.label else ''}) go in as "
+                "user/assistant demo turns"
+            )
+    return prompts
+
+
+__all__ = ["CompileOptions", "CompileReport", "compile_graph", "node_files", "node_to_signature"]

@@ -23,7 +23,11 @@ from dspy.utils.exceptions import AdapterParseError
 from pydantic import ValidationError
 
 from bae.adapter import CachingJSONAdapter, schema_hint
-from bae.compiler import (
+from bae.exceptions import BaeError, BaeLMError, BaeParseError
+from bae.lm_failures import backoff_delay, describe, is_runaway_nesting, is_timeout, is_transient, retry_after, short
+from bae.lm_specs import default_lm
+from bae.node import Node, spec_of
+from bae.predictors import (
     CHOICE,
     CHOICE_FIELD,
     FEEDBACK_FIELD,
@@ -32,10 +36,6 @@ from bae.compiler import (
     new_predictor,
     with_feedback,
 )
-from bae.exceptions import BaeError, BaeLMError, BaeParseError
-from bae.lm_failures import backoff_delay, describe, is_runaway_nesting, is_timeout, is_transient, retry_after, short
-from bae.lm_specs import default_lm
-from bae.node import Node, spec_of
 from bae.resolve import RunState, context_inputs, visible_state
 from bae.result import CallRecord
 from bae.run import active_run

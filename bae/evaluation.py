@@ -20,6 +20,7 @@ from bae.usage import UsageCounter
 
 if TYPE_CHECKING:
     from bae.gates import Gate
+    from bae.graph import Graph
 
 NAIVE = "naive"  # the column of the naive (zero-shot) graph, and its name as a --baseline
 VERSION, NAIVE_ROLE, BASELINE = "version", "naive", "baseline"  # why a column is there
@@ -52,7 +53,8 @@ class Column:
 class Evaluation:
     """Every column's figures on one dataset, the runs behind them, and the gates' verdicts."""
 
-    graph: str
+    graph: str  # its reference
+    structure: Graph = field(repr=False)  # the graph itself (confusion tables list every answer it allows)
     dataset: str
     dataset_sha256: str | None
     traces: list[GoldTrace]

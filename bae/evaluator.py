@@ -48,7 +48,7 @@ logger = logging.getLogger("bae")
 
 
 def open_columns(
-    graph: LoadedGraph,
+    graph: LoadedGraph | None,
     compiled: Path | None,
     versions: Sequence[str],
     naive: bool,
@@ -56,26 +56,25 @@ def open_columns(
     warn: Callable[[str], None],
 ) -> list[tuple[str, LoadedVersion]]:
     """(role, version) for each column in order: the versions asked for (default: the active one), the naive
-    graph, the baseline; each opened once."""
-    from bae.optimized_lm import LoadedVersion, open_version
+    graph, the baseline; each opened once. Without ``graph``, the one the first version was compiled from."""
+    from bae.optimized_lm import open_version
 
     if compiled is None and (versions or baseline not in (None, NAIVE)):
         flag = "--version" if versions else "--baseline"
         raise BaeInputError(f"{flag} needs --compiled DIR: the compiled root the versions are in")
-
-    def opened(name: str | None) -> LoadedVersion:
+    wanted: list[tuple[str, str | None]] = [(VERSION, name) for name in dict.fromkeys(versions)] or [(VERSION, None)]
+    if naive and NAIVE not in versions:
+        wanted.append((NAIVE_ROLE, NAIVE))
+    if baseline is not None and baseline not in [*versions, *([NAIVE] if naive else [])]:
+        wanted.append((BASELINE, baseline))
+    opened: dict[str | None, LoadedVersion] = {}
+    for _, name in sorted(wanted, key=lambda w: w[1] == NAIVE or compiled is None):  # compiled first: the graph
         if name == NAIVE or compiled is None:
-            return LoadedVersion(graph)
-        return open_version(compiled, graph, name, warn)
-
-    columns = [(VERSION, opened(name)) for name in dict.fromkeys(versions)] or [(VERSION, opened(None))]
-    names = [version.name for _, version in columns]
-    if naive and NAIVE not in names:
-        columns.append((NAIVE_ROLE, LoadedVersion(graph)))
-        names.append(NAIVE)
-    if baseline is not None and baseline not in names:
-        columns.append((BASELINE, opened(baseline)))
-    return columns
+            opened[name] = open_version(None, graph)
+        else:
+            opened[name] = open_version(compiled, graph, name, warn)
+            graph = graph or opened[name].graph
+    return [(role, opened[name]) for role, name in wanted]
 
 
 def _with_deps(graph: Graph | LoadedGraph | str, deps: Mapping[str, Any] | None) -> LoadedGraph:
@@ -109,7 +108,7 @@ def _warn_other_metric(columns: Sequence[tuple[str, LoadedVersion]], metric: str
 
 
 def evaluate(
-    graph: Graph | LoadedGraph | str,
+    graph: Graph | LoadedGraph | str | None,
     dataset: str | Path | Dataset | Sequence[GoldTrace],
     *,
     lm: dspy.BaseLM | str | None = None,
@@ -132,7 +131,8 @@ def evaluate(
     """Score versions of ``graph`` side by side on ``dataset`` (a JSONL path, a ``Dataset`` or gold traces).
 
     ``compiled`` is a compiled root or version dir: its active version is evaluated, or each of
-    ``versions`` (names in that root, or ``"naive"``); without it, the naive graph. ``naive`` adds the naive graph,
+    ``versions`` (names in that root, or ``"naive"``); without it, the naive graph. ``graph`` None is the
+    graph the first version was compiled from. ``naive`` adds the naive graph,
     ``baseline`` (a version name or ``"naive"``) is evaluated too if it is not already. ``lm`` is a DSPy
     LM or an ``--lm`` spec bounded by ``settings`` (default: ``$BAE_LM``, else the embedded model). ``metric``
     judges the fields the LM made, a function in DSPy's form or a ``module:function`` reference (default: the
@@ -152,12 +152,13 @@ def evaluate(
         raise BaeInputError("--max-drop goes with --baseline vN: add the version to compare against")
     if max_drop is not None and max_drop < 0:
         raise BaeInputError(f"--max-drop must be 0 or more, got {max_drop:g}")
-    loaded = _with_deps(graph, deps)
+    given = None if graph is None else _with_deps(graph, deps)
+    columns = open_columns(given, None if compiled is None else Path(compiled), versions, naive, baseline, warn)
+    loaded = columns[0][1].graph
     problems = loaded.graph.validate()
     if problems:
         listed = "; ".join(str(p) for p in problems)
         raise BaeInputError(f"graph {loaded.reference} is invalid: {listed}: fix it (`bae graph` shows its structure)")
-    columns = open_columns(loaded, None if compiled is None else Path(compiled), versions, naive, baseline, warn)
     data = _dataset(dataset, loaded.graph, strict)
     judge_with = load_function(metric, "--metric") if isinstance(metric, str) else metric
     check_metric(judge_with, (node for trace in data.traces for node in trace.nodes[1:]))
@@ -167,6 +168,7 @@ def evaluate(
     runtimes = [(role, start_runtime(version, model)) for role, version in columns]  # every column, one LM
     evaluation = Evaluation(
         graph=loaded.reference,
+        structure=loaded.graph,
         dataset=str(data.path),
         dataset_sha256=data.sha256 or None,
         traces=data.traces,

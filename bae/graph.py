@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from bae.exceptions import BaeGraphError
 from bae.node import Node, NodeSpec, spec_of
+from bae.observe import Observer
 from bae.resolve import RunState, inject_deps
 from bae.result import GraphResult
-from bae.run import Observer, Run
+from bae.run import Run
 
 if TYPE_CHECKING:
     from bae.lm import LM

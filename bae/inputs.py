@@ -42,6 +42,7 @@ def parse_input(text: str | bytes, start: type[Node], where: str) -> Node:
         node = start.model_validate(data)
     except ValidationError as exc:
         problems += [f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in exc.errors()]
+        raise BaeInputError(f"{where}: not a valid {start.__name__}: {'; '.join(problems)}: {expected}") from None
     if problems:
         raise BaeInputError(f"{where}: not a valid {start.__name__}: {'; '.join(problems)}: {expected}")
     return node

@@ -83,7 +83,7 @@ def _is_factory(spec: str) -> bool:
     return target.endswith(".py") or all(part.isidentifier() for part in target.split("."))
 
 
-def resolve_lm(spec: str | None, settings: LMSettings = LMSettings()) -> dspy.BaseLM:  # noqa: B008  (frozen)
+def resolve_lm(spec: str | None, settings: LMSettings = LMSettings()) -> dspy.BaseLM:
     """Build the LM a spec names, a model string bounded by ``settings``; failures are one line (exit 4
     unavailable, 2 malformed spec)."""
     spec = lm_spec(spec)

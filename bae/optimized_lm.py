@@ -23,13 +23,13 @@ from typing import Any
 
 from bae import artifacts
 from bae.compiled_version import CompiledVersion, GraphSource, as_loaded, open_compiled
-from bae.compiler import NodePredict, new_predictor
 from bae.dspy_backend import DSPyBackend
 from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.freshness import OPTIMIZED
 from bae.graph import Graph
 from bae.loader import LoadedGraph
 from bae.node import Node
+from bae.predictors import NodePredict, new_predictor
 from bae.result import GraphResult
 
 logger = logging.getLogger("bae")

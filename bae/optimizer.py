@@ -1,8 +1,9 @@
-"""Training: examples from gold traces, and a DSPy optimizer per predictor.
+"""Training: which DSPy optimizer, and one run of it per predictor.
 
-Every make predictor and every choice predictor is optimized on its own examples by
-a stock DSPy teleprompter; bae adds only what DSPy lacks: examples resolved the way
-runs resolve inputs. Loading what was trained is runtime work: ``bae.optimized_lm``.
+Every make predictor and every choice predictor is optimized on its own examples
+(``bae.examples``: gold traces resolved the way runs resolve inputs) by a stock DSPy
+teleprompter, or, for ``knn``, given them as its pool of similar-example demos. Loading
+what was trained is runtime work: ``bae.optimized_lm``.
 """
 
 from __future__ import annotations
@@ -11,60 +12,22 @@ import contextlib
 import io
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import dspy
 
-from bae.compiler import CHOICE, CHOICE_FIELD, MAKE, NodePredict, new_predictor
 from bae.exceptions import BaeInputError
 from bae.graph import Graph
 from bae.metrics import Metric, builtin_metric, metric_for, metric_name
-from bae.node import Node, spec_of
-from bae.resolve import RunState, context_inputs, visible_state
+from bae.predictors import CHOICE, CHOICE_FIELD, NodePredict, new_predictor
 from bae.wording import counted
 
 logger = logging.getLogger("bae")
 
 Key = tuple[str, str]  # (node name, "make" | "choice")
 OPTIMIZERS = ("knn", "bootstrap", "labeled", "random-search", "mipro", "gepa")
-
-
-def trace_to_examples(trace: Sequence[Node]) -> dict[Key, list[dspy.Example]]:
-    """One make example per step S -> T (T's resolved inputs -> T's generated fields), and one
-    choice example per step out of a deciding node (gold: T's name, or "None" where the trace ends)."""
-    examples: dict[Key, list[dspy.Example]] = defaultdict(list)
-    state = RunState()
-    for i, node in enumerate(trace):
-        if i > 0:
-            previous = trace[i - 1]
-            target = type(node)
-            generated = {f.name: getattr(node, f.name) for f in spec_of(target).generated}
-            if generated:
-                resolved = context_inputs(target, previous, state, strict=False)
-                inputs = {f.name: resolved.get(f.name, getattr(node, f.name)) for f in spec_of(target).context}
-                examples[(target.__name__, MAKE)].append(dspy.Example(**inputs, **generated).with_inputs(*inputs))
-            if spec_of(type(previous)).decides:
-                examples[(type(previous).__name__, CHOICE)].append(_choice_example(previous, target.__name__))
-        state.append(node)
-    last = trace[-1]
-    if spec_of(type(last)).decides:
-        examples[(type(last).__name__, CHOICE)].append(_choice_example(last, "None"))
-    return dict(examples)
-
-
-def _choice_example(node: Node, answer: str) -> dspy.Example:
-    inputs = visible_state(node)
-    return dspy.Example(**inputs, **{CHOICE_FIELD: answer}).with_inputs(*inputs)
-
-
-def collect_examples(traces: Sequence[Sequence[Node]]) -> dict[Key, list[dspy.Example]]:
-    merged: dict[Key, list[dspy.Example]] = defaultdict(list)
-    for trace in traces:
-        for key, examples in trace_to_examples(trace).items():
-            merged[key].extend(examples)
-    return dict(merged)
 
 
 def _gepa_metric(metric: Metric) -> Callable[..., float]:

@@ -1,7 +1,7 @@
 """How values flow along a run: ``Context`` inputs by name, ``Dep`` services by type.
 
 One implementation serves ``Graph.run``, the LM backends and the compiler's
-``trace_to_examples``, so training examples see exactly the inputs a run would.
+``bae.examples``, so training examples see exactly the inputs a run would.
 """
 
 from __future__ import annotations

@@ -506,7 +506,21 @@ def _node_stats(version: str | None, row: UsageRow, latencies: list[float]) -> N
 class RunSink(Protocol):
     """Where a finished run is logged: a ``RunLog``, or a ``BackgroundLog`` in front of one."""
 
-    def log_run(self, **run: Any) -> object: ...
+    def log_run(
+        self,
+        *,
+        started_at: datetime,
+        duration_s: float,
+        status: str,
+        error: str | None,
+        graph: str,
+        start_node: str,
+        version: str | None,
+        compiled_dir: str | os.PathLike[str] | None,
+        lm: str | None,
+        calls: Sequence[CallRecord],
+        purpose: str = PRODUCTION,
+    ) -> object: ...
 
 
 class BackgroundLog:

@@ -19,7 +19,7 @@ from typing import Any
 import dspy
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 
-from bae.compiler import CHOICE, CHOICE_FIELD, PredictorCall, current_call
+from bae.predictors import CHOICE, CHOICE_FIELD, PredictorCall, current_call
 
 Answer = Mapping[str, Any] | str | Callable[[PredictorCall], Any]
 Script = Answer | Sequence[Answer]

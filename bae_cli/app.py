@@ -13,6 +13,7 @@ import typer
 
 from bae.exceptions import BaeError
 from bae.version import __version__
+from bae_cli import debug
 from bae_cli.commands import LazyGroup
 from bae_cli.debug import debugging
 
@@ -71,45 +72,50 @@ def _usage_error(exc: typer.TyperException) -> int:
     return _fail(f"{exc.format_message().rstrip('.')} (see `{where} --help`)", exc.exit_code)
 
 
-def _exit_interrupted() -> NoReturn:
-    """Exit 130 on Ctrl-C. Python joins worker threads before exiting, so threads still blocked in LM
-    calls (a batch's abandoned runs, compile's scoring) would hold the exit until their calls return:
-    with any left, leave them. Nothing is lost: artifacts and results are written whole or not at all."""
-    code = _fail("interrupted", INTERRUPTED)
-    current = threading.current_thread()
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not current):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: the process's) and return its exit code, every failure bae
+    understands turned into one line on stderr.
+
+    Click runs outside its standalone mode so its usage errors come back here and print as one line
+    (exit 2) like bae's own; Typer maps Ctrl-C to 130; bae's errors carry their exit code, and
+    anything unexpected is exit 1 with a hint to use --debug. Tests call this in-process.
+    """
+    debug.reset()
+    try:
+        code = app(args=argv, prog_name="bae", standalone_mode=False)
+        if code == INTERRUPTED:  # Typer turns Ctrl-C into a silent exit 130: say why the command stopped
+            return _fail("interrupted", INTERRUPTED)
+        return code if isinstance(code, int) else 0
+    except typer.TyperException as exc:  # Click's usage errors (Typer vendors Click)
+        return _usage_error(exc)
+    except typer.Abort:
+        return _fail("aborted", 1)
+    except BaeError as exc:
+        return _fail(exc.message, exc.exit_code, exc)
+    except KeyboardInterrupt:
+        return _fail("interrupted", INTERRUPTED)
+    except Exception as exc:
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1, exc)
 
 
-def main() -> None:
-    """Run the app, turning every failure bae understands into one line and its exit code.
-
-    Click runs outside its standalone mode so its usage errors come back here and print as
-    one line (exit 2) like bae's own; Typer maps Ctrl-C to 130; bae's errors carry their
-    exit code, and anything unexpected is exit 1 with a hint to use --debug.
+def main() -> NoReturn:
+    """The ``bae`` program: ``run`` with the process's arguments, then exit with its code.
 
     Start-up allocates long-lived objects (modules, classes, a graph's Pydantic schemas) and frees
     almost none, so the cyclic garbage collector is off until a command that runs for long starts
     (``LazyGroup``): collections scanning a growing heap were a fifth of ``inspect``'s own time.
     What was imported before is frozen, so later collections never scan it.
+
+    After Ctrl-C, Python would join worker threads still blocked in LM calls (a batch's abandoned runs,
+    compile's scoring) before exiting, holding the exit until their calls return: with any left, they
+    are left behind. Nothing is lost: artifacts and results are written whole or not at all.
     """
     gc.freeze()
     gc.disable()
-    try:
-        code = app(prog_name="bae", standalone_mode=False)
-        if code == INTERRUPTED:  # Typer turns Ctrl-C into a silent exit 130: say why the command stopped
-            _exit_interrupted()
-        sys.exit(code if isinstance(code, int) else 0)
-    except typer.TyperException as exc:  # Click's usage errors (Typer vendors Click)
-        sys.exit(_usage_error(exc))
-    except typer.Abort:
-        sys.exit(_fail("aborted", 1))
-    except BaeError as exc:
-        sys.exit(_fail(exc.message, exc.exit_code, exc))
-    except KeyboardInterrupt:
-        _exit_interrupted()
-    except Exception as exc:
-        sys.exit(_fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1, exc))
+    code = run()
+    current = threading.current_thread()
+    if code == INTERRUPTED and any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not current):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -11,7 +11,6 @@ from typing import Any
 
 from typer.core import TyperOption
 
-
 _flagged = False  # --debug was given in this invocation
 
 
@@ -40,7 +39,7 @@ def _debug_log() -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("bae").setLevel(logging.DEBUG)
-    logging.getLogger("bae.local.engine.llama_cpp").setLevel(logging.INFO)
+    logging.getLogger("bae.local.model.llama_cpp").setLevel(logging.INFO)
 
 
 DEBUG_OPTION = TyperOption(

@@ -6,6 +6,8 @@ both keep stdout clean for ``--json``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from bae.observe import Observer
@@ -29,12 +31,12 @@ class RichProgress:
         self.progress = progress
         self.task: int | None = None
 
-    def stage(self, name: str, total: int) -> None:
+    def stage(self, name: str, total: int, completed: int = 0) -> None:
         if self.task is None:
             self.progress.start()
         else:
             self.progress.update(self.task, completed=self.progress.tasks[self.task].total)
-        self.task = self.progress.add_task(name, total=total)
+        self.task = self.progress.add_task(name, total=total, completed=completed)
 
     def advance(self) -> None:
         if self.task is not None:
@@ -44,6 +46,20 @@ class RichProgress:
         """End the display; one that never started prints nothing (not even a blank line)."""
         if self.task is not None:
             self.progress.stop()
+
+
+@contextmanager
+def stage_bars(console: Console, transient: bool) -> Iterator[RichProgress]:
+    """Progress bars for a command's stages on ``console``, ended whichever way the command ends; with
+    ``transient`` (``--json``) they vanish when done."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    display = RichProgress(Progress(*columns, console=console, transient=transient))
+    try:
+        yield display
+    finally:
+        display.stop()
 
 
 class RunProgress(Observer):

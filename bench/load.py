@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bae.compile_version import CompileOptions, compile_graph
+from bae.compiler import CompileOptions, compile_graph
 from bae.graph import Graph
 from bae.loader import load_graph
 from bae.optimized_lm import load_optimized

@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.figure("cold_over_warm", median(samples["cold"]) / median(samples["warm"]))
 
     from bae.dataset import load_dataset
-    from bae.optimizer import collect_examples
+    from bae.examples import collect_examples
     from bae.retrieval import DemoRetriever
 
     pool = collect_examples([t.nodes for t in load_dataset(EXAMPLE.with_name("support_triage.train.jsonl"),

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bae.compiler import PredictorCall
+from bae.predictors import PredictorCall
 from bae.testing import ScriptedLM
 
 DATASET = Path(__file__).resolve().parent.parent / "examples" / "support_triage.train.jsonl"

@@ -13,7 +13,7 @@ from typing import Any
 
 from dspy.utils.exceptions import LMRateLimitError, LMServerError, LMTimeoutError
 
-from bae.compiler import PredictorCall
+from bae.predictors import PredictorCall
 from bae.testing import ScriptedLM
 
 DATASET = Path(__file__).resolve().parent.parent / "examples" / "support_triage.train.jsonl"

@@ -22,13 +22,16 @@ import bae
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": (
-        "markers", "exceptions", "result", "node", "lm", "resolve", "graph", "jsontext", "redaction", "usage",
-        "artifacts", "freshness", "loader", "runlog", "telemetry", "wording", "version",
+        "version", "markers", "exceptions", "wording", "jsontext", "redaction", "result", "node", "lm", "resolve",
+        "observe", "run", "graph", "usage", "executor", "inputs", "artifacts", "freshness", "loader",
+        "compiled_version", "runlog", "telemetry",
     ),
-    "dspy": ("adapter", "compiler", "dspy_backend", "retrieval", "local", "lm_specs", "testing"),
+    "dspy": ("adapter", "predictors", "lm_failures", "dspy_backend", "retrieval", "local", "lm_specs", "testing"),
     "runtime": ("optimized_lm",),
-    "compile": ("dataset", "metrics", "intervals", "scoring", "dev_coverage", "optimizer", "compile_version"),
-    "application": ("runner", "serving", "bundle", "evaluator"),
+    "compile": (
+        "dataset", "examples", "metrics", "intervals", "scoring", "dev_coverage", "optimizer", "compiler",
+    ),
+    "application": ("runner", "serving", "bundle", "evaluation", "gates", "evaluator"),
 }  # fmt: skip
 RANK = {name: rank for rank, modules in enumerate(LAYERS.values()) for name in modules}
 FACADE_RANK = len(LAYERS)  # ``bae`` itself: it re-exports every layer, so only the CLI is above it
@@ -140,6 +143,82 @@ def test_a_name_from_the_facade_is_an_import_of_the_facade(tmp_path: Path) -> No
 @pytest.mark.parametrize("module", ["bae.compiler", "bae.optimizer", "bae.optimized_lm", "bae.graph"])
 def test_seed_module_names_stay_importable(module: str) -> None:
     __import__(module)
+
+
+def test_the_seeds_node_to_signature_is_still_in_bae_compiler() -> None:
+    from bae.compiler import node_to_signature
+    from bae.predictors import node_to_signature as where_it_lives
+
+    assert node_to_signature is where_it_lives
+
+
+def _trees() -> list[tuple[Path, ast.AST]]:
+    return [(path, ast.parse(path.read_text(), str(path))) for _, path in sources()]
+
+
+def _is_environ(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "environ" and ast.unparse(node.value) == "os"
+
+
+def environment_writes(tree: ast.AST) -> list[int]:
+    """Lines that write the process environment: ``os.environ[...] = / del``, its mutating methods, ``putenv``."""
+    lines = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign | ast.Delete) else []
+        targets += [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign) else []
+        if any(isinstance(t, ast.Subscript) and _is_environ(t.value) for t in targets):
+            lines.append(node.lineno)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            method, owner = node.func.attr, node.func.value
+            if (_is_environ(owner) and method in ("setdefault", "update", "pop", "popitem", "clear")) or (
+                ast.unparse(owner) == "os" and method in ("putenv", "unsetenv")
+            ):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_bae_never_writes_the_environment() -> None:
+    """Settings travel as arguments (``LMSettings``, ``--debug``'s flag, ``record_content``): the CLI reads the
+    environment once, at the edge, and no part of bae writes it."""
+    written = [f"{path.relative_to(ROOT)}:{line}" for path, tree in _trees() for line in environment_writes(tree)]
+    assert written == []
+
+
+def test_the_environment_check_sees_each_kind_of_write() -> None:
+    code = "import os\nos.environ['A'] = '1'\nos.environ.setdefault('B', '2')\nos.putenv('C', '3')\n"
+    code += "x = os.environ.get('D')\n"
+    assert environment_writes(ast.parse(code)) == [2, 3, 4]
+
+
+def test_telemetry_uses_no_private_part_of_another_object() -> None:
+    """Tracing is a run observer: it sees runs through their events, never through ``Graph``'s (or any other
+    object's) private methods."""
+    tree = ast.parse((ROOT / "bae" / "telemetry.py").read_text())
+    private = [
+        f"{ast.unparse(node)} (line {node.lineno})"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and ast.unparse(node.value) != "self"
+    ]
+    assert private == []
+    assert "bae.graph" not in bae_imports(ROOT / "bae" / "telemetry.py")
+
+
+def test_one_module_resolves_a_version_directory() -> None:
+    """Which directory a compiled root or a ``--version`` names is decided in one place: ``artifacts.locate``,
+    called only by ``bae.compiled_version``; the file that marks a version (``MANIFEST``) is known only to
+    ``bae.artifacts``."""
+    callers, marks = [], []
+    for path, tree in _trees():
+        for node in ast.walk(tree):
+            name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+            if name in ("locate", "read_manifest", "resolve_version_dir") and path.name != "artifacts.py":
+                callers.append(path.name)
+            if name == "MANIFEST" and path.name != "artifacts.py":
+                marks.append(path.name)
+    assert set(callers) <= {"compiled_version.py"} and marks == []
 
 
 def documented_api() -> set[str]:

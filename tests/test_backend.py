@@ -9,10 +9,10 @@ import dspy
 import pytest
 
 from bae import BaeInputError, BaeLMError, BaeParseError, Graph
-from bae.compiler import CHOICE_FIELD, FEEDBACK_FIELD, choice_signature, node_to_signature
 from bae.dspy_backend import DSPyBackend, is_transient
 from bae.lm_specs import default_lm
 from bae.loader import load_graph
+from bae.predictors import CHOICE_FIELD, FEEDBACK_FIELD, choice_signature, node_to_signature
 from bae.testing import ScriptedLM
 from tests import graphs as g
 from tests.cli import EXAMPLE, LMS
@@ -172,9 +172,9 @@ class _Echo(g.Node):
 def test_caching_adapter_renders_exactly_what_json_adapter_renders() -> None:
     """Compiled predictors' prompts, with and without self-correction feedback, before and after demos change."""
     from bae.adapter import CachingJSONAdapter
-    from bae.compiler import with_feedback
     from bae.loader import load_graph
     from bae.optimized_lm import load_optimized
+    from bae.predictors import with_feedback
     from tests.cli import EXAMPLE, ROOT
 
     graph = load_graph(EXAMPLE).graph

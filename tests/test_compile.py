@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from bae import artifacts
-from bae.compile_version import CompileOptions, compile_graph
+from bae.compiler import CompileOptions, compile_graph
 from bae.dataset import load_dataset, split
+from bae.examples import trace_to_examples
 from bae.loader import load_graph
 from bae.optimized_lm import CompiledGraph, load_optimized
-from bae.optimizer import OptimizeSettings, trace_to_examples
+from bae.optimizer import OptimizeSettings
 from tests import lms
 from tests.cli import EXAMPLE, LMS, bae, bae_popen, environment
 from tests.workspace import assert_refused

@@ -19,7 +19,7 @@ import pytest
 
 import bae
 from bae import artifacts
-from bae.compile_version import CompileOptions, compile_graph
+from bae.compiler import CompileOptions, compile_graph
 from bae.dataset import load_dataset
 from bae.loader import load_graph
 from tests import lms

@@ -26,9 +26,9 @@ import pytest
 from dspy.utils.exceptions import LMAuthError, LMRateLimitError, LMServerError, LMTimeoutError, LMTransportError
 
 from bae import BaeLMError, BaeParseError, Graph, dspy_backend
-from bae.compiler import FEEDBACK_FIELD
 from bae.dspy_backend import MAX_DELAY_S, DSPyBackend, backoff_delay, retry_after
 from bae.loader import load_graph
+from bae.predictors import FEEDBACK_FIELD
 from bae.redaction import MAX_ERROR_CHARS, redact
 from bae.result import CallRecord, GraphResult
 from bae.runlog import RunLog

@@ -14,9 +14,10 @@ import pytest
 from pydantic import BaseModel
 
 from bae.dataset import load_dataset, split
+from bae.examples import collect_examples
 from bae.loader import load_graph
 from bae.local.decoding import closed_fields, compact_formatter, content_free
-from bae.optimizer import collect_examples, fresh_predictor
+from bae.optimizer import fresh_predictor
 from tests.cli import EXAMPLE
 from tests.test_local_lm import needs_model
 

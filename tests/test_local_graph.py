@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bae.compile_version import CompileOptions, compile_graph
+from bae.compiler import CompileOptions, compile_graph
 from bae.dataset import load_dataset
 from bae.dspy_backend import DSPyBackend
 from bae.loader import load_graph

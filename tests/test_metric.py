@@ -19,7 +19,7 @@ import pytest
 
 import bae
 from bae import BaeInputError, Context, Node
-from bae.compile_version import CompileOptions, compile_graph
+from bae.compiler import CompileOptions, compile_graph
 from bae.loader import load_graph
 from bae.metrics import made_score, metric_for, text_fields
 from bae.node import spec_of

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 
-from bae.compiler import current_call
 from bae.exceptions import BaeInputError
 from bae.optimizer import OPTIMIZERS, OptimizeSettings, build_optimizer
+from bae.predictors import current_call
 from bae.testing import ScriptedLM
 from tests import lms
 from tests.cli import EXAMPLE, bae

@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 from pydantic import create_model
 
 from bae import artifacts
-from bae.compile_version import node_files
-from bae.compiler import CHOICE, MAKE, new_predictor
+from bae.compiler import node_files
 from bae.dataset import load_dataset
 from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.graph import Graph
@@ -33,6 +32,7 @@ from bae.markers import Bind, Context
 from bae.node import Node, predictor_fingerprint, schema_fingerprint
 from bae.optimized_lm import load_optimized
 from bae.optimizer import PredictorOutcome
+from bae.predictors import CHOICE, MAKE, new_predictor
 from tests import graphs as g
 from tests.cli import EXAMPLE, ROOT
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import dspy
 import pytest
 
-from bae.compile_version import CompileOptions, compile_graph
-from bae.compiler import CHOICE_FIELD
+from bae.compiler import CompileOptions, compile_graph
 from bae.exceptions import BaeArtifactError
 from bae.loader import load_graph
 from bae.optimized_lm import load_optimized
 from bae.optimizer import OptimizeSettings, stratified
+from bae.predictors import CHOICE_FIELD
 from bae.retrieval import DemoRetriever
 from tests import lms
 from tests.cli import EXAMPLE, bae

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bae.compile_version import CompileOptions, compile_graph
+from bae.compiler import CompileOptions, compile_graph
 from bae.loader import load_graph
 from bae.optimized_lm import OptimizedLM, create_optimized_lm, load_optimized
 from bae.optimizer import OptimizeSettings

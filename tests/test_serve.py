@@ -22,8 +22,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from bae import Bind, Node  # noqa: E402
-from bae.compiler import PredictorCall  # noqa: E402
 from bae.exceptions import BaeGraphError, BaeInputError, BaeLMError, BaeParseError  # noqa: E402
+from bae.predictors import PredictorCall  # noqa: E402
 from bae.runlog import LoggedRun, RunLog  # noqa: E402
 from bae.serving import error_status, input_model  # noqa: E402
 from bae.testing import ScriptedLM  # noqa: E402

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bae.compile_version import CompileOptions, compile_graph
+from bae.compiler import CompileOptions, compile_graph
 from bae.loader import load_graph
 from tests import lms
 from tests.cli import EXAMPLE, LMS, bae

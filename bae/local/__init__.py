@@ -1,5 +1,6 @@
 """The embedded model: llama.cpp behind a DSPy LM, so bae compiles and runs with no API key.
 
-``engine`` loads the GGUF model (one instance per file, shared) and serves DSPy's requests;
-``decoding`` turns messages into a prompt a base model follows and scores closed answers.
+``model`` finds and loads the GGUF weights (one instance per file, shared, closed at exit); ``engine``
+serves DSPy's requests with it; ``decoding`` turns messages into a prompt a base model follows and
+scores closed answers; ``grammar`` decodes open answers as JSON; ``server`` serves the model over HTTP.
 """

@@ -1,7 +1,7 @@
 """``python -m bae.local.server``: llama-cpp-python's OpenAI-compatible server, safe on AMX CPUs.
 
 The server loads its model with llama.cpp, as bae's embedded engine does, so on an Intel CPU with
-AMX the repacked (extra buffer type) weights crash it the same way (see ``bae.local.engine``).
+AMX the repacked (extra buffer type) weights crash it the same way (see ``bae.local.model``).
 ``llama_cpp.server`` has no option to turn them off, so this launcher runs its ``main`` under the
 engine's guard for the life of the process. Arguments are ``llama_cpp.server``'s own; without
 ``--model`` (and ``$MODEL``) it serves ``$BAE_LOCAL_MODEL`` or the bundled Gemma 3 270M::
@@ -19,13 +19,13 @@ def main(argv: list[str] | None = None) -> None:
     import llama_cpp
     from llama_cpp.server.__main__ import main as serve
 
-    from bae.local.engine import _no_extra_buffer_types, _resolve
+    from bae.local.model import no_extra_buffer_types, resolve_model
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(arg == "--model" or arg.startswith("--model=") for arg in args) and "MODEL" not in os.environ:
-        args += ["--model", str(_resolve(None)[0])]
+        args += ["--model", str(resolve_model(None)[0])]
     sys.argv = [sys.argv[0], *args]
-    with _no_extra_buffer_types(llama_cpp):
+    with no_extra_buffer_types(llama_cpp):
         serve()
 
 

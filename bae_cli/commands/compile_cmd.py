@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bae.artifacts import read_versions
@@ -15,34 +14,19 @@ from bae.loader import load_function, load_graph, split_reference
 from bae.metrics import BUILTIN
 from bae.wording import counted, score_text
 from bae_cli.app import app
-from bae_cli.common import (
-    JsonFlag,
-    LmOption,
-    RichProgress,
-    confusion_tables,
-    delta_text,
-    err,
-    interval_text,
-    out,
-    print_json,
-    warn,
-)
-from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
+from bae_cli.common import JsonFlag, confusion_tables, delta_text, err, interval_text, out, print_json, warn
+from bae_cli.lm_options import LmOption, LmTimeoutOption, MaxTokensOption, ResponseFormatOption, lm_settings
 from bae_cli.otel import OtelContentFlag, OtelFlag, start_otel
+from bae_cli.progress import stage_bars
 
 if TYPE_CHECKING:
-    from bae.compile_version import CompileReport
+    from bae.compiler import CompileReport
+    from bae.graph import Graph
 
 OPTIMIZER_HELP = (
     "knn (each call gets the --max-labeled-demos training examples most similar to its inputs; no LM calls "
     "to compile), bootstrap (BootstrapFewShot), labeled (LabeledFewShot), random-search, mipro (MIPROv2), gepa."
 )
-
-
-def default_trainset(graph_reference: str) -> Path:
-    target, _ = split_reference(graph_reference)
-    path = Path(target)
-    return path.with_name(f"{path.stem}.train.jsonl")
 
 
 @app.command("compile")
@@ -55,6 +39,7 @@ def compile_(
     lm: LmOption = None,
     max_tokens: MaxTokensOption = None,
     lm_timeout: LmTimeoutOption = None,
+    response_format: ResponseFormatOption = None,
     optimizer: Annotated[str, typer.Option("--optimizer", help=OPTIMIZER_HELP)] = "knn",
     max_demos: Annotated[int, typer.Option("--max-demos", min=0, help="Bootstrapped demos per predictor.")] = 4,
     max_labeled_demos: Annotated[
@@ -98,8 +83,7 @@ def compile_(
     intervals; warns when the dev split is small or leaves predictors or answers unmeasured.
     Writes atomically: an interrupted compile leaves no version behind.
     """
-    apply_lm_limits(max_tokens, lm_timeout)
-    from bae.compile_version import CompileOptions, compile_graph
+    from bae.compiler import CompileOptions, compile_graph
     from bae.lm_specs import resolve_lm
     from bae.optimizer import OPTIMIZERS, OptimizeSettings
 
@@ -111,14 +95,7 @@ def compile_(
     if problems:
         listed = "; ".join(str(p) for p in problems)
         raise BaeInputError(f"graph {graph} is invalid: {listed}: fix it (`bae graph {graph}` shows its structure)")
-    if trainset is None:
-        trainset = default_trainset(graph)
-        if not trainset.exists():
-            raise BaeInputError(
-                f"no --trainset given and no {trainset} (the default: <graph stem>.train.jsonl beside the graph): "
-                "pass --trainset F.jsonl, gold traces, one JSON trace per line"
-            )
-    metric_fn = load_function(metric, "--metric") if metric else None
+    lm_bounds = lm_settings(max_tokens, lm_timeout, response_format)
     settings = OptimizeSettings(
         optimizer=optimizer,
         max_demos=max_demos,
@@ -126,11 +103,11 @@ def compile_(
         min_examples=min_examples,
         seed=seed,
         num_threads=threads,
-        metric=metric_fn,
-        reflection_lm=resolve_lm(reflection_lm) if reflection_lm else None,
+        metric=load_function(metric, "--metric") if metric else None,
+        reflection_lm=resolve_lm(reflection_lm, lm_bounds) if reflection_lm else None,
     )
     options = CompileOptions(
-        trainset=trainset,
+        trainset=trainset or _default_trainset(graph),
         out=out_dir,
         devset=devset,
         dev_split=dev_split,
@@ -140,19 +117,34 @@ def compile_(
         eval_threads=threads,
         settings=settings,
     )
-    model = resolve_lm(lm)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    progress = Progress(*columns, console=err, transient=as_json)
-    try:
-        report = compile_graph(loaded, model, options, RichProgress(progress))
-    finally:
-        progress.stop()
+    model = resolve_lm(lm, lm_bounds)
+    with stage_bars(err, transient=as_json) as bars:
+        report = compile_graph(loaded, model, options, bars)
     summary = report.as_dict()
     for warning in summary["warnings"]:
         warn(warning)
     if as_json:
         print_json(summary)
-        return
+    else:
+        _print_report(report, loaded.graph, out_dir)
+
+
+def _default_trainset(graph: str) -> Path:
+    """``<graph stem>.train.jsonl`` beside the graph file, which must exist when --trainset is not given."""
+    target, _ = split_reference(graph)
+    trainset = Path(target).with_name(f"{Path(target).stem}.train.jsonl")
+    if not trainset.exists():
+        raise BaeInputError(
+            f"no --trainset given and no {trainset} (the default: <graph stem>.train.jsonl beside the graph): "
+            "pass --trainset F.jsonl, gold traces, one JSON trace per line"
+        )
+    return trainset
+
+
+def _print_report(report: CompileReport, graph: Graph, out_dir: Path) -> None:
+    """Each predictor naive vs optimized, the whole graph's dev scores with their intervals and delta, the
+    choices' confusion matrices, what it cost, and where the new version is (and whether it is active)."""
+    summary = report.as_dict()
     table = Table(title=f"compiled {summary['version']} -> {summary['path']}", show_edge=False)
     for column in ("predictor", "examples", "demos", "naive", "optimized", "status"):
         table.add_column(column, justify="right" if column in ("examples", "demos", "naive", "optimized") else "left")
@@ -178,8 +170,8 @@ def compile_(
     out.print(delta_text(scores["optimized"] - scores["naive"], scores["delta_interval"], "optimized - naive"))
     matrices = [summary["confusion"]["naive"], summary["confusion"]["optimized"]]
     title = " on dev: gold (rows) x answer (columns), naive -> optimized"
-    for table in confusion_tables(loaded.graph, matrices, " -> ", title):
-        out.print(table)
+    for confusion in confusion_tables(graph, matrices, " -> ", title):
+        out.print(confusion)
     usage = summary["usage"]
     tokens = sum(stage["prompt_tokens"] + stage["completion_tokens"] for stage in usage.values())
     out.print(

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bae import artifacts
@@ -18,18 +17,16 @@ from bae.wording import counted, score_change_text, score_text
 from bae_cli.app import app
 from bae_cli.common import (
     JsonFlag,
-    LmOption,
-    RichProgress,
     confusion_tables,
     delta_text,
     err,
-    graph_from,
     interval_text,
     out,
     print_json,
     warn,
 )
-from bae_cli.lm_options import LmTimeoutOption, MaxTokensOption, apply_lm_limits
+from bae_cli.lm_options import LmOption, LmTimeoutOption, MaxTokensOption, ResponseFormatOption, lm_settings
+from bae_cli.progress import stage_bars
 
 if TYPE_CHECKING:
     from bae.evaluator import Evaluation
@@ -84,6 +81,7 @@ def eval_(
     lm: LmOption = None,
     max_tokens: MaxTokensOption = None,
     lm_timeout: LmTimeoutOption = None,
+    response_format: ResponseFormatOption = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Concurrent runs.")] = 4,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Stop a run after this many steps.")] = 100,
     strict: Annotated[
@@ -102,54 +100,46 @@ def eval_(
     evaluated reaches X), --baseline vM [--max-drop D] (the first scores at most D below vM here).
     Exit 1 when a gate fails. Runs go to the run log as eval runs (`bae stats --eval`).
     """
-    apply_lm_limits(max_tokens, lm_timeout)
-    from bae.evaluator import evaluate, plan_columns
+    from bae.evaluator import evaluate
     from bae.runlog import default_log_path
     from bae.scoring import EvaluationInterrupted
 
     if output is not None and (output.is_dir() or not output.resolve().parent.is_dir()):
         problem = "is a directory" if output.is_dir() else "is in a folder that does not exist"
         raise BaeInputError(f"--output {output} {problem}: give a file path (JSONL) in an existing folder")
-    recorded = None  # without GRAPH: the graph the first version was compiled from
-    if graph is None and compiled is not None:
-        plans = plan_columns(compiled, versions or (), naive, baseline)
-        recorded = next((plan.version_dir for plan in plans if plan.version_dir is not None), None)
-    loaded = graph_from(graph, artifacts.read_manifest(recorded) if recorded else None, recorded)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    progress = Progress(*columns, console=err, transient=as_json)
     interrupted = False
-    try:
-        result = evaluate(
-            loaded,
-            dataset,
-            lm=lm,
-            metric=metric,
-            compiled=compiled,
-            versions=versions or (),
-            naive=naive,
-            baseline=baseline,
-            min_score=min_score,
-            max_drop=max_drop,
-            threads=threads,
-            max_steps=max_steps,
-            strict=strict,
-            log=None if no_log else (log_db or default_log_path()),
-            progress=RichProgress(progress),
-            warn=warn,
-        )
-    except EvaluationInterrupted as exc:
-        if exc.evaluation is None:
-            raise
-        result, interrupted = exc.evaluation, True
-    finally:
-        progress.stop()
+    with stage_bars(err, transient=as_json) as bars:
+        try:
+            result = evaluate(
+                graph,  # None: the graph the first version was compiled from
+                dataset,
+                lm=lm,
+                settings=lm_settings(max_tokens, lm_timeout, response_format),
+                metric=metric,
+                compiled=compiled,
+                versions=versions or (),
+                naive=naive,
+                baseline=baseline,
+                min_score=min_score,
+                max_drop=max_drop,
+                threads=threads,
+                max_steps=max_steps,
+                strict=strict,
+                log=None if no_log else (log_db or default_log_path()),
+                progress=bars,
+                warn=warn,
+            )
+        except EvaluationInterrupted as exc:
+            if exc.evaluation is None:
+                raise
+            result, interrupted = exc.evaluation, True
     if output is not None:
         lines = [json.dumps(line, ensure_ascii=False) for line in result.output_lines()]
         artifacts.write_atomic(output.resolve(), ("\n".join(lines) + "\n").encode() if lines else b"")
     if as_json:
         print_json({**result.as_dict(show_failures), "output": None if output is None else str(output)})
     else:
-        _report(result, loaded.graph, show_failures, output)
+        _report(result, show_failures, output)
     if interrupted:
         raise KeyboardInterrupt
     failed = [gate for gate in result.gates if not gate.passed]
@@ -164,7 +154,8 @@ def _with_delta(value: float | None, delta: float | None) -> str:
     return f"{score_text(value)} [{color}]({score_change_text(delta)})[/]"
 
 
-def _report(result: Evaluation, graph: Graph, show_failures: int, output: Path | None) -> None:
+def _report(result: Evaluation, show_failures: int, output: Path | None) -> None:
+    graph = result.structure
     first = result.columns[0]
     table = Table(
         title=f"{counted(len(result.traces), 'trace')} from {result.dataset}, lm {result.lm}"

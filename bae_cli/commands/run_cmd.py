@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bae import artifacts
@@ -24,7 +23,7 @@ from bae_cli.app import app
 from bae_cli.common import JsonFlag, err, out, print_json, warn
 from bae_cli.lm_options import LmOption, LmTimeoutOption, MaxTokensOption, ResponseFormatOption, lm_settings
 from bae_cli.otel import OtelContentFlag, OtelFlag, start_otel
-from bae_cli.progress import RunProgress
+from bae_cli.progress import RunProgress, stage_bars
 
 
 def _read_single(input_json: str | None, input_file: Path | None, stdin: bool) -> tuple[bytes, str]:
@@ -119,6 +118,11 @@ def run(
     if version.is_naive:
         err.print("[yellow]no --compiled: running naive (zero-shot) predictors[/]")
     logs = [] if no_log else [RunLogObserver(RunLog(log_db or default_log_path()), runtime.source, warn=warn)]
+    if runtime.source.lm is not None and runtime.source.lm.startswith("local/"):  # the embedded model
+        with err.status("loading the embedded model"):
+            from bae.local.engine import load_weights
+
+            load_weights(runtime.backend.model)
     if batch is None:
         node = inputs[0][1]
         assert isinstance(node, Node)  # a single input that does not parse was refused above
@@ -214,14 +218,13 @@ def _run_batch(
     """Run, save, report, then exit by the batch's outcome: each step survives a Ctrl-C in the first."""
     from bae.executor import ThreadExecutor
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=err, transient=as_json) as progress:
-            task = progress.add_task("running batch", total=batch.inputs, completed=len(batch.outcomes))
+        with stage_bars(err, transient=as_json) as bars:
+            bars.stage("running batch", batch.inputs, completed=len(batch.outcomes))
 
             def done(index: int, outcome: Outcome) -> None:
                 batch.outcomes[outcome.line] = outcome
-                progress.advance(task)
+                bars.advance()
 
             results = ThreadExecutor(concurrency).map(runner, batch.pending, done, _stopping)
         batch.interrupted = results.interrupted

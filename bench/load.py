@@ -2,9 +2,9 @@
 
 The graph is generated (a start node routing to groups, each routing to leaves) and
 compiled by bae itself (``labeled``, a scripted LM), so the version has the real layout,
-manifest, checksums and fingerprints. bae's side is ``load_optimized``: resolve the
-active version, read the manifest, and for every predictor file check its path, its
-sha256 and the node's schema fingerprint, then load it into a fresh predictor. The bare
+manifest, checksums and fingerprints. bae's side is ``open_version``: resolve the
+active version, read the manifest, check every file's path and sha256 and each predictor's
+fingerprint, then load each predictor file into a fresh predictor. The bare
 side is what a DSPy user would do with the same predictor states saved by DSPy itself:
 build each ``Predict`` and call ``Predict.load(file)``. Both build the same predictors
 (their signatures come from the node classes), so building is measured on its own too.
@@ -25,7 +25,7 @@ from typing import Any
 from bae.compiler import CompileOptions, compile_graph
 from bae.graph import Graph
 from bae.loader import load_graph
-from bae.optimized_lm import load_optimized
+from bae.optimized_lm import open_version
 from bae.optimizer import OptimizeSettings, fresh_predictor
 from bae.testing import ScriptedLM
 from bench.common import Report, interleave, parse, parser, summary
@@ -147,7 +147,7 @@ def build(folder: Path, nodes: int, groups: int, per_leaf: int, demos: int) -> t
 
 def bare_files(loaded: Any, compiled: Path, folder: Path) -> list[tuple[tuple[str, str], Path]]:
     """The same predictor states, saved by DSPy itself (``Predict.save``) for the bare side."""
-    version = load_optimized(loaded.graph, compiled)
+    version = open_version(compiled, loaded)
     (folder / "bare").mkdir()
     files = []
     for (node, kind), predictor in sorted(version.predictors.items()):
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         on_disk = sum(p.stat().st_size for p in (compiled / "v1").rglob("*.json"))
 
         def bae() -> None:
-            load_optimized(graph, compiled)
+            open_version(compiled, loaded)
 
         def bare() -> None:
             for key, path in files:
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     count = len(files)
     for name, label in (
-        ("bae", "bae load_optimized (checksums, fingerprints)"),
+        ("bae", "bae open_version (checksums, fingerprints)"),
         ("bare", "bare: build Predict + Predict.load"),
         ("construct", "(build the Predict objects only)"),
     ):

@@ -27,13 +27,12 @@ from bench.common import EXAMPLE, ROOT, Report, interleave, parse, parser
 _PROMPT_SPEED = """
 import json, sys, time
 import llama_cpp
-import bae.local.engine as engine
+import bae.local.model as weights
 extra = sys.argv[1] == "on"
-original = engine._no_extra_buffer_types
 if extra:  # the guard bypassed: llama.cpp's own defaults
     import contextlib
-    engine._no_extra_buffer_types = lambda _: contextlib.nullcontext()
-model = engine._load(engine._default_model_path())
+    weights.no_extra_buffer_types = lambda _: contextlib.nullcontext()
+model = weights.load_model(weights.resolve_model(None)[0])
 llama = model.llama
 tokens = llama.tokenize(("The quick brown fox jumps over the lazy dog. " * 80).encode())[: int(sys.argv[2])]
 prompt, decode = [], []
@@ -63,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from bae.loader import load_graph
     from bae.local.decoding import PrefixCache
-    from bae.local.engine import _load, _resolve, local_lm
+    from bae.local.engine import local_lm
+    from bae.local.model import load_model, resolve_model
     from bae.optimized_lm import CompiledGraph
     from bae.optimizer import stratified
 
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lm = local_lm()
     choice = compiled.optimized[("Triage", "choice")]
     choice.demos, choice.retriever = stratified(choice.demos)[:8], None  # 8 fixed demos, every queue shown
-    model = _load(_resolve(None)[0])
+    model = load_model(resolve_model(None)[0])
     inputs = {"text": "I was charged twice for invoice INV-2231, please refund the duplicate.", "plan": "pro"}
 
     def call() -> Any:

@@ -29,7 +29,7 @@ import dspy
 from bae.dspy_backend import DSPyBackend
 from bae.loader import LoadedGraph, load_graph
 from bae.node import Node
-from bae.optimized_lm import OptimizedLM, load_optimized
+from bae.optimized_lm import OptimizedLM, open_version
 from bench.common import COMPILED, EXAMPLE, Report, interleave, parse, parser, summary
 from bench.scripted import QUEUES, instant, tickets
 
@@ -118,17 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = load_graph(str(EXAMPLE))
     lm = instant()
     starts = [loaded.graph.start.model_validate(t) for t in tickets(runs)]
-    compiled = load_optimized(loaded.graph, COMPILED)
+    compiled = open_version(COMPILED, loaded)
     report = Report(
         "overhead",
         args,
         parameters={"graph": "examples/support_triage.py", "runs_per_block": runs, "rounds": rounds,
-                    "lm": "bench/scripted.py:instant", "compiled": f"compiled/{compiled.version}"},
+                    "lm": "bench/scripted.py:instant", "compiled": f"compiled/{compiled.name}"},
         columns=["predictors", "LM calls/run", "bae µs/call", "raw µs/call", "bae - raw µs/run", "bae/raw"],
     )  # fmt: skip
     variants = {
-        f"optimized ({compiled.version}, with demos)": OptimizedLM(compiled.predictors, lm=lm),
-        "naive (zero-shot)": OptimizedLM(lm=lm),
+        f"optimized ({compiled.name}, with demos)": compiled.backend(model=lm),
+        "naive (zero-shot)": OptimizedLM(model=lm),
     }
     for label, backend in variants.items():
         figures = measure(loaded, backend, lm, starts, rounds)
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
         )
         report.target(f"bae/raw time per LM call, {key}", figures["ratio"], "<=", TARGET)
-    traced = measure_tracing(loaded, variants[f"optimized ({compiled.version}, with demos)"], starts, rounds)
+    traced = measure_tracing(loaded, variants[f"optimized ({compiled.name}, with demos)"], starts, rounds)
     if traced is None:
         report.note("tracing row skipped: the otel extra (opentelemetry-sdk) is not installed")
     else:

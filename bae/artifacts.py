@@ -383,6 +383,8 @@ class FileCheck:
     problem: str | None = None
     data: bytes = b""
     document: Any = None
+    predictor: dict[str, Any] | None = None  # a node file's DSPy predictor state, checked to be plain data
+    retrieval_k: int | None = None  # a node file's similar-demos-per-call setting (None: fixed demos)
 
 
 def verify_files(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[FileCheck], list[str]]:
@@ -393,10 +395,11 @@ def verify_files(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[File
         try:
             data = read_verified_bytes(version_dir, rel, manifest)
             document = parse_verified(version_dir, rel, data)
+            state = k = None
             if "node" in entry:
-                predictor_state(document, str(version_dir / rel))
-                retrieval_k(document, str(version_dir / rel))
-            checks.append(FileCheck(rel, True, data=data, document=document))
+                state = predictor_state(document, str(version_dir / rel))
+                k = retrieval_k(document, str(version_dir / rel))
+            checks.append(FileCheck(rel, True, data=data, document=document, predictor=state, retrieval_k=k))
         except BaeArtifactError as exc:
             checks.append(FileCheck(rel, False, exc.message))
     listed = set(manifest["files"]) | {MANIFEST}

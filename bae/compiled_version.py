@@ -45,9 +45,13 @@ class CompiledVersion:
     def invalid(self) -> list[artifacts.FileCheck]:
         return [check for check in self.files if not check.ok]
 
+    def file(self, rel: str) -> artifacts.FileCheck:
+        """One of the version's files, as it was read and verified."""
+        return next(check for check in self.files if check.path == rel)
+
     def document(self, rel: str) -> Any:
         """The verified JSON of one of the version's files."""
-        return next(check.document for check in self.files if check.path == rel)
+        return self.file(rel).document
 
     def prompts(self) -> Any:
         """Each predictor's prompt (``prompts.json``), if the version has it."""

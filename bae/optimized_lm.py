@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bae import artifacts
 from bae.compiled_version import CompiledVersion, GraphSource, as_loaded, open_compiled
 from bae.dspy_backend import DSPyBackend
 from bae.exceptions import BaeArtifactError, BaeInputError
@@ -110,18 +109,16 @@ def load_predictors(compiled: CompiledVersion) -> dict[Key, NodePredict]:
     for held in compiled.predictors:
         if held.status != OPTIMIZED or held.file is None:
             continue
-        where = str(compiled.path / held.file)
-        document = compiled.document(held.file)
+        node_file = compiled.file(held.file)  # its state already checked to be plain data when it was read
         cls = compiled.graph.graph.node(held.node)
-        assert cls is not None  # optimized: the graph has the node
+        assert cls is not None and node_file.predictor is not None  # optimized: the graph has the node
         predictor = new_predictor(cls, held.kind)
         try:
-            predictor.load_state(artifacts.predictor_state(document, where))
+            predictor.load_state(node_file.predictor)
         except Exception as exc:
-            raise BaeArtifactError(f"{where}: predictor state does not load: {exc}") from exc
-        k = artifacts.retrieval_k(document, where)
-        if k is not None:
-            predictor.retrieve(k)
+            raise BaeArtifactError(f"{compiled.path / held.file}: predictor state does not load: {exc}") from exc
+        if node_file.retrieval_k is not None:
+            predictor.retrieve(node_file.retrieval_k)
         predictors[held.key] = predictor
     return predictors
 

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+@pytest.fixture(scope="session")
+def compiled_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The example compiled once per session, as ``bae compile`` does by default (knn), with a scripted model
+    that only answers well given few-shot demos (``tests/lms.py:fewshot``): a compiled root holding ``v1``.
+    Shared by every test that only reads it; a test that changes it works on a copy (``shutil.copytree``),
+    and one that changed it anyway fails the session at teardown."""
+    from bae.compiler import CompileOptions, compile_graph
+    from bae.loader import load_graph
+    from tests import lms
+    from tests.cli import EXAMPLE, TRAIN
+
+    out = tmp_path_factory.mktemp("compiled") / "compiled"
+    compile_graph(load_graph(EXAMPLE), lms.fewshot(), CompileOptions(trainset=TRAIN, out=out, notes="first"))
+    before = _digest(out)
+    yield out
+    assert _digest(out) == before, f"a test changed the shared {out}: copy it first"
+
+
+def _digest(root: Path) -> dict[str, str]:
+    files = (path for path in root.rglob("*") if path.is_file())
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
 
 
 # -- CI runs everything: with BAE_REQUIRE_ALL=1 (set by .ci/run) a missing extra is a failure, not a skip --
@@ -17,6 +43,9 @@ _REQUIRED_SKIPS: list[str] = []
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "serve: needs the serve extra (fastapi, uvicorn)")
+    # litellm installs this filter when imported, but pytest resets filters around collection, and the CLI
+    # tests run in this process: the warnings (from types litellm builds lazily) are litellm's to silence
+    config.addinivalue_line("filterwarnings", "ignore:.*`ReadOnly` qualifier:UserWarning")
 
 
 def _required(report: pytest.CollectReport | pytest.TestReport) -> bool:

@@ -105,7 +105,7 @@ class Done(Node):
 
 
 def _trace_of(node: Node) -> list[Node]:
-    from bae.resolve import active_state
+    from bae.run import active_run
 
-    state = active_state()
-    return state.trace if state else [node]
+    run = active_run()
+    return run.trace if run else [node]

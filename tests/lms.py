@@ -15,9 +15,9 @@ from dspy.utils.exceptions import LMRateLimitError, LMServerError, LMTimeoutErro
 
 from bae.predictors import PredictorCall
 from bae.testing import ScriptedLM
+from tests.cli import TRAIN
 
-DATASET = Path(__file__).resolve().parent.parent / "examples" / "support_triage.train.jsonl"
-TRACES: list[list[dict[str, Any]]] = [json.loads(line)["trace"] for line in DATASET.read_text().splitlines()]
+TRACES: list[list[dict[str, Any]]] = [json.loads(line)["trace"] for line in TRAIN.read_text().splitlines()]
 """The example's gold traces in file order, shared by the tests: copy one before changing it."""
 QUEUES = ("BillingIssue", "TechnicalIssue", "AccountIssue")
 WRONG = {"priority": "low", "refund_requested": False, "product_area": "api", "action": "change email"}

@@ -9,13 +9,15 @@ import dspy
 import pytest
 
 from bae import BaeInputError, BaeLMError, BaeParseError, Graph
-from bae.dspy_backend import DSPyBackend, is_transient
+from bae.dspy_backend import DSPyBackend
+from bae.lm_failures import is_transient
 from bae.lm_specs import default_lm
 from bae.loader import load_graph
 from bae.predictors import CHOICE_FIELD, FEEDBACK_FIELD, choice_signature, node_to_signature
 from bae.testing import ScriptedLM
 from tests import graphs as g
 from tests.cli import EXAMPLE, LMS
+from tests.runs import CallLog
 
 
 def test_make_signature_has_context_inputs_and_typed_outputs() -> None:
@@ -50,9 +52,9 @@ def classify_lm(**faults: list[object]) -> ScriptedLM:
     )
 
 
-def run(lm: ScriptedLM, **kwargs: object) -> object:
+def run(lm: ScriptedLM, observers: tuple[CallLog, ...] = (), **kwargs: object) -> object:
     backend = DSPyBackend(lm, backoff_s=0.0, **kwargs)
-    return Graph(start=g.Request).run(request(), lm=backend)
+    return Graph(start=g.Request).run(request(), lm=backend, observers=observers)
 
 
 def test_self_correction_after_one_bad_answer() -> None:
@@ -105,16 +107,19 @@ def test_non_transient_lm_failure_is_not_retried() -> None:
 
 
 def test_failed_calls_are_recorded_with_their_error() -> None:
-    records = []
+    """Observers see every call as it ends, the failed one too, and the failed run's result keeps them."""
+    log = CallLog()
     lm = classify_lm(MathAnswer=["garbage"] * 3)
-    with pytest.raises(BaeParseError):
-        run(lm, listeners=[records.append])
+    with pytest.raises(BaeParseError) as info:
+        run(lm, observers=(log,))
+    records = log.calls
     assert [(r.node, r.kind, r.error is None) for r in records] == [
         ("Classify", "make", True),
         ("Classify", "choice", True),
         ("MathAnswer", "make", False),
     ]
     assert records[-1].attempts == 3
+    assert info.value.result is not None and info.value.result.calls == records
 
 
 def test_usage_is_reported_per_call() -> None:
@@ -173,12 +178,12 @@ def test_caching_adapter_renders_exactly_what_json_adapter_renders() -> None:
     """Compiled predictors' prompts, with and without self-correction feedback, before and after demos change."""
     from bae.adapter import CachingJSONAdapter
     from bae.loader import load_graph
-    from bae.optimized_lm import load_optimized
+    from bae.optimized_lm import open_version
     from bae.predictors import with_feedback
     from tests.cli import EXAMPLE, ROOT
 
     graph = load_graph(EXAMPLE).graph
-    predictors = load_optimized(graph, ROOT / "compiled").predictors.values()
+    predictors = open_version(ROOT / "compiled", graph).predictors.values()
     cached, stock = CachingJSONAdapter(cache_size=4), dspy.JSONAdapter()
     inputs = {"text": "I was charged twice", "plan": "pro", FEEDBACK_FIELD: "priority must be low, medium or high"}
     for predictor in predictors:

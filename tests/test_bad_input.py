@@ -1,10 +1,10 @@
 """Bad input, every command: one clear line, the documented exit code, no traceback, nothing written.
 
 Each case builds a workspace in ``tmp_path`` (the example graph, its dataset and a copy of the
-committed ``compiled/v1``), damages it, and runs the real CLI in a subprocess with the run log
-pointed into the workspace. The error must be a single ``bae: error:`` line on stderr that names
-the problem and what to do (each case lists fragments of both), and the workspace must be
-byte-for-byte and mtime-for-mtime unchanged.
+committed ``compiled/v1``), damages it, and runs the real CLI (in this process, as a fresh process
+would run it: ``tests/cli.py``) with the run log pointed into the workspace. The error must be a
+single ``bae: error:`` line on stderr that names the problem and what to do (each case lists
+fragments of both), and the workspace must be byte-for-byte and mtime-for-mtime unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import LMS, bae
+from tests.cli import LMS, bae, bae_process
 from tests.lms import TRACES
 from tests.workspace import GOOD_INPUT, GRAPH, ORACLE, assert_refused, reseal, snapshot, workspace
 
@@ -261,7 +261,7 @@ CASES = [
          trainset(trace_with(lambda t: t[0]["fields"].pop("text")))),
     Case("eval-no-dataset", EVAL, 2, ("Missing option '--dataset'", "`bae eval --help`")),
     Case("eval-version-unknown", (*EVAL, "--dataset", "examples/support_triage.train.jsonl", "--version", "v9"), 3,
-         ("no version 'v9' in compiled", "evaluate one of v1")),
+         ("no version 'v9' in compiled", "use one of v1")),
     Case("eval-version-without-compiled", ("eval", GRAPH, "--dataset", "bad.jsonl", "--version", "v1"), 2,
          ("--version needs --compiled DIR",), trainset(json.dumps(gold()))),
     Case("eval-max-drop-alone", (*EVAL, "--dataset", "bad.jsonl", "--max-drop", "0.1"), 2,
@@ -368,9 +368,11 @@ FAILING = {
 
 @pytest.mark.parametrize("command", sorted(FAILING))
 def test_debug_is_accepted_after_every_command(command: str, tmp_path: Path) -> None:
-    """``bae CMD ... --debug``, as the error messages say ("rerun with --debug"), not only ``bae --debug CMD``."""
+    """``bae CMD ... --debug``, as the error messages say ("rerun with --debug"), not only ``bae --debug CMD``.
+    The rerun is a real process, as a user's is (a second ``run`` of a command in one process loses the option:
+    ``test_cli_basics``)."""
     args, code = FAILING[command]
-    plain, debug = bae(*args, cwd=tmp_path), bae(*args, "--debug", cwd=tmp_path)
+    plain, debug = bae(*args, cwd=tmp_path), bae_process(*args, "--debug", cwd=tmp_path)
     assert_refused(plain, code)
     assert debug.returncode == code, debug.stderr
     assert "Traceback" in debug.stderr and debug.stderr.splitlines()[-1] == plain.stderr.strip()

@@ -1,27 +1,20 @@
-"""Tables read whole in a CI log: stdout there is a pipe or a file, not a terminal."""
+"""Tables read whole in a CI log: stdout there is a pipe or a file, not a terminal.
+
+How wide the consoles draw is decided as a process starts (the stream it has, ``$COLUMNS``): those tests
+run ``bae`` in a real process with stdout a pipe.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.cli import LMS, ROOT
+from tests.cli import LMS, ROOT, bae, bae_process
 
 TICKET = {"customer_email": "ana@northwind.io", "text": "I was charged twice for INV-2231, please refund."}
 NOTE = "example graph, embedded gemma-3-270m, knn (the default)"  # compiled/v1's note: the widest cell
-
-
-def bae(*args: str, columns: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The real CLI with stdout a pipe (as in CI), ``$COLUMNS`` unset unless given."""
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    env.update(PYTHONPATH=str(ROOT), BAE_DEBUG="", **({"COLUMNS": columns} if columns else {}))
-    return subprocess.run([sys.executable, "-m", "bae_cli", *args], capture_output=True, text=True, timeout=300,
-                          env=env, stdin=subprocess.DEVNULL)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +27,7 @@ def log_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_tables_stay_whole_when_stdout_is_not_a_terminal(log_db: Path) -> None:
-    result = bae("stats", "--compiled", str(ROOT / "compiled"), "--log-db", str(log_db))
+    result = bae_process("stats", "--compiled", str(ROOT / "compiled"), "--log-db", str(log_db), env={"COLUMNS": None})
     assert result.returncode == 0, result.stderr
     assert "…" not in result.stdout, result.stdout  # Rich's 80-column fallback cut cells: "optimi…"
     lines = result.stdout.splitlines()
@@ -43,7 +36,7 @@ def test_tables_stay_whole_when_stdout_is_not_a_terminal(log_db: Path) -> None:
 
 
 def test_columns_is_honoured(log_db: Path) -> None:
-    result = bae("stats", "--compiled", str(ROOT / "compiled"), "--log-db", str(log_db), columns="100")
+    result = bae_process("stats", "--compiled", str(ROOT / "compiled"), "--log-db", str(log_db), env={"COLUMNS": "100"})
     assert result.returncode == 0, result.stderr
     assert max(len(line) for line in result.stdout.splitlines()) <= 100, result.stdout
     assert not any(NOTE in line for line in result.stdout.splitlines())  # the note had to wrap at 100

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -16,22 +15,18 @@ from bae.compiler import CompileOptions, compile_graph
 from bae.dataset import load_dataset, split
 from bae.examples import trace_to_examples
 from bae.loader import load_graph
-from bae.optimized_lm import CompiledGraph, load_optimized
+from bae.optimized_lm import CompiledGraph, open_version
 from bae.optimizer import OptimizeSettings
 from tests import lms
-from tests.cli import EXAMPLE, LMS, bae, bae_popen, environment
+from tests.cli import EXAMPLE, LMS, TRAIN, bae, bae_popen
 from tests.workspace import assert_refused
 
-TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
 
-
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example compiled once with a model that only answers well given few-shot demos."""
-    out = tmp_path_factory.mktemp("compiled") / "compiled"
-    loaded = load_graph(EXAMPLE)
-    compile_graph(loaded, lms.fewshot(), CompileOptions(trainset=TRAIN, out=out, notes="first"))
-    return out
+@pytest.fixture
+def compiled(compiled_example: Path) -> Path:
+    """The example compiled once with a model that only answers well given few-shot demos (``conftest``):
+    read only, ``copy_of`` it to change it."""
+    return compiled_example
 
 
 def test_trace_to_examples_makes_one_example_per_step_and_choice() -> None:
@@ -104,12 +99,12 @@ def test_confusion_and_naive_score_count_exactly_the_dev_runs(compiled: Path) ->
 
 def test_demos_reach_loaded_predictors_and_the_lm(compiled: Path) -> None:
     loaded = load_graph(EXAMPLE)
-    version = load_optimized(loaded.graph, compiled)
+    version = open_version(compiled, loaded.graph)
     assert set(version.predictors) == set(loaded.graph.predictor_keys())
     assert all(len(p.demos) > 0 for p in version.predictors.values())
     lm = lms.fewshot()
     trace = load_dataset(TRAIN, loaded.graph).traces[5]
-    result = CompiledGraph.load(loaded.graph, compiled).run(trace.nodes[0], lm=lm, **loaded.deps)
+    result = CompiledGraph.load(loaded.graph, compiled).run(trace.nodes[0], model=lm, **loaded.deps)
     assert result.path == trace.path
     assert all(call.demos > 0 for call in lm.calls)
     assert {c.source for c in result.calls} == {"optimized"}
@@ -168,7 +163,7 @@ def test_drift_makes_the_node_stale(compiled: Path, tmp_path: Path, old: str, ne
     statuses = {(n["node"], n["kind"]): n["status"] for n in json.loads(result.stdout)["nodes"]}
     assert statuses[("BillingIssue", "make")] == "stale"
     assert statuses[("TechnicalIssue", "make")] == "optimized"
-    loaded = load_optimized(load_graph(graph).graph, compiled)
+    loaded = open_version(compiled, load_graph(graph).graph)
     assert ("BillingIssue", "make") in loaded.stale and ("BillingIssue", "make") not in loaded.predictors
 
 
@@ -198,7 +193,7 @@ def test_load_inspect_and_graph_agree_on_what_is_stale(
     """One decision (``bae.freshness``) behind loading, ``bae inspect`` and ``bae graph --compiled``: a choice
     is stale once what its prompt shows of an option changes, and only what a prompt shows counts."""
     graph = drifted_graph(tmp_path, old, new)
-    loaded = load_optimized(load_graph(graph).graph, compiled)
+    loaded = open_version(compiled, load_graph(graph).graph)
     assert loaded.stale == stale and set(loaded.predictors) == PREDICTORS - stale
     inspected = bae("inspect", str(compiled), "--graph", graph, "--json")
     assert inspected.returncode == (1 if stale else 0), inspected.stderr
@@ -266,7 +261,7 @@ def test_cli_compile_prints_a_confusion_table_per_choice_predictor(tmp_path: Pat
     queues = Counter(json.loads(line)["trace"][-1]["node"] for line in held)
     assert queues == {"BillingIssue": 3, "TechnicalIssue": 5, "AccountIssue": 4}
     result = bae("compile", EXAMPLE, "--trainset", str(train), "--devset", str(dev), "--out", str(tmp_path / "c"),
-                 "--lm", f"{LMS}:fewshot", "--optimizer", "labeled", env={"COLUMNS": "160"})  # fmt: skip
+                 "--lm", f"{LMS}:fewshot", "--optimizer", "labeled")  # fmt: skip
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert text.index("dev score (whole graph") < text.index("Triage.choice on dev")
@@ -363,13 +358,11 @@ def test_bad_compile_flags_are_usage_errors(tmp_path: Path, flags: tuple[str, ..
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_mipro_without_optuna_says_how_to_install(tmp_path: Path) -> None:
+def test_mipro_without_optuna_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """optuna is hidden from the import system (None in sys.modules: ``import optuna`` raises
     ImportError), so this runs where the optimizers extra is installed too."""
-    hide = "import sys; sys.modules['optuna'] = None; from bae_cli.app import main; main()"
-    args = ("compile", EXAMPLE, "--out", str(tmp_path / "c"), "--lm", f"{LMS}:oracle", "--optimizer", "mipro")
-    result = subprocess.run([sys.executable, "-c", hide, *args], capture_output=True, text=True, timeout=120,
-                            env=environment())  # fmt: skip
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    result = bae("compile", EXAMPLE, "--out", str(tmp_path / "c"), "--lm", f"{LMS}:oracle", "--optimizer", "mipro")
     assert_refused(result, 2, "--optimizer mipro needs optuna: pip install 'bae[optimizers]'")
     assert not (tmp_path / "c").exists()
 

@@ -23,11 +23,11 @@ from bae.compiler import CompileOptions, compile_graph
 from bae.dataset import load_dataset
 from bae.loader import load_graph
 from tests import lms
-from tests.cli import EXAMPLE, LMS, bae_popen, wait_for
+from tests.cli import DEV as EXAMPLE_DEV
+from tests.cli import EXAMPLE, LMS, TRAIN, bae_popen, wait_for
 from tests.cli import bae as run_bae
 from tests.workspace import assert_refused
 
-TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
 LINES = TRAIN.read_text().splitlines()  # sorted by queue: billing, technical, account
 DEV = LINES[:3] + LINES[40:45] + LINES[-4:]
 QUEUES = Counter(json.loads(line)["trace"][-1]["node"] for line in DEV)
@@ -64,8 +64,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def eval_cli(root: Path, dev: Path, *flags: str, lm: str = FEWSHOT, db: Path | None = None):
     log = ("--log-db", str(db)) if db else ("--no-log",)
-    return run_bae("eval", EXAMPLE, "--compiled", str(root), "--dataset", str(dev), "--lm", lm, *log, *flags,
-                   env={"COLUMNS": "200"})  # fmt: skip
+    return run_bae("eval", EXAMPLE, "--compiled", str(root), "--dataset", str(dev), "--lm", lm, *log, *flags)
 
 
 def naive_score() -> float:
@@ -280,7 +279,8 @@ def test_a_changed_node_runs_naive_and_says_so(root: Path, dev: Path, tmp_path: 
     result = run_bae("eval", str(drifted), "--compiled", str(root), "--dataset", str(dev), "--lm", FEWSHOT,
                      "--no-log", "--json", "--naive")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "v1: TechnicalIssue (make) changed since compile: using a naive predictor (stale)" in result.stderr
+    stale = "v1: TechnicalIssue (make): its prompt changed since compile: using a naive predictor (stale)"
+    assert f"warning: {stale}" in result.stderr.splitlines()
     version, naive = json.loads(result.stdout)["columns"]
     assert version["stale"] == ["TechnicalIssue.make"] and naive["stale"] == []  # the naive graph has no predictors
     assert version["per_predictor"]["TechnicalIssue.make"] < 1.0  # without demos the model fills in lms.WRONG
@@ -293,7 +293,7 @@ def test_the_naive_graph_alone_needs_no_compiled_dir(dev: Path) -> None:
         "naive", "version", None, None, [])  # fmt: skip
     assert naive.score.score == pytest.approx(naive_score()) and naive.usage["calls"] == 2 * len(DEV)
 
-    shown = run_bae("eval", EXAMPLE, "--dataset", str(dev), "--lm", FEWSHOT, "--no-log", env={"COLUMNS": "200"})
+    shown = run_bae("eval", EXAMPLE, "--dataset", str(dev), "--lm", FEWSHOT, "--no-log")
     assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
     rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.split("\u2502")] for line in
                                               shown.stdout.splitlines()) if len(cells) == 2}  # fmt: skip
@@ -344,7 +344,7 @@ def test_the_example_dev_file_is_what_compile_holds_out() -> None:
 
     _, held_out = split(load_dataset(TRAIN, load_graph(EXAMPLE).graph).traces, 0.25, 0)
     numbers = sorted(int(trace.source.rsplit(":", 1)[1]) for trace in held_out)
-    assert TRAIN.with_name("support_triage.dev.jsonl").read_text().splitlines() == [LINES[n - 1] for n in numbers]
+    assert EXAMPLE_DEV.read_text().splitlines() == [LINES[n - 1] for n in numbers]
 
 
 def test_evaluate_is_exported_lazily() -> None:

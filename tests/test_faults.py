@@ -26,7 +26,8 @@ import pytest
 from dspy.utils.exceptions import LMAuthError, LMRateLimitError, LMServerError, LMTimeoutError, LMTransportError
 
 from bae import BaeLMError, BaeParseError, Graph, dspy_backend
-from bae.dspy_backend import MAX_DELAY_S, DSPyBackend, backoff_delay, retry_after
+from bae.dspy_backend import DSPyBackend
+from bae.lm_failures import MAX_DELAY_S, backoff_delay, retry_after
 from bae.loader import load_graph
 from bae.predictors import FEEDBACK_FIELD
 from bae.redaction import MAX_ERROR_CHARS, redact
@@ -37,6 +38,7 @@ from tests import graphs as g
 from tests.cli import EXAMPLE, LMS, bae
 from tests.fake_openai import Fail, Say, Stall, fake_openai
 from tests.lms import TRACES
+from tests.runs import CallLog
 
 
 def http_fault(kind: str, retry_after: str | None = None) -> Exception:
@@ -93,22 +95,22 @@ def scripted(**faults: list[object]) -> ScriptedLM:
 
 
 def run(lm: ScriptedLM, **backend: float) -> tuple[GraphResult, list[CallRecord]]:
-    records: list[CallRecord] = []
+    log = CallLog()
     kwargs = {"backoff_s": 0.001, **backend}
     result = Graph(start=g.Request).run(
-        g.Request(email="a@b.c", question="What is 6*7?"), lm=DSPyBackend(lm, listeners=[records.append], **kwargs)
+        g.Request(email="a@b.c", question="What is 6*7?"), lm=DSPyBackend(lm, **kwargs), observers=[log]
     )
-    return result, records
+    return result, log.calls
 
 
 def failing_run(lm: ScriptedLM, error: type[Exception], **backend: float) -> tuple[Exception, list[CallRecord]]:
-    records: list[CallRecord] = []
+    log = CallLog()
     backend = {"backoff_s": 0.001, **backend}
     with pytest.raises(error) as caught:
         Graph(start=g.Request).run(
-            g.Request(email="a@b.c", question="What is 6*7?"), lm=DSPyBackend(lm, listeners=[records.append], **backend)
+            g.Request(email="a@b.c", question="What is 6*7?"), lm=DSPyBackend(lm, **backend), observers=[log]
         )
-    return caught.value, records
+    return caught.value, log.calls
 
 
 def causes(exc: BaseException) -> list[BaseException]:
@@ -383,13 +385,13 @@ def test_hosted_lm_faults_over_http_are_retried_and_counted() -> None:
     wait = {"retry-after": "0.3"}
     # The client's timeout is 1 s, so only the stalled answer times out, not a slow reply on a busy machine.
     script = [Fail(429, wait), Fail(503, wait), Fail(500), Stall(3.0), Say(""), Say("<html>502</html>")]
-    records: list[CallRecord] = []
+    log = CallLog()
     with fake_openai(triage_answer, script) as fake:
         lm = dspy.LM("openai/fake-model", api_base=fake.url, api_key="sk-test", num_retries=0, cache=False, timeout=1.0)
-        backend = DSPyBackend(lm, backoff_s=0.05, max_transient_retries=4, listeners=[records.append])
-        result = loaded.graph.run(loaded.graph.start(**TICKET), lm=backend, **loaded.deps)
+        backend = DSPyBackend(lm, backoff_s=0.05, max_transient_retries=4)
+        result = loaded.graph.run(loaded.graph.start(**TICKET), lm=backend, observers=[log], **loaded.deps)
     assert result.path == ["Ticket", "Triage", "BillingIssue"] and result.node.priority == "high"
-    assert [(r.node, r.attempts, r.error) for r in records] == [("Triage", 7, None), ("BillingIssue", 1, None)]
+    assert [(r.node, r.attempts, r.error) for r in log.calls] == [("Triage", 7, None), ("BillingIssue", 1, None)]
     assert len(fake.requests) == 8  # no retries hidden inside DSPy or LiteLLM: each one is bae's, and counted
     # Retry-After honoured on the 429 and on the 503 (LiteLLM keeps a 503's headers where DSPy does not look)
     assert fake.requests[1] - fake.requests[0] >= 0.3 and fake.requests[2] - fake.requests[1] >= 0.3

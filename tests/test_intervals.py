@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from bae.intervals import Interval, delta_interval, score_interval
-from tests.cli import EXAMPLE, LMS, bae
+from tests.cli import EXAMPLE, LMS, TRAIN, bae
 
-TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
 HALF = [1.0] * 11 + [0.0] * 10  # 21 traces, about half right: the example's dev split
 
 

@@ -4,8 +4,8 @@ The server is started the way the README says (``python -m bae.local.server``: l
 bae's AMX guard), and bae talks to it as to any hosted model: ``--lm openai/gemma`` through LiteLLM,
 the endpoint in ``OPENAI_API_BASE``. llama-cpp-python's server refuses OpenAI's ``json_schema``
 response format (400) and LiteLLM does not know the alias supports one, so DSPy sends none and the
-270M model answers in free text; ``BAE_RESPONSE_FORMAT=json_object_schema`` sends each answer's schema
-in the form this server turns into a grammar.
+270M model answers in free text; ``BAE_RESPONSE_FORMAT=json_object_schema`` (``--response-format``, read by
+the CLI) sends each answer's schema in the form this server turns into a grammar.
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ from typing import Any
 
 import pytest
 
-from tests.cli import EXAMPLE, ROOT, bae, environment
+from tests.cli import EXAMPLE, TRAIN, bae, bae_popen, environment
 from tests.test_local_lm import REPACKED
 
 pytestmark = pytest.mark.local
 pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python's server extra (pip install -e '.[local]')")
 
-TRAIN = ROOT / "examples" / "support_triage.train.jsonl"
 TICKETS = [
     {"customer_email": "ana@northwind.io", "text": "I was charged twice for invoice INV-2231, please refund."},
     {"customer_email": "bo@acme.dev", "text": "The API returns 502 on every request since this morning."},
@@ -147,11 +146,8 @@ def test_compile_with_a_small_budget_then_run_optimized(server: dict[str, str], 
 
 def test_killing_the_server_mid_run_is_exit_4_with_one_line() -> None:
     proc, base, _ = start_server()
-    run = subprocess.Popen(
-        [sys.executable, "-m", "bae_cli", "run", EXAMPLE, "--lm", "openai/gemma", "--input", json.dumps(TICKETS[1]),
-         "--no-log"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(lm_env(base)),
-    )  # fmt: skip
+    run = bae_popen("run", EXAMPLE, "--lm", "openai/gemma", "--input", json.dumps(TICKETS[1]), "--no-log",
+                    env=lm_env(base))  # a real process, running while its server dies
     try:
         time.sleep(8)  # started up, its first LM call in flight or about to be
         assert run.poll() is None, run.communicate()

@@ -6,7 +6,6 @@ hand: each allowed answer's tokens fed one at a time from an empty cache.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import dspy
@@ -18,7 +17,7 @@ from bae.examples import collect_examples
 from bae.loader import load_graph
 from bae.local.decoding import closed_fields, compact_formatter, content_free
 from bae.optimizer import fresh_predictor
-from tests.cli import EXAMPLE
+from tests.cli import EXAMPLE, TRAIN
 from tests.test_local_lm import needs_model
 
 QUESTION = "[[ ## text ## ]]\nMy card was charged twice.\n\n[[ ## plan ## ]]\npro"
@@ -75,7 +74,7 @@ def test_closed_fields_are_literals_enums_and_bools_only() -> None:
 
 def _choice_examples() -> tuple[list[dspy.Example], list[dspy.Example]]:
     loaded = load_graph(EXAMPLE)
-    traces = load_dataset(Path(EXAMPLE).with_name("support_triage.train.jsonl"), loaded.graph).traces
+    traces = load_dataset(TRAIN, loaded.graph).traces
     train, dev = split(traces, 0.25, 0)
     key = ("Triage", "choice")
     return collect_examples([t.nodes for t in train])[key], collect_examples([t.nodes for t in dev])[key]
@@ -103,7 +102,8 @@ def test_likelihood_choice_matches_scoring_each_answer_by_hand(demos: str, calib
     import numpy as np
 
     from bae.local.decoding import render
-    from bae.local.engine import _load, _resolve, local_lm
+    from bae.local.engine import local_lm
+    from bae.local.model import load_model, resolve_model
 
     train, dev = _choice_examples()
     if demos == "fixed":
@@ -112,7 +112,7 @@ def test_likelihood_choice_matches_scoring_each_answer_by_hand(demos: str, calib
         clear = ("is there a way to get timestamps from the api", "Someone changed the email on one of our admin")
         predictor, examples = _predictor(train, k=8), [e for e in dev if e.text.startswith(clear)]
         assert len(examples) == 2
-    model = _load(_resolve(None)[0])
+    model = load_model(resolve_model(None)[0])
     llama = model.llama
     options = ["BillingIssue", "TechnicalIssue", "AccountIssue"]
 

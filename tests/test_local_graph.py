@@ -16,16 +16,15 @@ from bae.compiler import CompileOptions, compile_graph
 from bae.dataset import load_dataset
 from bae.dspy_backend import DSPyBackend
 from bae.loader import load_graph
-from bae.optimized_lm import CompiledGraph, load_optimized
+from bae.optimized_lm import CompiledGraph, open_version
 from bae.optimizer import OptimizeSettings
-from tests.cli import EXAMPLE, ROOT, bae
+from tests.cli import EXAMPLE, ROOT, TRAIN, bae_process
 from tests.test_local_lm import HAS_LOCAL_EXTRA
 
 pytestmark = [
     pytest.mark.local,
     pytest.mark.skipif(not HAS_LOCAL_EXTRA, reason="needs the local extra: pip install -e '.[local]'"),
 ]
-TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +68,10 @@ def test_small_compile_loads_and_runs_optimized(lm, example, tmp_path: Path) -> 
     report = compile_graph(example, lm, options)
     assert 0.0 <= report.naive.score <= 1.0 and 0.0 <= report.optimized.score <= 1.0
     assert report.manifest["lm"]["model"] == "local/gemma-3-270m"
-    loaded = load_optimized(example.graph, tmp_path / "compiled")
+    loaded = open_version(tmp_path / "compiled", example.graph)
     assert loaded.predictors and all(len(p.demos) == 2 for p in loaded.predictors.values())
     start = load_dataset(dev, example.graph).traces[0].nodes[0]
-    result = CompiledGraph.load(example.graph, tmp_path / "compiled").run(start, lm=lm, **example.deps)
+    result = CompiledGraph.load(example.graph, tmp_path / "compiled").run(start, model=lm, **example.deps)
     assert result.path[:2] == ["Ticket", "Triage"] and len(result.path) == 3
     # Where the compile left a predictor naive (too few examples of a queue in 24 traces), its call is naive.
     assert [c.source for c in result.calls] == [
@@ -87,9 +86,9 @@ TICKET = {"customer_email": "ana@northwind.io", "text": "I was charged twice for
 def test_a_run_on_the_embedded_model_ends_without_a_traceback(tmp_path: Path) -> None:
     """llama-cpp-python frees a model in ``__del__``, which at interpreter shutdown runs after the
     globals it calls are gone: every command that loaded the model printed a traceback on exit
-    (``Exception ignored in: <function Llama.__del__ ...>``) unless bae closes it first."""
+    (``Exception ignored in: <function Llama.__del__ ...>``) unless bae closes it first: a real process."""
     args = ("--compiled", str(ROOT / "compiled"), "--lm", "local", "--no-log", "--input", json.dumps(TICKET))
-    result = bae("run", *args, cwd=tmp_path)
+    result = bae_process("run", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "trace: Ticket -> Triage -> " in result.stdout
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr

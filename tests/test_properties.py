@@ -30,11 +30,11 @@ from bae.graph import Graph
 from bae.loader import load_graph
 from bae.markers import Bind, Context
 from bae.node import Node, predictor_fingerprint, schema_fingerprint
-from bae.optimized_lm import load_optimized
+from bae.optimized_lm import open_version
 from bae.optimizer import PredictorOutcome
 from bae.predictors import CHOICE, MAKE, new_predictor
 from tests import graphs as g
-from tests.cli import EXAMPLE, ROOT
+from tests.cli import EXAMPLE, ROOT, TRAIN
 
 EXAMPLE_GRAPH = load_graph(EXAMPLE).graph
 GRAPHS = {"example": EXAMPLE_GRAPH, "tests": Graph(start=g.Request)}
@@ -77,7 +77,7 @@ def trace_records(graph: Graph) -> st.SearchStrategy[Any]:
     )
 
 
-GOLD_LINES = (ROOT / "examples" / "support_triage.train.jsonl").read_text().splitlines()
+GOLD_LINES = TRAIN.read_text().splitlines()
 
 
 @st.composite
@@ -212,8 +212,8 @@ def test_manifest_and_index_parsing_never_crash(manifest: bytes, broken: dict[st
         (version / "manifest.json").write_bytes(manifest)
         (root / "versions.json").write_bytes(index)
         for read in (
-            lambda: load_optimized(EXAMPLE_GRAPH, version),
-            lambda: load_optimized(EXAMPLE_GRAPH, root),  # through the index's active version
+            lambda: open_version(version, EXAMPLE_GRAPH),
+            lambda: open_version(root, EXAMPLE_GRAPH),  # through the index's active version
             lambda: artifacts.verify_files(version, artifacts.read_manifest(version)),  # what inspect reads
             lambda: artifacts.read_versions(root),
         ):
@@ -344,7 +344,7 @@ def save_and_load(predictors: dict[tuple[str, str], Any]) -> Any:
     files, entries = node_files(EXAMPLE_GRAPH, outcomes)
     with tempfile.TemporaryDirectory() as tmp:
         artifacts.write_version(Path(tmp), files, {"format": artifacts.FORMAT, "files": entries})
-        return load_optimized(EXAMPLE_GRAPH, Path(tmp))
+        return open_version(Path(tmp), EXAMPLE_GRAPH)
 
 
 def as_dict(demo: Any) -> dict[str, Any]:

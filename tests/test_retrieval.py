@@ -13,14 +13,14 @@ import pytest
 from bae.compiler import CompileOptions, compile_graph
 from bae.exceptions import BaeArtifactError
 from bae.loader import load_graph
-from bae.optimized_lm import load_optimized
+from bae.optimized_lm import OptimizedLM, open_version
 from bae.optimizer import OptimizeSettings, stratified
 from bae.predictors import CHOICE_FIELD
 from bae.retrieval import DemoRetriever
 from tests import lms
-from tests.cli import EXAMPLE, bae
+from tests.cli import EXAMPLE, TRAIN, bae
 
-TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
+K = 4  # the demos knn retrieves here: not the default (8), so a k that ignored the setting would show
 POOL = [
     {"text": "refund my duplicate invoice charge", "next_step": "BillingIssue"},
     {"text": "invoice shows the wrong amount", "next_step": "BillingIssue"},
@@ -69,14 +69,14 @@ def test_stratified_takes_the_options_in_turn() -> None:
 def test_labeled_demos_of_a_choice_cover_every_option(tmp_path: Path) -> None:
     settings = OptimizeSettings(optimizer="labeled", max_labeled_demos=6)
     compile_graph(load_graph(EXAMPLE), lms.fewshot(), CompileOptions(trainset=TRAIN, out=tmp_path, settings=settings))
-    choice = load_optimized(load_graph(EXAMPLE).graph, tmp_path).predictors[("Triage", "choice")]
+    choice = open_version(tmp_path, load_graph(EXAMPLE).graph).predictors[("Triage", "choice")]
     assert Counter(d[CHOICE_FIELD] for d in choice.demos) == {"BillingIssue": 2, "TechnicalIssue": 2, "AccountIssue": 2}
 
 
 @pytest.fixture(scope="module")
 def knn_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("knn") / "compiled"
-    settings = OptimizeSettings(optimizer="knn", max_labeled_demos=4)
+    settings = OptimizeSettings(optimizer="knn", max_labeled_demos=K)
     compile_graph(load_graph(EXAMPLE), lms.fewshot(), CompileOptions(trainset=TRAIN, out=out, settings=settings))
     return out / "v1"
 
@@ -84,34 +84,32 @@ def knn_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_knn_stores_its_pool_and_serves_similar_demos(knn_version: Path) -> None:
     manifest = json.loads((knn_version / "manifest.json").read_text())
     entry = manifest["files"]["nodes/Triage.choice.json"]
-    assert entry["demos"] == 4 and entry["pool"] == entry["examples"] > 4
+    assert entry["demos"] == K and entry["pool"] == entry["examples"] > K
     document = json.loads((knn_version / "nodes/Triage.choice.json").read_text())
-    assert document["bae"]["retrieval"] == {"method": "bm25", "k": 4, "balanced_on": CHOICE_FIELD}
+    assert document["bae"]["retrieval"] == {"method": "bm25", "k": K, "balanced_on": CHOICE_FIELD}
     assert len(document["predictor"]["demos"]) == entry["pool"]
     prompts = json.loads((knn_version / "prompts.json").read_text())["Triage.choice"]
-    assert "4 of" in prompts["note"] and len(prompts["messages"]) == 2  # static part: system + question
+    assert f"{K} of" in prompts["note"] and len(prompts["messages"]) == 2  # static part: system + question
 
-    choice = load_optimized(load_graph(EXAMPLE).graph, knn_version).predictors[("Triage", "choice")]
+    choice = open_version(knn_version, load_graph(EXAMPLE).graph).predictors[("Triage", "choice")]
     gold = document["predictor"]["demos"][5]
     picked = choice.retriever.select({"text": gold["text"], "plan": gold["plan"]})
-    assert len(picked) == 4 and picked[-1] == gold
+    assert len(picked) == K and picked[-1] == gold
 
 
 def test_knn_runs_with_retrieved_demos_and_inspect_lists_it(knn_version: Path) -> None:
     result = bae("inspect", str(knn_version), "--graph", EXAMPLE, "--json")
     assert result.returncode == 0, result.stderr
     notes = {(row["node"], row["kind"]): row["note"] for row in json.loads(result.stdout)["nodes"]}
-    assert notes[("Triage", "choice")].startswith("knn k=4 pool=")
+    assert notes[("Triage", "choice")].startswith(f"knn k={K} pool=")
     loaded = load_graph(EXAMPLE)
     lm = lms.fewshot()  # answers right only when the prompt carries demos
-    graph = load_optimized(loaded.graph, knn_version)
-    from bae.optimized_lm import OptimizedLM
-
-    backend = OptimizedLM(graph.predictors, lm=lm)
+    graph = open_version(knn_version, loaded.graph)
+    backend = OptimizedLM(graph.predictors, model=lm)
     start = loaded.graph.start(customer_email="ana@northwind.io", text=lms.TRACES[0][0]["fields"]["text"])
     run = loaded.graph.run(start, lm=backend, **loaded.deps)
     assert run.path[-1] == lms.TRACES[0][-1]["node"]
-    assert [call.demos for call in lm.calls] == [4, 4]
+    assert [call.demos for call in lm.calls] == [K, K]
 
 
 def _rewrite(version: Path, rel: str, change) -> None:
@@ -134,7 +132,7 @@ def test_malformed_retrieval_settings_are_refused(knn_version: Path, tmp_path: P
     shutil.copytree(knn_version, version)
     _rewrite(version, "nodes/Triage.choice.json", lambda d: d["bae"].__setitem__("retrieval", retrieval))
     with pytest.raises(BaeArtifactError, match="retrieval"):
-        load_optimized(load_graph(EXAMPLE).graph, version)
+        open_version(version, load_graph(EXAMPLE).graph)
     assert bae("inspect", str(version), "--graph", EXAMPLE).returncode == 3
 
 
@@ -148,7 +146,7 @@ def test_a_tampered_pool_is_refused(knn_version: Path, tmp_path: Path) -> None:
     document["predictor"]["demos"][0][CHOICE_FIELD] = "AccountIssue"  # a poisoned demo, checksum not updated
     path.write_text(json.dumps(document))
     with pytest.raises(BaeArtifactError, match="checksum"):
-        load_optimized(load_graph(EXAMPLE).graph, version)
+        open_version(version, load_graph(EXAMPLE).graph)
 
 
 def test_a_drifted_node_does_not_get_its_stale_pool(knn_version: Path, tmp_path: Path) -> None:
@@ -158,13 +156,11 @@ def test_a_drifted_node_does_not_get_its_stale_pool(knn_version: Path, tmp_path:
     drifted = tmp_path / "support_triage.py"
     drifted.write_text(Path(EXAMPLE).read_text().replace(old_doc, '"""Send the ticket to one queue."""'))
     loaded = load_graph(str(drifted))
-    graph = load_optimized(loaded.graph, knn_version)
+    graph = open_version(knn_version, loaded.graph)
     assert ("Triage", "choice") in graph.stale and ("Triage", "choice") not in graph.predictors
-    from bae.optimized_lm import OptimizedLM
-
     lm = lms.fewshot()
     start = loaded.graph.start(customer_email="ana@northwind.io", text=lms.TRACES[0][0]["fields"]["text"])
-    run = loaded.graph.run(start, lm=OptimizedLM(graph.predictors, stale=graph.stale, lm=lm), **loaded.deps)
+    run = loaded.graph.run(start, lm=OptimizedLM(graph.predictors, stale=graph.stale, model=lm), **loaded.deps)
     sources_and_demos = [(call.source, scripted.demos) for call, scripted in zip(run.calls, lm.calls, strict=True)]
     assert sources_and_demos[0] == ("stale", 0)
-    assert sources_and_demos[1:] == [("optimized", 4)] * (len(run.calls) - 1)
+    assert sources_and_demos[1:] == [("optimized", K)] * (len(run.calls) - 1)

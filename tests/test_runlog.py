@@ -8,7 +8,6 @@ import random
 import sqlite3
 import subprocess
 import sys
-import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from bae.runlog import (
     percentile,
 )
 from tests.cli import bae
+from tests.runs import in_threads
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -284,20 +284,11 @@ def test_many_processes_append_without_losing_rows(tmp_path: Path) -> None:
 
 def test_many_threads_share_one_log(tmp_path: Path) -> None:
     runlog = RunLog(tmp_path / "runs.db")
-    ids: list[int] = []
-    lock = threading.Lock()
 
-    def write(worker: int) -> None:
-        for i in range(25):
-            run_id = log(runlog, graph=f"t{worker}", calls=[CallRecord("A", "make", "naive", float(i))])
-            with lock:
-                ids.append(run_id)
+    def write(worker: int) -> list[int]:
+        return [log(runlog, graph=f"t{worker}", calls=[CallRecord("A", "make", "naive", float(i))]) for i in range(25)]
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    ids = [run_id for written in in_threads(write, 8) for run_id in written]
     assert len(set(ids)) == 200
     assert count(runlog.path, "runs") == 200 and count(runlog.path, "calls") == 200
 

@@ -5,19 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 
 from bae.compiler import CompileOptions, compile_graph
 from bae.loader import load_graph
-from bae.optimized_lm import OptimizedLM, create_optimized_lm, load_optimized
+from bae.optimized_lm import OptimizedLM, create_optimized_lm, open_version
 from bae.optimizer import OptimizeSettings
 from tests import lms
-from tests.cli import EXAMPLE, LMS, bae
+from tests.cli import EXAMPLE, LMS, TRAIN, bae
+from tests.runs import in_threads
 
-TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
 TICKET = {
     "customer_email": "ana@northwind.io",
     "text": "We were billed twice for the March renewal (invoice INV-20931 and INV-20958). Please refund the "
@@ -65,23 +64,25 @@ def test_stale_node_falls_back_with_a_warning(partial: Path, tmp_path: Path, cap
     drifted = tmp_path / "support_triage.py"
     drifted.write_text(source)
     loaded = load_graph(str(drifted))
-    lm = create_optimized_lm(loaded.graph, partial, lm=lms.oracle())
     ticket = loaded.graph.start(**TICKET)
     with caplog.at_level(logging.WARNING, logger="bae"):
+        lm = create_optimized_lm(loaded.graph, partial, model=lms.oracle())  # said once, as the version opens
         result = loaded.graph.run(ticket, lm=lm, **loaded.deps)
+        loaded.graph.run(ticket, lm=lm, **loaded.deps)
     assert ("BillingIssue", "make", "stale") in [(c.node, c.kind, c.source) for c in result.calls]
-    assert "BillingIssue (make): compiled predictor is stale" in caplog.text
-    assert lm.get_stats()["stale"] == 1 and lm.get_stats()["optimized"] == 1
+    warning = "v1: BillingIssue (make): its prompt changed since compile: using a naive predictor (stale)"
+    assert [r.getMessage() for r in caplog.records] == [warning]
+    assert lm.get_stats()["stale"] == 2 and lm.get_stats()["optimized"] == 2
     cli = bae("run", str(drifted), "--compiled", str(partial), "--lm", f"{LMS}:oracle", "--no-log",
               "--input", json.dumps(TICKET), "--json")  # fmt: skip
     assert cli.returncode == 0, cli.stderr
-    assert "BillingIssue (make) changed since compile" in cli.stderr
+    assert f"warning: {warning}" in cli.stderr.splitlines()
     assert {u["node"]: u["stale"] for u in json.loads(cli.stdout)["usage"]}["BillingIssue"] == 1
 
 
 def test_lookup_by_name_survives_a_second_import_of_the_graph(partial: Path) -> None:
     first = load_graph(EXAMPLE).graph
-    predictors = load_optimized(first, partial).predictors
+    predictors = open_version(partial, first).predictors
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("support_triage_again", EXAMPLE)
@@ -90,27 +91,18 @@ def test_lookup_by_name_survives_a_second_import_of_the_graph(partial: Path) -> 
 
     sys.modules["support_triage_again"] = module
     spec.loader.exec_module(module)
-    lm = OptimizedLM(predictors, lm=lms.oracle())
+    lm = OptimizedLM(predictors, model=lms.oracle())
     result = module.graph.run(module.Ticket(**TICKET), lm=lm, crm=module.CustomerDirectory())
     assert {c.source for c in result.calls} == {"optimized"}
 
 
 def test_fifty_concurrent_runs_share_one_optimized_lm(partial: Path) -> None:
     loaded = load_graph(EXAMPLE)
-    lm = create_optimized_lm(loaded.graph, partial, lm=lms.triage_lm(delay_s=0.005))
+    lm = create_optimized_lm(loaded.graph, partial, model=lms.triage_lm(delay_s=0.005))
     traces = [json.loads(line)["trace"] for line in TRAIN.read_text().splitlines()[:50]]
-    results: dict[int, object] = {}
-
-    def run(i: int) -> None:
-        results[i] = loaded.graph.run(loaded.graph.start(**traces[i][0]["fields"]), lm=lm, **loaded.deps)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i, trace in enumerate(traces):
-        result = results[i]
+    starts = [loaded.graph.start(**trace[0]["fields"]) for trace in traces]
+    results = in_threads(lambda i: loaded.graph.run(starts[i], lm=lm, **loaded.deps), 50)
+    for result, trace in zip(results, traces, strict=True):
         assert result.path == [step["node"] for step in trace]
         assert result.node.text == trace[0]["fields"]["text"]  # no cross-talk between runs
         assert len(result.calls) == 2
@@ -223,7 +215,7 @@ def test_asyncio_runs_share_one_lm_and_keep_dspy_history_bounded(partial: Path) 
 
     loaded = load_graph(EXAMPLE)
     model = lms.triage_lm(delay_s=0.005)
-    lm = create_optimized_lm(loaded.graph, partial, lm=model)
+    lm = create_optimized_lm(loaded.graph, partial, model=model)
     traces = [json.loads(line)["trace"] for line in TRAIN.read_text().splitlines()[:20]]
 
     async def main() -> list[object]:

@@ -15,15 +15,15 @@ import pytest
 from bae import LM, Context
 from bae.dataset import GoldTrace, load_dataset
 from bae.dspy_backend import DSPyBackend
+from bae.executor import ThreadExecutor
 from bae.graph import Graph
 from bae.loader import LoadedGraph, load_graph
 from bae.node import Node
-from bae.scoring import evaluate_graph, lm_steps, score_trace
+from bae.scoring import GraphScore, lm_steps, run_traces, score_trace, summarize
 from bae.testing import ScriptedLM
 from tests import graphs as g
 from tests import lms
-from tests.cli import EXAMPLE
-from tests.test_compile import TRAIN
+from tests.cli import EXAMPLE, TRAIN
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +188,12 @@ def test_ending_is_a_choice_and_the_run_past_it_costs() -> None:
     assert ended.score == pytest.approx(2 / 3)
 
 
+def evaluate_graph(graph: Graph, traces: list[GoldTrace], lm: LM, deps: dict[str, Any], threads: int = 1) -> GraphScore:
+    """Run and score every trace, then sum up: what compile and ``bae.evaluate`` do for one version."""
+    runs = run_traces(graph, traces, lm, deps, ThreadExecutor(threads))
+    return summarize(graph, [run.scored for run in runs])
+
+
 def test_evaluate_graph_counts_every_choice_once(loaded: LoadedGraph) -> None:
     every = load_dataset(TRAIN, loaded.graph).traces
     traces = [t for q, n in zip(lms.QUEUES, (5, 3, 4), strict=True) for t in [t for t in every if t.path[-1] == q][:n]]
@@ -197,7 +203,7 @@ def test_evaluate_graph_counts_every_choice_once(loaded: LoadedGraph) -> None:
     lm.script["Triage.choice"] = lambda call: "BillingIssue" if gold[call.inputs["text"]]["node"] == "AccountIssue" \
         else gold[call.inputs["text"]]["node"]  # fmt: skip
     lm.faults["TechnicalIssue"] = ["not json"] * 1000
-    result = evaluate_graph(loaded.graph, traces, DSPyBackend(lm), loaded.deps, num_threads=2)
+    result = evaluate_graph(loaded.graph, traces, DSPyBackend(lm), loaded.deps, threads=2)
     counts = Counter(t.path[-1] for t in traces)
     assert counts == {"BillingIssue": 5, "TechnicalIssue": 3, "AccountIssue": 4}
     assert result.confusion == {

@@ -21,13 +21,17 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from bae import Bind, Node  # noqa: E402
+from dspy.utils.exceptions import LMServerError, LMTimeoutError  # noqa: E402
+
+from bae import Bind, Graph, Node  # noqa: E402
+from bae.dspy_backend import DSPyBackend  # noqa: E402
 from bae.exceptions import BaeGraphError, BaeInputError, BaeLMError, BaeParseError  # noqa: E402
 from bae.predictors import PredictorCall  # noqa: E402
 from bae.runlog import LoggedRun, RunLog  # noqa: E402
 from bae.serving import error_status, input_model  # noqa: E402
 from bae.testing import ScriptedLM  # noqa: E402
 from bench.serve import wait_until_up  # noqa: E402
+from tests import graphs as g  # noqa: E402
 from tests import lms  # noqa: E402
 from tests.cli import EXAMPLE, ROOT, bae, environment, wait_for  # noqa: E402
 
@@ -308,7 +312,7 @@ def test_a_taken_port_is_one_line_exit_2(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("error", "status"),
     [
-        (BaeLMError("Triage (choice): LM still failing", cause=TimeoutError("read timed out")), 504),
+        (BaeLMError("Triage (choice): LM still failing", cause=TimeoutError("read timed out"), timed_out=True), 504),
         (BaeLMError("Triage (choice): LM call failed", cause=ValueError("bad request")), 502),
         (BaeParseError("BillingIssue (make): did not parse"), 502),
         (BaeInputError("bad field"), 422),
@@ -317,6 +321,27 @@ def test_a_taken_port_is_one_line_exit_2(tmp_path: Path) -> None:
 )
 def test_errors_map_to_http_statuses(error: Exception, status: int) -> None:
     assert error_status(error) == status  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        (lambda: TimeoutError("read timed out"), 504),
+        (lambda: LMTimeoutError("timed out"), 504),
+        (lambda: LMServerError("overloaded", status=503), 502),
+        (lambda: PermissionError("bad key"), 502),
+    ],
+    ids=["timeout", "dspy-timeout", "unavailable", "refused"],
+)
+def test_a_failed_lm_call_is_answered_as_the_run_log_records_it(fault: Callable[[], Exception], status: int) -> None:
+    """One rule decides what a timeout is: the call the backend records as cut by the timeout is the failure
+    the server answers 504, and any other failure of the LM is a 502."""
+    lm = ScriptedLM(make={"Classify": {"topic": "math"}}, faults={"Classify": [fault() for _ in range(10)]})
+    with pytest.raises(BaeLMError) as info:
+        Graph(start=g.Request).run(g.Request(email="a@b.c", question="6*7?"), lm=DSPyBackend(lm, backoff_s=0.0))
+    assert info.value.result is not None
+    [call] = info.value.result.calls
+    assert error_status(info.value) == status and (call.cut == "timeout") == (status == 504)
 
 
 class Service:
@@ -350,18 +375,15 @@ class Crash(Node):
 
 def test_a_crashing_run_is_logged_as_an_error_then_raised(tmp_path: Path) -> None:
     """What a 500 from /run leaves behind: the run log says error, not ok."""
-    from bae.graph import Graph
     from bae.loader import LoadedGraph
-    from bae.runner import Runner
+    from bae.optimized_lm import LoadedVersion
+    from bae.runlog import RunLogObserver
+    from bae.runner import Runner, start_runtime
 
     log = RunLog(tmp_path / "runs.db")
-    runner = Runner(
-        LoadedGraph(Graph(Crash), "crash"),
-        ScriptedLM(),
-        [log],
-        {"version": None, "compiled_dir": None, "lm": "x"},
-    )
+    runtime = start_runtime(LoadedVersion(LoadedGraph(Graph(Crash), "crash")), ScriptedLM())
+    runner = Runner(runtime, [RunLogObserver(log, runtime.source)], max_steps=5)
     with pytest.raises(RuntimeError, match="bug in user code"):
-        runner.run(1, Crash(question="q"), max_steps=5)
+        runner.run(1, Crash(question="q"))
     (logged,) = log.runs()
     assert logged.status == "error" and logged.error == "unexpected RuntimeError: bug in user code"

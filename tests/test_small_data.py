@@ -12,9 +12,8 @@ import pytest
 from bae.compiler import CompileOptions, compile_graph
 from bae.loader import load_graph
 from tests import lms
-from tests.cli import EXAMPLE, LMS, bae
+from tests.cli import EXAMPLE, LMS, TRAIN, bae
 
-TRAIN = Path(EXAMPLE).with_name("support_triage.train.jsonl")
 LINES = TRAIN.read_text().splitlines()  # sorted by queue: 28 billing, 28 technical, 29 account
 BILLING, TECHNICAL, ACCOUNT = LINES[:28], LINES[28:56], LINES[56:]
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
-from tests.cli import EXAMPLE, LMS, ROOT
+from tests.cli import EXAMPLE, LMS, ROOT, TRAIN, Ran
 
 GRAPH = "examples/support_triage.py"
-TRAIN = "examples/support_triage.train.jsonl"
+TRAINSET = "examples/support_triage.train.jsonl"  # the example's gold traces, where a user keeps them
 VERSION = Path("compiled") / "v1"
 ORACLE = f"{LMS}:oracle"  # an LM and an input that work, so a refusal is always the damaged part's
 GOOD_INPUT = '{"customer_email": "ana@northwind.io", "text": "I was charged twice for INV-2231, please refund."}'
@@ -27,7 +26,7 @@ def workspace(tmp_path: Path) -> Path:
     ws = tmp_path / "ws"
     (ws / "examples").mkdir(parents=True)
     shutil.copy(EXAMPLE, ws / GRAPH)
-    shutil.copy(Path(EXAMPLE).with_name("support_triage.train.jsonl"), ws / TRAIN)
+    shutil.copy(TRAIN, ws / TRAINSET)
     shutil.copytree(ROOT / "compiled", ws / "compiled", ignore=shutil.ignore_patterns(".lock"))
     return ws
 
@@ -57,7 +56,7 @@ def reseal(ws: Path, rel: str) -> None:
     manifest_path.write_text(json.dumps(manifest))
 
 
-def assert_refused(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
+def assert_refused(result: Ran, code: int, *fragments: str) -> str:
     """The contract for every refusal: the exit code, one ``bae: error:`` line on stderr, no traceback."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == code, result.stderr

@@ -26,9 +26,35 @@ def compiled_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
 
     out = tmp_path_factory.mktemp("compiled") / "compiled"
     compile_graph(load_graph(EXAMPLE), lms.fewshot(), CompileOptions(trainset=TRAIN, out=out, notes="first"))
-    before = _digest(out)
-    yield out
-    assert _digest(out) == before, f"a test changed the shared {out}: copy it first"
+    yield from _read_only(out)
+
+
+@pytest.fixture(scope="session")
+def compiled_partial(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A compiled root whose ``v1`` optimized the Triage choice and the billing and technical queues but not
+    AccountIssue (its training traces hold no account ticket), on the few-shot model. Read only, as
+    ``compiled_example``."""
+    from bae.compiler import CompileOptions, compile_graph
+    from bae.loader import load_graph
+    from bae.optimizer import OptimizeSettings
+    from tests import lms
+    from tests.cli import EXAMPLE, TRAIN
+
+    lines = TRAIN.read_text().splitlines()
+    train = tmp_path_factory.mktemp("data") / "train.jsonl"
+    train.write_text("\n".join([line for line in lines if '"AccountIssue"' not in line] + [lines[2]]) + "\n")
+    out = tmp_path_factory.mktemp("compiled") / "compiled"
+    options = CompileOptions(trainset=train, out=out, devset=train, settings=OptimizeSettings(optimizer="labeled"))
+    report = compile_graph(load_graph(EXAMPLE), lms.fewshot(), options)
+    assert {(o.node, o.predictor is None) for o in report.outcomes} >= {("AccountIssue", True)}
+    yield from _read_only(out)
+
+
+def _read_only(root: Path) -> Iterator[Path]:
+    """``root`` for the session, then a check that no test changed a byte of it."""
+    before = _digest(root)
+    yield root
+    assert _digest(root) == before, f"a test changed the shared {root}: copy it first"
 
 
 def _digest(root: Path) -> dict[str, str]:

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,8 +41,8 @@ from bae.exceptions import BaeLMError
 from bae.loader import load_graph
 from bae.optimized_lm import OptimizedLM, create_optimized_lm
 from tests import lms
-from tests.cli import EXAMPLE, LMS, ROOT, bae_popen, bae_process
-from tests.test_runtime import TICKET, account_ticket, partial  # noqa: F401  (partial: a fixture)
+from tests.cli import EXAMPLE, LMS, ROOT, bae_popen, bae_process, wait_for
+from tests.test_runtime import TICKET, account_ticket
 
 SECRET = "sk-abcdefghijklmnopqrstuvwx"
 
@@ -83,11 +82,11 @@ def children(finished: tuple[ReadableSpan, ...], parent: ReadableSpan) -> list[R
 
 
 def test_span_tree_of_a_run_with_an_optimized_and_a_naive_predictor(
-    partial: Path,  # noqa: F811  (the fixture imported above)
+    compiled_partial: Path,
     spans: InMemorySpanExporter,
 ) -> None:
     loaded = load_graph(EXAMPLE)
-    lm = create_optimized_lm(loaded.graph, partial, model=lms.fewshot())
+    lm = create_optimized_lm(loaded.graph, compiled_partial, model=lms.fewshot())
     ticket = {**account_ticket(), "customer_email": "ana@northwind.io"}
     result = loaded.graph.run(loaded.graph.start(**ticket), lm=lm, **loaded.deps)
     assert result.path == ["Ticket", "Triage", "AccountIssue"]
@@ -345,10 +344,12 @@ def test_bae_serve_continues_an_incoming_traceparent(receiver: Receiver, tmp_pat
 def test_sigterm_mid_batch_still_flushes_the_finished_runs_spans(receiver: Receiver, tmp_path: Path) -> None:
     batch = tmp_path / "batch.jsonl"
     batch.write_text("".join(json.dumps(t[0]["fields"]) + "\n" for t in lms.TRACES * 40))  # minutes of 10 ms calls
+    output = tmp_path / "out.jsonl"
     process = bae_popen("run", EXAMPLE, "--lm", f"{LMS}:slow", "--no-log", "--otel", "--batch", str(batch),
-                        "--concurrency", "1", cwd=tmp_path, env=receiver.env())  # fmt: skip
+                        "--output", str(output), "--concurrency", "1", cwd=tmp_path, env=receiver.env())  # fmt: skip
     try:
-        time.sleep(4)  # started, and some runs finished (their spans wait in the batch processor)
+        # started, and some runs finished (their spans wait in the batch processor): an event, not a sleep
+        wait_for(lambda: output.exists() and len(output.read_text().splitlines()) >= 3, process)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
     finally:

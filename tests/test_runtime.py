@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bae.compiler import CompileOptions, compile_graph
 from bae.loader import load_graph
 from bae.optimized_lm import OptimizedLM, create_optimized_lm, open_version
-from bae.optimizer import OptimizeSettings
 from tests import lms
 from tests.cli import EXAMPLE, LMS, TRAIN, bae
 from tests.runs import in_threads
@@ -24,27 +22,14 @@ TICKET = {
 }
 
 
-@pytest.fixture(scope="module")
-def partial(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A version where the Triage choice and Billing/Technical are optimized but AccountIssue is not."""
-    lines = TRAIN.read_text().splitlines()
-    train = tmp_path_factory.mktemp("data") / "train.jsonl"
-    train.write_text("\n".join([line for line in lines if '"AccountIssue"' not in line] + [lines[2]]) + "\n")
-    out = tmp_path_factory.mktemp("compiled") / "compiled"
-    options = CompileOptions(trainset=train, out=out, devset=train, settings=OptimizeSettings(optimizer="labeled"))
-    report = compile_graph(load_graph(EXAMPLE), lms.fewshot(), options)
-    assert {(o.node, o.predictor is None) for o in report.outcomes} >= {("AccountIssue", True)}
-    return out
-
-
 def account_ticket() -> dict[str, str]:
     line = next(line for line in TRAIN.read_text().splitlines() if '"AccountIssue"' in line)
     return json.loads(line)["trace"][0]["fields"]
 
 
-def test_table_and_json_count_optimized_and_naive_calls(partial: Path, tmp_path: Path) -> None:
+def test_table_and_json_count_optimized_and_naive_calls(compiled_partial: Path, tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
-    args = ("run", "--compiled", str(partial), "--lm", f"{LMS}:fewshot", "--log-db", str(db))
+    args = ("run", "--compiled", str(compiled_partial), "--lm", f"{LMS}:fewshot", "--log-db", str(db))
     result = bae(*args, "--input", json.dumps(account_ticket()), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -58,7 +43,9 @@ def test_table_and_json_count_optimized_and_naive_calls(partial: Path, tmp_path:
     assert "trace: Ticket -> Triage -> AccountIssue" in table.stdout
 
 
-def test_stale_node_falls_back_with_a_warning(partial: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_stale_node_falls_back_with_a_warning(
+    compiled_partial: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     old = 'description="whether the customer asks for money back"'  # in BillingIssue's make prompt only
     source = Path(EXAMPLE).read_text().replace(old, 'description="a refund is wanted"')
     drifted = tmp_path / "support_triage.py"
@@ -66,23 +53,23 @@ def test_stale_node_falls_back_with_a_warning(partial: Path, tmp_path: Path, cap
     loaded = load_graph(str(drifted))
     ticket = loaded.graph.start(**TICKET)
     with caplog.at_level(logging.WARNING, logger="bae"):
-        lm = create_optimized_lm(loaded.graph, partial, model=lms.oracle())  # said once, as the version opens
+        lm = create_optimized_lm(loaded.graph, compiled_partial, model=lms.oracle())  # said once, as the version opens
         result = loaded.graph.run(ticket, lm=lm, **loaded.deps)
         loaded.graph.run(ticket, lm=lm, **loaded.deps)
     assert ("BillingIssue", "make", "stale") in [(c.node, c.kind, c.source) for c in result.calls]
     warning = "v1: BillingIssue (make): its prompt changed since compile: using a naive predictor (stale)"
     assert [r.getMessage() for r in caplog.records] == [warning]
     assert lm.get_stats()["stale"] == 2 and lm.get_stats()["optimized"] == 2
-    cli = bae("run", str(drifted), "--compiled", str(partial), "--lm", f"{LMS}:oracle", "--no-log",
+    cli = bae("run", str(drifted), "--compiled", str(compiled_partial), "--lm", f"{LMS}:oracle", "--no-log",
               "--input", json.dumps(TICKET), "--json")  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     assert f"warning: {warning}" in cli.stderr.splitlines()
     assert {u["node"]: u["stale"] for u in json.loads(cli.stdout)["usage"]}["BillingIssue"] == 1
 
 
-def test_lookup_by_name_survives_a_second_import_of_the_graph(partial: Path) -> None:
+def test_lookup_by_name_survives_a_second_import_of_the_graph(compiled_partial: Path) -> None:
     first = load_graph(EXAMPLE).graph
-    predictors = open_version(partial, first).predictors
+    predictors = open_version(compiled_partial, first).predictors
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("support_triage_again", EXAMPLE)
@@ -96,9 +83,9 @@ def test_lookup_by_name_survives_a_second_import_of_the_graph(partial: Path) -> 
     assert {c.source for c in result.calls} == {"optimized"}
 
 
-def test_fifty_concurrent_runs_share_one_optimized_lm(partial: Path) -> None:
+def test_fifty_concurrent_runs_share_one_optimized_lm(compiled_partial: Path) -> None:
     loaded = load_graph(EXAMPLE)
-    lm = create_optimized_lm(loaded.graph, partial, model=lms.triage_lm(delay_s=0.005))
+    lm = create_optimized_lm(loaded.graph, compiled_partial, model=lms.triage_lm(delay_s=0.005))
     traces = [json.loads(line)["trace"] for line in TRAIN.read_text().splitlines()[:50]]
     starts = [loaded.graph.start(**trace[0]["fields"]) for trace in traces]
     results = in_threads(lambda i: loaded.graph.run(starts[i], lm=lm, **loaded.deps), 50)
@@ -109,14 +96,14 @@ def test_fifty_concurrent_runs_share_one_optimized_lm(partial: Path) -> None:
     assert lm.get_stats()["optimized"] + lm.get_stats()["naive"] == 100
 
 
-def test_batch_keeps_order_reports_failures_and_logs_every_run(partial: Path, tmp_path: Path) -> None:
+def test_batch_keeps_order_reports_failures_and_logs_every_run(compiled_partial: Path, tmp_path: Path) -> None:
     lines = [json.dumps(json.loads(line)["trace"][0]["fields"]) for line in TRAIN.read_text().splitlines()[:12]]
     lines.insert(4, '{"customer_email": "x@y.z"}')  # missing text
     lines.insert(7, "{oops")
     batch = tmp_path / "in.jsonl"
     batch.write_text("\n".join(lines) + "\n")
     out, db, rec = tmp_path / "out.jsonl", tmp_path / "runs.db", tmp_path / "rec.jsonl"
-    result = bae("run", "--compiled", str(partial), "--lm", f"{LMS}:slow", "--batch", str(batch), "--output",
+    result = bae("run", "--compiled", str(compiled_partial), "--lm", f"{LMS}:slow", "--batch", str(batch), "--output",
                  str(out), "--concurrency", "4", "--log-db", str(db), "--record", str(rec), "--json")  # fmt: skip
     assert result.returncode == 1, result.stderr  # some lines failed
     summary = json.loads(result.stdout)
@@ -126,7 +113,7 @@ def test_batch_keeps_order_reports_failures_and_logs_every_run(partial: Path, tm
     assert not rows[4]["ok"] and "text: Field required" in rows[4]["error"]
     assert not rows[7]["ok"] and "invalid JSON" in rows[7]["error"]
     assert sum(u["calls"] for u in summary["usage"]) == 24
-    stats = json.loads(bae("stats", "--log-db", str(db), "--compiled", str(partial), "--json").stdout)
+    stats = json.loads(bae("stats", "--log-db", str(db), "--compiled", str(compiled_partial), "--json").stdout)
     assert stats["runs"]["versions"][0]["runs"] == 12
     assert sum(n["calls"] for n in stats["runs"]["nodes"]) == 24
     assert stats["versions"][0]["version"] == "v1" and stats["versions"][0]["active"]
@@ -137,10 +124,10 @@ def test_batch_keeps_order_reports_failures_and_logs_every_run(partial: Path, tm
     assert compile_again.returncode == 0, compile_again.stderr  # recorded runs feed back into compile
 
 
-def test_stats_match_the_calls_made(partial: Path, tmp_path: Path) -> None:
+def test_stats_match_the_calls_made(compiled_partial: Path, tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
     for _ in range(3):
-        r = bae("run", "--compiled", str(partial), "--lm", f"{LMS}:oracle", "--log-db", str(db),
+        r = bae("run", "--compiled", str(compiled_partial), "--lm", f"{LMS}:oracle", "--log-db", str(db),
                 "--input", json.dumps(TICKET))  # fmt: skip
         assert r.returncode == 0, r.stderr
     r = bae("run", "--lm", f"{LMS}:oracle", EXAMPLE, "--log-db", str(db), "--input", json.dumps(TICKET))
@@ -156,9 +143,9 @@ def test_stats_match_the_calls_made(partial: Path, tmp_path: Path) -> None:
     assert [v["version"] for v in only_v1["versions"]] == ["v1"]
 
 
-def test_promote_and_rollback_round_trip(partial: Path, tmp_path: Path) -> None:
+def test_promote_and_rollback_round_trip(compiled_partial: Path, tmp_path: Path) -> None:
     root = tmp_path / "compiled"
-    shutil.copytree(partial, root)
+    shutil.copytree(compiled_partial, root)
     r = bae("compile", EXAMPLE, "--out", str(root), "--lm", f"{LMS}:oracle", "--optimizer", "labeled", "--json")
     assert r.returncode == 0, r.stderr
     listed = json.loads(bae("versions", str(root), "--json").stdout)
@@ -175,9 +162,9 @@ def test_promote_and_rollback_round_trip(partial: Path, tmp_path: Path) -> None:
     assert missing.returncode == 3 and "no version 'v9'" in missing.stderr
 
 
-def test_corrupt_versions_json_is_an_artifact_error(partial: Path, tmp_path: Path) -> None:
+def test_corrupt_versions_json_is_an_artifact_error(compiled_partial: Path, tmp_path: Path) -> None:
     root = tmp_path / "compiled"
-    shutil.copytree(partial, root)
+    shutil.copytree(compiled_partial, root)
     (root / "versions.json").write_text("{")
     for args in (("versions", str(root)), ("run", "--compiled", str(root), "--input", "{}"), ("inspect", str(root))):
         result = bae(*args)
@@ -185,20 +172,20 @@ def test_corrupt_versions_json_is_an_artifact_error(partial: Path, tmp_path: Pat
         assert "versions.json unreadable" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_bad_input_names_every_field(partial: Path) -> None:
-    result = bae("run", "--compiled", str(partial), "--lm", f"{LMS}:oracle", "--no-log", "--input",
+def test_bad_input_names_every_field(compiled_partial: Path) -> None:
+    result = bae("run", "--compiled", str(compiled_partial), "--lm", f"{LMS}:oracle", "--no-log", "--input",
                  '{"customer_email": 3}')  # fmt: skip
     assert result.returncode == 2
     assert "customer_email: Input should be a valid string" in result.stderr and "text: Field required" in result.stderr
 
 
-def test_graph_command_marks_optimized_nodes(partial: Path) -> None:
-    tree = bae("graph", EXAMPLE, "--compiled", str(partial))
+def test_graph_command_marks_optimized_nodes(compiled_partial: Path) -> None:
+    tree = bae("graph", EXAMPLE, "--compiled", str(compiled_partial))
     assert tree.returncode == 0, tree.stderr
     assert "Triage" in tree.stdout and "choice optimized" in tree.stdout
-    mermaid = bae("graph", EXAMPLE, "--mermaid", "--compiled", str(partial)).stdout
+    mermaid = bae("graph", EXAMPLE, "--mermaid", "--compiled", str(compiled_partial)).stdout
     assert "Triage --> BillingIssue" in mermaid and "style Triage" in mermaid and "style AccountIssue" not in mermaid
-    shown = bae("graph", EXAMPLE, "--compiled", str(partial), "--json")
+    shown = bae("graph", EXAMPLE, "--compiled", str(compiled_partial), "--json")
     assert shown.returncode == 0, shown.stderr
     report = json.loads(shown.stdout)
     assert report["start"] == "Ticket" and report["compiled"]["version"] == "v1" and report["problems"] == []
@@ -210,12 +197,12 @@ def test_graph_command_marks_optimized_nodes(partial: Path) -> None:
     assert report["mermaid"] == bae("graph", EXAMPLE, "--mermaid").stdout.strip()
 
 
-def test_asyncio_runs_share_one_lm_and_keep_dspy_history_bounded(partial: Path) -> None:
+def test_asyncio_runs_share_one_lm_and_keep_dspy_history_bounded(compiled_partial: Path) -> None:
     import asyncio
 
     loaded = load_graph(EXAMPLE)
     model = lms.triage_lm(delay_s=0.005)
-    lm = create_optimized_lm(loaded.graph, partial, model=model)
+    lm = create_optimized_lm(loaded.graph, compiled_partial, model=model)
     traces = [json.loads(line)["trace"] for line in TRAIN.read_text().splitlines()[:20]]
 
     async def main() -> list[object]:
@@ -228,9 +215,9 @@ def test_asyncio_runs_share_one_lm_and_keep_dspy_history_bounded(partial: Path) 
     assert all(p.history == [] for p in lm.optimized.values())
 
 
-def test_a_failed_run_logs_its_calls_and_the_error(partial: Path, tmp_path: Path) -> None:
+def test_a_failed_run_logs_its_calls_and_the_error(compiled_partial: Path, tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
-    result = bae("run", "--compiled", str(partial), "--lm", f"{LMS}:garbled_billing", "--log-db", str(db),
+    result = bae("run", "--compiled", str(compiled_partial), "--lm", f"{LMS}:garbled_billing", "--log-db", str(db),
                  "--input", json.dumps(TICKET))  # fmt: skip
     assert result.returncode == 1 and "BillingIssue (make)" in result.stderr
     from bae.runlog import RunLog

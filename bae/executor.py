@@ -3,8 +3,11 @@
 Every batch in bae goes through an ``Executor``, so they all behave alike: results come back to the
 caller's thread as they finish (a progress display and writers follow along) and are returned in
 input order; an item that raises stops the batch (callers that want a batch to carry on past a
-failed input turn the failure into a result inside the item); the first Ctrl-C starts nothing new
-and lets the items under way finish, their results kept; a second Ctrl-C abandons them.
+failed input turn the failure into a result inside the item). The first Ctrl-C starts nothing new; a
+caller that keeps partial results (a batch writing each run) passes ``stopping`` and the items under way
+finish, their results kept, until a second Ctrl-C abandons them; a caller that cannot use a partial
+batch (compile's dev score) passes none and the items under way are abandoned at once, so a hung
+model never makes Ctrl-C wait.
 
 It is the seam another engine plugs into (``--engine``): the work is handed over as a ``Work``
 that each worker *opens* once, building what every item needs (a loaded version, an LM). A thread
@@ -57,7 +60,8 @@ class Results(Generic[R]):
 
 class Executor(Protocol):
     """Runs ``work`` over ``items``; ``done(index, result)`` is called in the caller's thread as each finishes,
-    ``stopping(in_flight)`` on the first Ctrl-C. Raises what an item raised, after cancelling the rest."""
+    ``stopping(in_flight)`` on the first Ctrl-C (without it, Ctrl-C abandons the items under way at once).
+    Raises what an item raised, after cancelling the rest."""
 
     def map(
         self,
@@ -97,7 +101,11 @@ class ThreadExecutor:
                 self._keep(results, futures[future], future.result(), done)
         except KeyboardInterrupt:
             results.interrupted = True
-            results.abandoned = not self._finish_in_flight(pool, futures, stopping)
+            if stopping is None:
+                pool.shutdown(wait=False, cancel_futures=True)
+                results.abandoned = True
+            else:
+                results.abandoned = not self._finish_in_flight(pool, futures, stopping)
             for future, index in futures.items():  # what finished, also while waiting
                 finished = future.done() and not future.cancelled() and future.exception() is None
                 if results.values[index] is None and finished:
@@ -117,12 +125,11 @@ class ThreadExecutor:
 
     @staticmethod
     def _finish_in_flight(
-        pool: ThreadPoolExecutor, futures: dict[Future[R], int], stopping: Callable[[int], None] | None
+        pool: ThreadPoolExecutor, futures: dict[Future[R], int], stopping: Callable[[int], None]
     ) -> bool:
         """Start nothing new and wait for the items under way (True once they finished); a second Ctrl-C stops
         waiting (False: their threads are left behind, and the process exits without them: ``bae_cli.app``)."""
-        if stopping is not None:
-            stopping(sum(1 for future in futures if future.running()))
+        stopping(sum(1 for future in futures if future.running()))
         try:
             pool.shutdown(wait=True, cancel_futures=True)
         except KeyboardInterrupt:

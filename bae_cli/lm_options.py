@@ -46,6 +46,17 @@ LmTimeoutOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _known_response_format(value: str | None) -> str | None:
+    """Refused while the command line is parsed, so the error names the flag or its variable."""
+    from bae.lm_specs import RESPONSE_FORMATS
+
+    if value and value not in RESPONSE_FORMATS:
+        raise typer.BadParameter(f"{value!r}: use one of {', '.join(RESPONSE_FORMATS)}")
+    return value
+
+
 ResponseFormatOption = Annotated[
     str | None,
     typer.Option(
@@ -55,6 +66,7 @@ ResponseFormatOption = Annotated[
         "json_object_schema (llama-cpp-python's server) or json_schema (vLLM, llama.cpp's llama-server). "
         "Also $BAE_RESPONSE_FORMAT.",
         show_default=False,
+        callback=_known_response_format,
     ),
 ]
 

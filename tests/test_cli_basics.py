@@ -77,8 +77,6 @@ def test_in_process_commands_start_as_fresh_as_a_process(tmp_path: Path) -> None
     assert logging.getLogger().handlers == handlers and logging.getLogger("bae").level == logging.NOTSET
 
 
-@pytest.mark.xfail(strict=True, reason="lead: bae_cli/commands/__init__.py LazyGroup gives --debug only to commands "
-                   "it imports itself; an already imported command (a second run() in one process) has none")
 def test_run_is_the_same_command_line_every_time_in_one_process() -> None:
     """``bae_cli.app.run`` is the in-process entry (tests, and any program embedding the CLI): each call parses
     its command line as the first one did. Typer builds the Click group anew per call, from the commands

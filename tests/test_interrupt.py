@@ -119,11 +119,6 @@ def test_a_second_ctrl_c_abandons_runs_stuck_on_a_hung_model(spawn: Spawn, tmp_p
     assert "Traceback" not in stderr and output.read_text() == ""  # written, and nothing finished
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lead: bae/compiler.py _score_dev scores dev through ThreadExecutor, whose first Ctrl-C waits for the "
-    "runs in flight (bae/executor.py _finish_in_flight), silently: on a hung model compile needs a second Ctrl-C",
-)
 def test_ctrl_c_during_compile_on_a_hung_model_exits_at_once(spawn: Spawn, tmp_path: Path) -> None:
     """Scoring runs in threads blocked on the model; Ctrl-C must not wait for them, nor write anything."""
     out = tmp_path / "compiled"

@@ -114,7 +114,6 @@ def test_response_format_can_be_forced_for_a_server_litellm_does_not_know(forced
     assert schema["required"] == ["next_step"] and "BillingIssue" in json.dumps(schema)
 
 
-@pytest.mark.xfail(strict=True, reason="lead: a bad --response-format or $BAE_RESPONSE_FORMAT names neither")
 def test_a_bad_response_format_names_where_it_came_from() -> None:
     """As a bad ``$BAE_MAX_TOKENS`` does (``(env var: 'BAE_MAX_TOKENS')``), and as this error did before the
     variable moved to the CLI (``BAE_RESPONSE_FORMAT='bogus'``)."""

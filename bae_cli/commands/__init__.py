@@ -53,6 +53,8 @@ class LazyGroup(TyperGroup):
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
         self.params.append(DEBUG_OPTION)
+        for command in self.commands.values():  # imported by an earlier call in this process (``app.run``)
+            command.params.append(DEBUG_OPTION)
         for name, (_, summary) in COMMANDS.items():
             self.commands.setdefault(name, _Listed(name, summary))
 

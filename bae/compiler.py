@@ -26,7 +26,7 @@ from bae.dataset import Dataset, GoldTrace, load_dataset, split
 from bae.dev_coverage import dev_warnings
 from bae.dspy_backend import DSPyBackend
 from bae.examples import collect_examples
-from bae.executor import ThreadExecutor
+from bae.executor import Call, ThreadExecutor
 from bae.lm import LM
 from bae.lm_specs import lm_name
 from bae.loader import LoadedGraph
@@ -41,7 +41,7 @@ from bae.optimizer import (
     quiet,
 )
 from bae.predictors import CHOICE, MAKE, NodePredict, node_to_signature
-from bae.scoring import GraphScore, Progress, Quiet, TraceRun, delta_of, run_traces, summarize
+from bae.scoring import GraphScore, Progress, Quiet, TraceRun, delta_of, run_trace, run_traces, summarize
 from bae.usage import UsageCounter
 from bae.version import __version__
 
@@ -140,16 +140,11 @@ def _score_dev(
 ) -> tuple[list[TraceRun], dict[str, int]]:
     """The dev traces run through ``backend`` and scored, and what their LM calls cost (counted by an observer)."""
     cost = UsageCounter()
-    runs = run_traces(
-        loaded.graph,
-        dev,
-        backend,
-        loaded.deps,
-        ThreadExecutor(options.eval_threads),
-        lambda _: progress.advance(),
-        observers=[cost],
-        metric=options.settings.metric,
-    )
+
+    def one(trace: GoldTrace) -> TraceRun:
+        return run_trace(loaded.graph, trace, backend, loaded.deps, observers=[cost], metric=options.settings.metric)
+
+    runs = run_traces(Call(one), dev, ThreadExecutor(options.eval_threads), lambda _: progress.advance())
     return runs, cost.cost()
 
 

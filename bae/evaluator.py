@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +31,12 @@ from bae.compiled_version import as_loaded
 from bae.dataset import Dataset, GoldTrace, load_dataset
 from bae.evaluation import BASELINE, NAIVE, NAIVE_ROLE, VERSION, Column, Evaluation
 from bae.exceptions import BaeInputError
-from bae.executor import ThreadExecutor
+from bae.executor import Executor, Recipe, ThreadExecutor
 from bae.gates import Gate, judge
 from bae.graph import Graph
-from bae.loader import LoadedGraph, load_function
+from bae.loader import LoadedGraph, load_function, split_reference
 from bae.metrics import BUILTIN, Metric, check_metric, metric_name
-from bae.scoring import EvaluationInterrupted, Progress, run_traces, summarize
+from bae.scoring import EvaluationInterrupted, Progress, TraceRun, run_trace, run_traces, summarize
 
 if TYPE_CHECKING:
     import dspy
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from bae.lm_specs import LMSettings
     from bae.optimized_lm import LoadedVersion
     from bae.runlog import RunLog
+    from bae.runner import Runtime, RuntimeRecipe
 
 logger = logging.getLogger("bae")
 
@@ -107,6 +109,43 @@ def _warn_other_metric(columns: Sequence[tuple[str, LoadedVersion]], metric: str
             )
 
 
+@dataclass(frozen=True)
+class TraceWork(Recipe):
+    """One column's runs for the batch executor: each gold trace's start node run and scored (``run_trace``).
+
+    ``live`` is this process's runtime, graph (with any ``deps``) and metric, which a thread pool uses as they
+    are; it is never pickled, so a worker process opens ``recipe`` and loads ``metric`` by its reference
+    instead. Without a recipe (an LM, a metric or deps given as live objects) the work cannot leave the
+    process."""
+
+    recipe: RuntimeRecipe | None
+    max_steps: int
+    metric: str | None
+    live: tuple[Runtime, LoadedGraph, Metric | None] | None = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self.recipe is None:
+            raise BaeInputError(
+                "this evaluation cannot run in other processes: give the LM and the metric as references "
+                "(--lm, --metric), and services through the graph module's deps(), not as objects"
+            )
+        return {**self.__dict__, "live": None}
+
+    def files(self) -> list[tuple[str, str]]:
+        metric = [] if self.metric is None else [("--metric", split_reference(self.metric)[0])]
+        return (self.recipe.files() if self.recipe is not None else []) + [m for m in metric if m[1].endswith(".py")]
+
+    def open(self) -> Callable[[GoldTrace], TraceRun]:
+        if self.live is not None:
+            runtime, loaded, judge = self.live
+        else:
+            assert self.recipe is not None  # pickled only with one
+            runtime = self.recipe.open()
+            loaded, judge = runtime.graph, None if self.metric is None else load_function(self.metric, "--metric")
+        backend, max_steps = runtime.backend, self.max_steps
+        return lambda trace: run_trace(loaded.graph, trace, backend, loaded.deps, max_steps, (), judge)
+
+
 def evaluate(
     graph: Graph | LoadedGraph | str | None,
     dataset: str | Path | Dataset | Sequence[GoldTrace],
@@ -121,6 +160,7 @@ def evaluate(
     min_score: float | None = None,
     max_drop: float | None = None,
     threads: int = 4,
+    executor: Executor | None = None,
     max_steps: int = 100,
     strict: bool = True,
     deps: Mapping[str, Any] | None = None,
@@ -138,6 +178,8 @@ def evaluate(
     judges the fields the LM made, a function in DSPy's form or a ``module:function`` reference (default: the
     built-in one, see ``bae.metrics``); it is the metric of every score, and so of the gates. Gates
     (``min_score``, ``baseline`` with ``max_drop``) are judged into ``Evaluation.gates``; nothing is raised for them.
+    The runs go through ``executor`` (default: ``threads`` threads; ``bae.ray_executor.RayExecutor`` runs them
+    on Ray, given the graph, ``lm`` and ``metric`` as references and no ``deps``).
 
     Raises ``BaeInputError`` (bad graph, dataset or arguments) and ``BaeArtifactError`` (a version
     missing, tampered or unreadable) before any LM call; ``BaeLMError`` when the LM is unavailable;
@@ -146,7 +188,7 @@ def evaluate(
     """
     from bae.lm_specs import LMSettings, resolve_lm
     from bae.runlog import EVAL, RunLog, RunLogObserver
-    from bae.runner import start_runtime
+    from bae.runner import RuntimeRecipe, portable_reference, start_runtime
 
     if max_drop is not None and baseline is None:
         raise BaeInputError("--max-drop goes with --baseline vN: add the version to compare against")
@@ -177,24 +219,19 @@ def evaluate(
         columns=[],
         metric=metric_name(judge_with),
     )
-    executor = ThreadExecutor(threads)
+    executor = executor or ThreadExecutor(threads)
+    spec, reference = (lm if isinstance(lm, str) else None), (metric if isinstance(metric, str) else None)
+    portable = (lm is None or spec is not None) and (metric is None or reference is not None) and not deps
+    advance = None if progress is None else lambda _: progress.advance()
     for role, runtime in runtimes:
         version = runtime.version
-        observers = [] if run_log is None else [RunLogObserver(run_log, runtime.source, EVAL, warn)]
+        writer = None if run_log is None else RunLogObserver(run_log, runtime.source, EVAL, warn)
+        recipe = RuntimeRecipe.of(runtime, spec, settings) if portable else None
+        work = TraceWork(recipe, max_steps, reference and portable_reference(reference), (runtime, loaded, judge_with))
         if progress is not None:
             progress.stage(f"evaluating {version.name}", len(data.traces))
         try:
-            runs = run_traces(
-                loaded.graph,
-                data.traces,
-                runtime.backend,
-                loaded.deps,
-                executor,
-                None if progress is None else lambda _: progress.advance(),
-                max_steps,
-                observers,
-                judge_with,
-            )
+            runs = run_traces(work, data.traces, executor, advance, writer)
             complete = True
         except EvaluationInterrupted as exc:
             runs, complete = exc.finished, False

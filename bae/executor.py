@@ -9,10 +9,14 @@ finish, their results kept, until a second Ctrl-C abandons them; a caller that c
 batch (compile's dev score) passes none and the items under way are abandoned at once, so a hung
 model never makes Ctrl-C wait.
 
-It is the seam another engine plugs into (``--engine``): the work is handed over as a ``Work``
-that each worker *opens* once, building what every item needs (a loaded version, an LM). A thread
-pool opens it once and shares it between its threads; an engine with worker processes opens it in
-each process, so a ``Work`` must be picklable as a recipe (names and paths), not as live objects.
+Two engines implement it (``--engine``): ``ThreadExecutor`` here, and ``bae.ray_executor.RayExecutor``,
+which spreads the items over worker processes on one machine or a Ray cluster. The work is handed over
+as a ``Work`` that each worker *opens* once, building what every item needs (a loaded version, an LM).
+A thread pool opens it once and shares it between its threads; worker processes open it each, so work
+that leaves the process is a ``Recipe``: picklable names, paths and settings, never live objects (a
+recipe may carry this process's opened objects along for a thread pool to reuse; they are not pickled).
+Its items and results must pickle too, and ``done`` always runs in the caller's process: whatever is
+written (outputs, the run log) is written by one process, whichever engine ran the items.
 """
 
 from __future__ import annotations
@@ -32,6 +36,16 @@ class Work(Protocol[T_contra, R_co]):
     """What a batch does to each item: ``open()`` (once per worker) gives the function applied to items."""
 
     def open(self) -> Callable[[T_contra], R_co]: ...
+
+
+class Recipe:
+    """Marks a ``Work`` that can leave the process: it pickles to names, paths and settings, and its ``open``
+    builds everything else in the worker process (``bae.runner.BatchWork``, ``bae.evaluator.TraceWork``)."""
+
+    def files(self) -> list[tuple[str, str]]:
+        """The files it names (each with the flag that named it), relative to the working directory when inside
+        it: an engine that ships that directory to other machines checks the others are not needed."""
+        return []
 
 
 @dataclass(frozen=True)
@@ -61,7 +75,16 @@ class Results(Generic[R]):
 class Executor(Protocol):
     """Runs ``work`` over ``items``; ``done(index, result)`` is called in the caller's thread as each finishes,
     ``stopping(in_flight)`` on the first Ctrl-C (without it, Ctrl-C abandons the items under way at once).
-    Raises what an item raised, after cancelling the rest."""
+    Raises what an item raised (or ``done`` raised), after cancelling the rest. ``start`` readies the engine
+    (``starting`` says what that is, None: nothing to wait for; ``map`` starts it too), ``close`` ends what it
+    started (worker processes)."""
+
+    workers: int
+    starting: str | None
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
 
     def map(
         self,
@@ -79,8 +102,16 @@ class ThreadExecutor:
     (about a few ms a run, mostly DSPy) saturates one core (``bench/batch.py``).
     """
 
+    starting: str | None = None
+
     def __init__(self, workers: int) -> None:
         self.workers = max(1, workers)
+
+    def start(self) -> None:
+        """Nothing to start: the threads come with each ``map``."""
+
+    def close(self) -> None:
+        """Nothing outlives ``map`` here."""
 
     def map(
         self,
@@ -136,3 +167,30 @@ class ThreadExecutor:
             pool.shutdown(wait=False, cancel_futures=True)
             return False
         return True
+
+
+class InOrder(Generic[R]):
+    """Hands results on in input order, each as soon as every one before it was handed on, consecutive ones
+    together (``take`` gets a list: one run-log transaction for them). Fed in completion order (threads)
+    or in input order (Ray), it hands on the same sequence, so both engines write the same log."""
+
+    def __init__(self, take: Callable[[list[R]], None]) -> None:
+        self.take = take
+        self.next = 0
+        self.waiting: dict[int, R] = {}
+
+    def add(self, index: int, value: R) -> None:
+        self.waiting[index] = value
+        ready = []
+        while self.next in self.waiting:
+            ready.append(self.waiting.pop(self.next))
+            self.next += 1
+        if ready:
+            self.take(ready)
+
+    def finish(self) -> None:
+        """What is still waiting behind an item that never finished (Ctrl-C, a failure), in input order."""
+        if self.waiting:
+            ready = [self.waiting[index] for index in sorted(self.waiting)]
+            self.waiting.clear()
+            self.take(ready)

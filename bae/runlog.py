@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -303,53 +303,39 @@ class RunLog:
             raise RunLogError(f"run log {self.path} has schema {found}, newer than this bae reads ({SCHEMA_VERSION})")
         return found
 
-    def log_run(
-        self,
-        *,
-        started_at: datetime,
-        duration_s: float,
-        status: str,
-        error: str | None,
-        graph: str,
-        start_node: str,
-        version: str | None,
-        compiled_dir: str | os.PathLike[str] | None,
-        lm: str | None,
-        calls: Sequence[CallRecord],
-        purpose: str = PRODUCTION,
-    ) -> int:
-        """Append one run and its calls atomically; returns the run's id.
+    def log_run(self, **run: Any) -> int:
+        """Append one run and its calls atomically; returns the run's id. The fields are ``log_runs``'s."""
+        return self.log_runs([run])[0]
 
-        ``lm`` is the model name only. A naive ``started_at`` is taken as local time. ``purpose``
-        is ``"run"`` (production) or ``"eval"`` (scoring a version on a dataset).
+    def log_runs(self, runs: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Append runs and their calls in one transaction (a batch's delivered runs at once); returns their ids.
+
+        Each run has ``started_at`` (a naive one is taken as local time), ``duration_s``, ``status``, ``error``,
+        ``graph``, ``start_node``, ``version``, ``compiled_dir``, ``lm`` (the model name only), ``calls`` and
+        optionally ``purpose``: ``"run"`` (production, the default) or ``"eval"`` (scoring a version on a dataset).
         """
-        if status not in RUN_STATUSES:
-            raise ValueError(f"status must be one of {sorted(RUN_STATUSES)}, got {status!r}")
-        if purpose not in PURPOSES:
-            raise ValueError(f"purpose must be one of {sorted(PURPOSES)}, got {purpose!r}")
-        for call in calls:
-            if call.kind not in CALL_KINDS or call.source not in CALL_SOURCES:
-                raise ValueError(f"bad call record kind={call.kind!r} source={call.source!r}")
-        run_row = (
-            _utc_text(started_at), float(duration_s), status, redact(error), graph, start_node,
-            version, None if compiled_dir is None else str(compiled_dir), redact(lm), purpose,
-        )  # fmt: skip
+        rows = [_run_row(run) for run in runs]
+        ids: list[int] = []
+        if not rows:
+            return ids
         with self._write_lock, self._connect("write to") as conn:
             conn.execute("BEGIN IMMEDIATE")
-            cursor = conn.execute(
-                "INSERT INTO runs (started_at, duration_s, status, error, graph, start_node, version,"
-                " compiled_dir, lm, purpose) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                run_row,
-            )
-            run_id = cursor.lastrowid
-            assert run_id is not None
-            conn.executemany(
-                "INSERT INTO calls (run_id, seq, node, kind, source, latency_s, attempts, prompt_tokens,"
-                " completion_tokens, cost, error, cut) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_call_row(run_id, seq, call) for seq, call in enumerate(calls)],
-            )
+            for run_row, calls in rows:
+                cursor = conn.execute(
+                    "INSERT INTO runs (started_at, duration_s, status, error, graph, start_node, version,"
+                    " compiled_dir, lm, purpose) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    run_row,
+                )
+                run_id = cursor.lastrowid
+                assert run_id is not None
+                conn.executemany(
+                    "INSERT INTO calls (run_id, seq, node, kind, source, latency_s, attempts, prompt_tokens,"
+                    " completion_tokens, cost, error, cut) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [_call_row(run_id, seq, call) for seq, call in enumerate(calls)],
+                )
+                ids.append(run_id)
             conn.execute("COMMIT")
-        return run_id
+        return ids
 
     @staticmethod
     def _where(version: str | None, since: datetime | None, purpose: str | None) -> tuple[str, list[Any]]:
@@ -476,6 +462,25 @@ def _ensure_wal(conn: sqlite3.Connection) -> None:
         time.sleep(random.uniform(0.005, 0.05))
 
 
+def _run_row(run: Mapping[str, Any]) -> tuple[tuple[Any, ...], Sequence[CallRecord]]:
+    """One run's ``runs`` row and its calls, checked before anything is written."""
+    status, purpose, calls = run["status"], run.get("purpose", PRODUCTION), run["calls"]
+    if status not in RUN_STATUSES:
+        raise ValueError(f"status must be one of {sorted(RUN_STATUSES)}, got {status!r}")
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {sorted(PURPOSES)}, got {purpose!r}")
+    for call in calls:
+        if call.kind not in CALL_KINDS or call.source not in CALL_SOURCES:
+            raise ValueError(f"bad call record kind={call.kind!r} source={call.source!r}")
+    compiled_dir = run["compiled_dir"]
+    row = (
+        _utc_text(run["started_at"]), float(run["duration_s"]), status, redact(run["error"]), run["graph"],
+        run["start_node"], run["version"], None if compiled_dir is None else str(compiled_dir), redact(run["lm"]),
+        purpose,
+    )  # fmt: skip
+    return row, calls
+
+
 def _call_row(run_id: int, seq: int, c: CallRecord) -> tuple[Any, ...]:
     return (
         run_id, seq, c.node, c.kind, c.source, float(c.latency_s), c.attempts,
@@ -504,23 +509,9 @@ def _node_stats(version: str | None, row: UsageRow, latencies: list[float]) -> N
 
 # -- writing runs as they end -------------------------------------------------------------------
 class RunSink(Protocol):
-    """Where a finished run is logged: a ``RunLog``, or a ``BackgroundLog`` in front of one."""
+    """Where finished runs are logged: a ``RunLog``, or a ``BackgroundLog`` in front of one."""
 
-    def log_run(
-        self,
-        *,
-        started_at: datetime,
-        duration_s: float,
-        status: str,
-        error: str | None,
-        graph: str,
-        start_node: str,
-        version: str | None,
-        compiled_dir: str | os.PathLike[str] | None,
-        lm: str | None,
-        calls: Sequence[CallRecord],
-        purpose: str = PRODUCTION,
-    ) -> object: ...
+    def log_runs(self, runs: Sequence[Mapping[str, Any]]) -> object: ...
 
 
 class BackgroundLog:
@@ -535,12 +526,12 @@ class BackgroundLog:
 
     def __init__(self, log: RunLog, max_pending: int = 10_000) -> None:
         self.log = log
-        self._pending: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_pending)
+        self._pending: queue.Queue[Sequence[Mapping[str, Any]] | None] = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._write, name="bae-runlog", daemon=True)
         self._thread.start()
 
-    def log_run(self, **run: Any) -> None:
-        self._pending.put(run)
+    def log_runs(self, runs: Sequence[Mapping[str, Any]]) -> None:
+        self._pending.put(runs)
 
     def flush(self) -> None:
         self._pending.join()
@@ -551,11 +542,11 @@ class BackgroundLog:
 
     def _write(self) -> None:
         while True:
-            run = self._pending.get()
+            runs = self._pending.get()
             try:
-                if run is None:
+                if runs is None:
                     return
-                self.log.log_run(**run)
+                self.log.log_runs(runs)
             except RunLogError as exc:  # a run that worked is not failed by its log
                 logger.warning("run not logged: %s", exc.message)
             finally:
@@ -573,11 +564,54 @@ class RunSource:
     lm: str | None = None
 
 
-class RunLogObserver(Observer):
-    """Logs every run it observes when the run ends: how it ended, how long it took, its LM calls.
+@dataclass(frozen=True)
+class RunRecord:
+    """One ended run as the log keeps it, less where it came from (``RunSource``) and why it ran (``purpose``).
 
-    The one writer of runs for ``bae run``, ``bae serve`` and ``bae eval`` (``purpose``). A log write
-    that fails is ``warn``ed, never a failed run.
+    Plain data, made where the run ran (``of``) and written wherever the writer is: a batch's runs may run
+    in other processes (``--engine ray``) and are logged by the one process that drives the batch."""
+
+    started_at: datetime
+    duration_s: float
+    status: str
+    error: str | None
+    start_node: str
+    calls: tuple[CallRecord, ...]
+
+    @classmethod
+    def of(cls, run: Run, error: BaseException | None) -> RunRecord:
+        """How ``run`` ended: ok, interrupted (Ctrl-C) or an error, whose message is kept."""
+        if error is None:
+            status, message = "ok", None
+        elif isinstance(error, KeyboardInterrupt):
+            status, message = "interrupted", None
+        else:
+            status = "error"
+            message = error.message if isinstance(error, BaeError) else f"unexpected {type(error).__name__}: {error}"
+        return cls(run.started_at, run.duration_s, status, message, type(run.start).__name__, tuple(run.calls))
+
+    def fields(self) -> dict[str, Any]:
+        """The record as ``RunLog.log_runs`` takes a run's fields (calls kept as they are, not copied)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+class RecordRun(Observer):
+    """Keeps the ``RunRecord`` of the one run it observes (a fresh one per run), for the caller to log later."""
+
+    def __init__(self) -> None:
+        self.record: RunRecord | None = None
+
+    def run_ended(self, run: Run, result: GraphResult | None, error: BaseException | None) -> None:
+        self.record = RunRecord.of(run, error)
+
+
+class RunLogObserver(Observer):
+    """The one writer of runs to the log: how each ended, how long it took, its LM calls.
+
+    As an observer it logs every run it sees end in this process (``bae serve``, a single ``bae run``); a
+    batch's driver gives it the records of the runs its workers ran, in input order (``log``: ``bae run
+    --batch`` and ``bae eval``, on threads or on Ray alike), so both engines log the same rows. ``purpose``
+    tells production runs from eval runs. A log write that fails is ``warn``ed, never a failed run.
     """
 
     def __init__(
@@ -590,33 +624,26 @@ class RunLogObserver(Observer):
         self.sink, self.source, self.purpose, self.warn = sink, source, purpose, warn
 
     def run_ended(self, run: Run, result: GraphResult | None, error: BaseException | None) -> None:
-        if error is None:
-            status, message = "ok", None
-        elif isinstance(error, KeyboardInterrupt):
-            status, message = "interrupted", None
-        else:
-            status = "error"
-            message = error.message if isinstance(error, BaeError) else f"unexpected {type(error).__name__}: {error}"
+        self.log([RunRecord.of(run, error)])
+
+    def log(self, records: Sequence[RunRecord]) -> None:
+        """Write ``records`` (ended runs from ``self.source``) in one transaction, in the order given."""
+        source = {
+            "graph": self.source.graph,
+            "version": self.source.version,
+            "compiled_dir": self.source.compiled_dir,
+            "lm": self.source.lm,
+            "purpose": self.purpose,
+        }
+        runs = [{**source, **record.fields()} for record in records]
         try:
-            self.sink.log_run(
-                started_at=run.started_at,
-                duration_s=run.duration_s,
-                status=status,
-                error=message,
-                graph=self.source.graph,
-                start_node=type(run.start).__name__,
-                version=self.source.version,
-                compiled_dir=self.source.compiled_dir,
-                lm=self.source.lm,
-                calls=list(run.calls),
-                purpose=self.purpose,
-            )
+            self.sink.log_runs(runs)
         except RunLogError as exc:  # a run that worked is not failed by its log
             self.warn(f"run not logged: {exc.message}")
 
 
 __all__ = [
     "EVAL", "NAIVE", "PRODUCTION", "PURPOSES", "SCHEMA_VERSION", "BackgroundLog", "LoggedRun", "NodeStats",
-    "RunLog", "RunLogError", "RunLogObserver", "RunSink", "RunSource", "Stats", "VersionSummary",
-    "default_log_path", "parse_since", "percentile",
+    "RecordRun", "RunLog", "RunLogError", "RunLogObserver", "RunRecord", "RunSink", "RunSource", "Stats",
+    "VersionSummary", "default_log_path", "parse_since", "percentile",
 ]  # fmt: skip

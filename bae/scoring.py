@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 from bae.dataset import GoldTrace
 from bae.exceptions import BaeError, BaeLMError
-from bae.executor import Call, Executor
+from bae.executor import Executor, InOrder, Work
 from bae.graph import Graph
 from bae.intervals import Interval, delta_interval, score_interval
 from bae.lm import LM
@@ -57,6 +57,7 @@ from bae.metrics import Metric, made_score
 from bae.node import Node, spec_of
 from bae.observe import Observer
 from bae.result import CallRecord, GraphResult
+from bae.runlog import RecordRun, RunLogObserver, RunRecord
 
 Key = tuple[str, str]  # (node name, "make" | "choice")
 
@@ -215,7 +216,8 @@ def confusion_matrices(graph: Graph, results: Sequence[TraceScore]) -> dict[str,
 class TraceRun:
     """One gold trace's start node run through the graph: what the run did, and its score.
 
-    ``predicted`` is the run's trace (for a failed run: up to the failure); ``calls`` its LM calls.
+    ``predicted`` is the run's trace (for a failed run: up to the failure); ``calls`` its LM calls;
+    ``record`` what the run log keeps of it; ``lm_failed`` when the LM was unavailable, which stops scoring.
     """
 
     gold: GoldTrace
@@ -224,6 +226,8 @@ class TraceRun:
     calls: list[CallRecord] = field(default_factory=list)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     duration_s: float = 0.0
+    record: RunRecord | None = None
+    lm_failed: bool = False
 
     @property
     def failing(self) -> bool:
@@ -242,41 +246,67 @@ class EvaluationInterrupted(KeyboardInterrupt):
         self.evaluation = evaluation
 
 
-def run_traces(
+def run_trace(
     graph: Graph,
-    traces: Sequence[GoldTrace],
+    trace: GoldTrace,
     lm: LM,
     deps: dict[str, Any],
-    executor: Executor,
-    done: Callable[[TraceRun], None] | None = None,
     max_steps: int = 100,
     observers: Sequence[Observer] = (),
     metric: Metric | None = None,
+) -> TraceRun:
+    """Run one trace's start node through ``lm`` and score the run against the trace. A run that fails scores
+    0; one the LM failed is marked ``lm_failed`` (``run_traces`` stops there). A ``metric`` that fails raises."""
+    error: BaeError | None = None
+    result: GraphResult | None
+    ended = RecordRun()
+    began = time.perf_counter()
+    try:
+        result = graph.run(
+            trace.nodes[0].model_copy(), lm=lm, max_steps=max_steps, observers=(*observers, ended), **deps
+        )
+    except BaeError as exc:
+        error, result = exc, exc.result
+    predicted = list(result.trace) if result is not None else []
+    scored = score_trace(trace.nodes, predicted, error.message if error is not None else None, metric)
+    calls = list(result.calls) if result is not None else []
+    record = ended.record
+    started_at = record.started_at if record is not None else datetime.now(UTC)
+    return TraceRun(
+        trace, predicted, scored, calls, started_at, time.perf_counter() - began, record, isinstance(error, BaeLMError)
+    )
+
+
+def run_traces(
+    work: Work[GoldTrace, TraceRun],
+    traces: Sequence[GoldTrace],
+    executor: Executor,
+    done: Callable[[TraceRun], None] | None = None,
+    log: RunLogObserver | None = None,
 ) -> list[TraceRun]:
-    """Run every trace's start node through ``lm`` and score each run against its gold trace, in dataset order.
+    """Run ``work`` (``run_trace`` for each trace, opened once per worker) over ``traces``; the runs in dataset
+    order. ``done`` sees each run as it finishes; ``log`` gets every run's record, in dataset order.
 
-    A run that fails scores 0; an LM that is unavailable stops the evaluation (the ``observers`` saw that
-    run end, so it is logged), and so does a ``metric`` that fails. ``done`` sees each run as it finishes.
-    Ctrl-C raises ``EvaluationInterrupted`` with the finished runs.
+    An LM that is unavailable stops the evaluation with its ``BaeLMError`` (that run logged first), and so does
+    a ``metric`` that fails. Ctrl-C raises ``EvaluationInterrupted`` with the finished runs.
     """
+    ordered = InOrder[TraceRun](
+        lambda runs: log.log([run.record for run in runs if run.record is not None]) if log is not None else None
+    )
 
-    def one(trace: GoldTrace) -> TraceRun:
-        error: BaeError | None = None
-        result: GraphResult | None
-        started_at = datetime.now(UTC)
-        began = time.perf_counter()
-        try:
-            result = graph.run(trace.nodes[0].model_copy(), lm=lm, max_steps=max_steps, observers=observers, **deps)
-        except BaeError as exc:
-            error, result = exc, exc.result
-        predicted = list(result.trace) if result is not None else []
-        scored = score_trace(trace.nodes, predicted, error.message if error is not None else None, metric)
-        calls = list(result.calls) if result is not None else []
-        if isinstance(error, BaeLMError):
-            raise error
-        return TraceRun(trace, predicted, scored, calls, started_at, time.perf_counter() - began)
+    def finished(index: int, run: TraceRun) -> None:
+        run.gold = traces[index]  # this process's own trace (a worker process sends back a copy)
+        ordered.add(index, run)
+        if run.lm_failed:
+            ordered.finish()
+            raise BaeLMError(run.scored.error or "the LM is unavailable")
+        if done is not None:
+            done(run)
 
-    results = executor.map(Call(one), traces, None if done is None else lambda _, run: done(run))
+    try:
+        results = executor.map(work, traces, finished)
+    finally:
+        ordered.finish()
     if results.interrupted:
         raise EvaluationInterrupted(results.finished)
     return results.finished

@@ -148,6 +148,46 @@ def run(args: Sequence[str], cwd: Path = ROOT, env: dict[str, str] | None = None
         )
 
 
+# -- loopback only: where Ray may start ---------------------------------------------------------
+# Ray's processes talk over the machine's network address (here eth0's, not 127.0.0.1) whatever
+# --node-ip-address says, and tests and benchmarks talk to 127.0.0.1 only: so whatever starts Ray runs
+# in a network namespace with nothing but loopback up (``loopback_only``), and refuses to otherwise.
+SIOCGIFFLAGS, IFF_UP = 0x8913, 0x1
+
+
+def interfaces_up() -> list[str]:
+    """The network interfaces up in this process's namespace. Asked of the kernel (``/sys/class/net`` shows
+    the host's interfaces even inside a new network namespace)."""
+    import fcntl
+    import socket
+    import struct
+
+    up = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("16sH14s", name.encode()[:15], 0, b"\0" * 14)
+            flags = struct.unpack("16sH14s", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request))[1]
+            if flags & IFF_UP:
+                up.append(name)
+    return up
+
+
+def loopback_only(args: Sequence[str]) -> list[str]:
+    """``args`` run in a new network namespace with only loopback up (``unshare -rn`` when not root: a user
+    namespace maps the caller to root in it, which may bring ``lo`` up)."""
+    flags = "-n" if os.geteuid() == 0 else "-rn"
+    return ["unshare", flags, "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *args]
+
+
+def can_isolate() -> str | None:
+    """Why ``loopback_only`` cannot work here (None: it can)."""
+    try:
+        probe = subprocess.run(loopback_only(["true"]), capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare failed: {exc}"
+    return None if probe.returncode == 0 else f"unshare failed: {probe.stderr.strip() or probe.returncode}"
+
+
 # -- machine and results -----------------------------------------------------------------------
 def _version(package: str) -> str | None:
     try:

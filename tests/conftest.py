@@ -12,6 +12,8 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+pytest_plugins = ["tests.loopback_namespace"]  # tests marked ray run in a loopback-only network namespace
+
 
 @pytest.fixture(scope="session")
 def compiled_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -76,11 +78,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _required(report: pytest.CollectReport | pytest.TestReport) -> bool:
     """A skip CI must not pass over: a whole file (every one here is gated on an extra), a test marked
-    ``local`` or ``serve``, or a test skipped because an import failed (``pytest.importorskip``)."""
+    ``local``, ``serve`` or ``ray``, or a test skipped because an import failed (``pytest.importorskip``)."""
     if isinstance(report, pytest.CollectReport):
         return True
     reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    return "local" in report.keywords or "serve" in report.keywords or "could not import" in reason
+    return any(mark in report.keywords for mark in ("local", "serve", "ray")) or "could not import" in reason
 
 
 def _note(report: pytest.CollectReport | pytest.TestReport) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,6 +26,7 @@ from bae_cli.common import (
     print_json,
     warn,
 )
+from bae_cli.engine_options import EngineOption, WorkersOption, check_engine, executor_for
 from bae_cli.lm_options import LmOption, LmTimeoutOption, MaxTokensOption, ResponseFormatOption, lm_settings
 from bae_cli.progress import stage_bars
 
@@ -82,7 +84,11 @@ def eval_(
     max_tokens: MaxTokensOption = None,
     lm_timeout: LmTimeoutOption = None,
     response_format: ResponseFormatOption = None,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="Concurrent runs.")] = 4,
+    threads: Annotated[
+        int, typer.Option("--concurrency", "--threads", min=1, help="Runs in flight (with --engine ray: in all).")
+    ] = 4,
+    engine: EngineOption = "threads",
+    workers: WorkersOption = None,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Stop a run after this many steps.")] = 100,
     strict: Annotated[
         bool, typer.Option("--strict/--skip-invalid", help="Stop at the first bad dataset line, or skip bad lines.")
@@ -107,8 +113,10 @@ def eval_(
     if output is not None and (output.is_dir() or not output.resolve().parent.is_dir()):
         problem = "is a directory" if output.is_dir() else "is in a folder that does not exist"
         raise BaeInputError(f"--output {output} {problem}: give a file path (JSONL) in an existing folder")
+    check_engine(engine, workers)
     interrupted = False
-    with stage_bars(err, transient=as_json) as bars:
+    executor = executor_for(engine, workers, threads)
+    with closing(executor), stage_bars(err, transient=as_json) as bars:
         try:
             result = evaluate(
                 graph,  # None: the graph the first version was compiled from
@@ -122,7 +130,7 @@ def eval_(
                 baseline=baseline,
                 min_score=min_score,
                 max_drop=max_drop,
-                threads=threads,
+                executor=executor,
                 max_steps=max_steps,
                 strict=strict,
                 log=None if no_log else (log_db or default_log_path()),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import closing, nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -13,17 +14,35 @@ from rich.table import Table
 
 from bae import artifacts
 from bae.exceptions import BaeInputError, BaeLMError
+from bae.executor import InOrder
 from bae.inputs import MAX_INPUT_BYTES, parse_input, read_batch
-from bae.node import Node, node_json
+from bae.node import Node, node_json, steps_json
 from bae.result import CallRecord
-from bae.runner import Outcome, Runner, Runtime, record_traces, run_json, start_runtime
+from bae.runner import (
+    BatchWork,
+    Outcome,
+    Runner,
+    RunRow,
+    Runtime,
+    RuntimeRecipe,
+    embedded,
+    record_traces,
+    run_json,
+    start_runtime,
+    warm,
+)
 from bae.usage import UsageRow, usage_rows
 from bae.wording import counted
 from bae_cli.app import app
 from bae_cli.common import JsonFlag, err, out, print_json, warn
+from bae_cli.engine_options import EngineOption, WorkersOption, check_engine, executor_for
 from bae_cli.lm_options import LmOption, LmTimeoutOption, MaxTokensOption, ResponseFormatOption, lm_settings
 from bae_cli.otel import OtelContentFlag, OtelFlag, start_otel
 from bae_cli.progress import RunProgress, stage_bars
+
+if TYPE_CHECKING:
+    from bae.executor import Executor
+    from bae.runlog import RunLogObserver
 
 
 def _read_single(input_json: str | None, input_file: Path | None, stdin: bool) -> tuple[bytes, str]:
@@ -67,7 +86,11 @@ def run(
     output: Annotated[
         Path | None, typer.Option("--output", help="With --batch: write the results here (JSONL) instead of stdout.")
     ] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="With --batch: runs in flight.")] = 8,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="With --batch: runs in flight (with --engine ray: in all).")
+    ] = 8,
+    engine: EngineOption = "threads",
+    workers: WorkersOption = None,
     record: Annotated[
         Path | None,
         typer.Option(
@@ -103,10 +126,13 @@ def run(
     graph, stdin = _stdin_marker(graph, dash)
     if batch is None and output is not None:
         raise BaeInputError("--output goes with --batch: add --batch F.jsonl, or drop --output")
+    if batch is None and (engine != "threads" or workers is not None):
+        raise BaeInputError("--engine and --workers go with --batch: one input runs in this process")
     given = (("--input", input_json is not None), ("--input-file", input_file is not None), ("-", stdin))
     single = [flag for flag, present in given if present]
     if batch is not None and single:
         raise BaeInputError(f"--batch {batch} holds the inputs: drop {' and '.join(single)}, or drop --batch")
+    check_engine(engine, workers)
     version = open_version(compiled, graph, warn=warn)
     start = version.graph.graph.start
     if batch is not None:
@@ -117,21 +143,21 @@ def run(
     runtime = start_runtime(version, lm, settings)
     if version.is_naive:
         err.print("[yellow]no --compiled: running naive (zero-shot) predictors[/]")
-    logs = [] if no_log else [RunLogObserver(RunLog(log_db or default_log_path()), runtime.source, warn=warn)]
-    if runtime.source.lm is not None and runtime.source.lm.startswith("local/"):  # the embedded model
+    log = None if no_log else RunLogObserver(RunLog(log_db or default_log_path()), runtime.source, warn=warn)
+    if engine == "threads" and embedded(runtime):  # a Ray worker loads the embedded model itself
         with err.status("loading the embedded model"):
-            from bae.local.engine import load_weights
-
-            load_weights(runtime.backend.model)
+            warm(runtime)
     if batch is None:
         node = inputs[0][1]
         assert isinstance(node, Node)  # a single input that does not parse was refused above
-        outcome = Runner(runtime, [*logs, RunProgress(err)], max_steps).run(1, node)
+        outcome = Runner(runtime, [*([log] if log else []), RunProgress(err)], max_steps).run(1, node)
         if record is not None and outcome.result is not None:
-            record_traces(record, [outcome.result])
+            record_traces(record, [steps_json(outcome.result.trace)])
         _report_single(outcome, runtime, verbose, as_json)
     else:
-        _run_batch(Runner(runtime, logs, max_steps), Batch(batch, inputs), output, record, concurrency, as_json)
+        work = BatchWork(RuntimeRecipe.of(runtime, lm, settings), max_steps, runtime)
+        with closing(executor_for(engine, workers, concurrency)) as executor:
+            _run_batch(work, executor, Batch(batch, inputs), log, output, record, as_json)
 
 
 def _stdin_marker(graph: str | None, dash: str | None) -> tuple[str | None, bool]:
@@ -178,61 +204,76 @@ def _report_single(outcome: Outcome, runtime: Runtime, verbose: bool, as_json: b
 
 
 class Batch:
-    """A batch's runs so far: one outcome per input line that finished (or was refused)."""
+    """A batch's runs so far: one row per input line that finished (or was refused)."""
 
     def __init__(self, source: Path, inputs: list[tuple[int, Node | BaeInputError]]) -> None:
         self.source, self.inputs, self.interrupted = source, len(inputs), False
-        self.pending = [(line, item) for line, item in inputs if isinstance(item, Node)]
-        self.outcomes = {line: Outcome(line, error=item) for line, item in inputs if not isinstance(item, Node)}
-        self.refused = set(self.outcomes)  # their errors already say file:line
+        self.pending = [(line, item.model_dump(mode="json")) for line, item in inputs if isinstance(item, Node)]
+        self.rows = {
+            line: RunRow(line, {"line": line, "ok": False, "error": item.message}, item.message)
+            for line, item in inputs
+            if not isinstance(item, Node)
+        }
+        self.refused = set(self.rows)  # their errors already say file:line
 
     def problem(self, line: int) -> str:
         """Why input ``line`` failed, as ``file:line: reason`` (once: a refused input's reason names it already)."""
-        error = self.outcomes[line].error
-        reason = error.message if error is not None else "failed"
+        reason = self.rows[line].error or "failed"
         return reason if line in self.refused else f"{self.source}:{line}: {reason}"
 
-    def finished(self) -> list[Outcome]:
-        return [self.outcomes[line] for line in sorted(self.outcomes)]
+    def finished(self) -> list[RunRow]:
+        return [self.rows[line] for line in sorted(self.rows)]
 
     @property
     def failed(self) -> list[int]:
-        return sorted(line for line, o in self.outcomes.items() if o.result is None)
+        return sorted(line for line, row in self.rows.items() if row.error is not None)
 
     @property
     def calls(self) -> list[CallRecord]:
-        return [c for o in self.outcomes.values() for c in o.calls]
+        return [c for line in sorted(self.rows) for c in self.rows[line].calls]
 
     def exit_code(self) -> int:
         """0 when every run worked; the LM's own code when every failure was the LM's (a retry later
         may succeed); else 1, some runs failed."""
-        errors = [self.outcomes[line].error for line in self.failed]
-        if not errors:
+        failed = [self.rows[line] for line in self.failed]
+        if not failed:
             return 0
-        return BaeLMError.exit_code if all(isinstance(e, BaeLMError) for e in errors) else 1
+        return BaeLMError.exit_code if all(row.lm_failed for row in failed) else 1
 
 
 def _run_batch(
-    runner: Runner, batch: Batch, output: Path | None, record: Path | None, concurrency: int, as_json: bool
+    work: BatchWork,
+    executor: Executor,
+    batch: Batch,
+    log: RunLogObserver | None,
+    output: Path | None,
+    record: Path | None,
+    as_json: bool,
 ) -> None:
-    """Run, save, report, then exit by the batch's outcome: each step survives a Ctrl-C in the first."""
-    from bae.executor import ThreadExecutor
-
+    """Run on ``executor``, save, report, then exit by the batch's outcome: each step survives a Ctrl-C in the
+    first. This process alone writes: the run log in input order as runs are delivered, the results and
+    recorded traces at the end, whichever engine ran them."""
+    ordered = InOrder[RunRow](lambda rows: log.log([r.record for r in rows if r.record]) if log else None)
     try:
+        if executor.starting is not None:
+            with err.status(executor.starting) if err.is_terminal else nullcontext():  # else it leaves a blank line
+                executor.start()
         with stage_bars(err, transient=as_json) as bars:
-            bars.stage("running batch", batch.inputs, completed=len(batch.outcomes))
+            bars.stage("running batch", batch.inputs, completed=len(batch.rows))
 
-            def done(index: int, outcome: Outcome) -> None:
-                batch.outcomes[outcome.line] = outcome
+            def done(index: int, row: RunRow) -> None:
+                batch.rows[row.line] = row
+                ordered.add(index, row)
                 bars.advance()
 
-            results = ThreadExecutor(concurrency).map(runner, batch.pending, done, _stopping)
+            results = executor.map(work, batch.pending, done, _stopping)
         batch.interrupted = results.interrupted
         if results.abandoned:
             err.print("interrupted again: runs in flight abandoned")
     finally:
+        ordered.finish()
         _save(batch, output, record, as_json)
-    _report_batch(batch, runner.runtime, output, as_json)
+    _report_batch(batch, work.runtime, output, as_json)
     if batch.interrupted:
         raise KeyboardInterrupt
     if batch.exit_code():
@@ -245,21 +286,22 @@ def _stopping(in_flight: int) -> None:
         err.print(f"interrupted: finishing {counted(in_flight, 'run')} in flight (Ctrl-C again to abandon them)")
 
 
-def _report_batch(batch: Batch, runtime: Runtime, output: Path | None, as_json: bool) -> None:
+def _report_batch(batch: Batch, runtime: Runtime | None, output: Path | None, as_json: bool) -> None:
     """The summary as JSON (results inline unless they went to --output), or failures, usage and counts on
     stderr: stdout holds the results alone (see ``_save``), so it can be piped."""
+    assert runtime is not None  # the driver's own
     failed = batch.failed
     rows = usage_rows(batch.calls)
     summary = {
         "inputs": batch.inputs,
-        "ok": len(batch.outcomes) - len(failed),
+        "ok": len(batch.rows) - len(failed),
         "failed": len(failed),
-        "unfinished": batch.inputs - len(batch.outcomes),
+        "unfinished": batch.inputs - len(batch.rows),
         "version": runtime.source.version,
         "usage": [row.as_dict() for row in rows],
     }
     if as_json:
-        results = None if output else [outcome.as_dict() for outcome in batch.finished()]
+        results = None if output else [row.output for row in batch.finished()]
         print_json({**summary, "results": results})
         return
     for line in failed:
@@ -276,11 +318,11 @@ def _save(batch: Batch, output: Path | None, record: Path | None, as_json: bool)
     """Results and recorded traces in input order; on interruption, the finished ones (each result carries its
     line number). The results go to --output, else to stdout as JSON lines (with --json: into its object)."""
     finished = batch.finished()
-    rows = "".join(json.dumps(outcome.as_dict(), ensure_ascii=False) + "\n" for outcome in finished)
+    rows = "".join(json.dumps(row.output, ensure_ascii=False) + "\n" for row in finished)
     if output is not None:
         artifacts.write_atomic(output.resolve(), rows.encode())
     elif not as_json:
         sys.stdout.write(rows)
         sys.stdout.flush()
     if record is not None:
-        record_traces(record, (outcome.result for outcome in finished if outcome.result is not None))
+        record_traces(record, (row.trace for row in finished if row.trace is not None))

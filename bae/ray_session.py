@@ -151,7 +151,8 @@ class RaySession:
         os.dup2(handle, 2)
         os.close(handle)
         self._restore_stderr = (terminal, sys.stderr)
-        sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, encoding=sys.stderr.encoding, errors="replace")
+        if _descriptor(sys.stderr) == 2:  # bae writes on: else sys.stderr is not descriptor 2 (a capture) and stays
+            sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, encoding=sys.stderr.encoding, errors="replace")
 
     def close(self) -> None:
         """Leave Ray (a local one stops, workers and all), then give back stderr and the environment."""
@@ -167,7 +168,8 @@ class RaySession:
             os.dup2(terminal, 2)
             os.close(terminal)
             sys.stderr = stream
-            replacement.close()
+            if replacement is not stream:
+                replacement.close()
             self._restore_stderr = None
         if self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
@@ -184,6 +186,14 @@ def session(address: str | None = None, cpus: int | None = None, quiet: bool = T
         yield opened
     finally:
         opened.close()
+
+
+def _descriptor(stream: TextIO) -> int | None:
+    """The file descriptor ``stream`` writes to, None for one in memory."""
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -82,7 +82,14 @@ def _required(report: pytest.CollectReport | pytest.TestReport) -> bool:
     if isinstance(report, pytest.CollectReport):
         return True
     reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    return any(mark in report.keywords for mark in ("local", "serve", "ray")) or "could not import" in reason
+    return report.nodeid in _MARKED or "could not import" in reason
+
+
+_MARKED: set[str] = set()  # tests marked local, serve or ray (by marker: a keyword would match a folder's name)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _MARKED.update(item.nodeid for item in items if any(item.get_closest_marker(m) for m in ("local", "serve", "ray")))
 
 
 def _note(report: pytest.CollectReport | pytest.TestReport) -> None:

@@ -57,7 +57,7 @@ class _Child:
 
     def verdict(self, item: pytest.Item) -> dict[str, str]:
         if self.verdicts is None:
-            self._run([i.nodeid for i in item.session.items if "ray" in i.keywords])
+            self._run([i.nodeid for i in item.session.items if i.get_closest_marker("ray")])
         assert self.verdicts is not None
         found = self.verdicts.get(item.nodeid)
         if found is not None:
@@ -92,7 +92,7 @@ _CHILD = _Child()
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     """A ``ray`` test outside the namespace: the child session's verdict instead of running its body here."""
-    if "ray" not in pyfuncitem.keywords or isolated():
+    if pyfuncitem.get_closest_marker("ray") is None or isolated():
         return None
     verdict = _CHILD.verdict(pyfuncitem)
     if verdict["outcome"] == "passed":

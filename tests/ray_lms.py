@@ -39,6 +39,12 @@ def _where() -> None:
 
 
 def _choose(call: PredictorCall) -> str:
+    """A queue by the ticket's text; in a Ray worker the call is also counted (a line in ``calls-<pid>``), so a
+    test can act mid-batch without reading the run log the command is writing."""
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        folder = Path((Path(__file__).parent / "where.txt").read_text().strip())
+        with open(folder / f"calls-{os.getpid()}", "a") as counted:
+            counted.write(".\n")
     return QUEUES[sum(map(ord, str(call.inputs.get("text", "")))) % len(QUEUES)]
 
 

@@ -21,13 +21,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bae.runlog import RunLog
-from tests.cli import ROOT, bae, environment, wait_for
+from tests.cli import ROOT, bae, bae_process, environment, wait_for
 from tests.lms import TRACES
 from tests.loopback_namespace import isolated
 
@@ -115,6 +116,12 @@ def batch_file(project: Path, tickets: list[dict[str, Any]], bad_line: int | Non
     return path
 
 
+def routed(project: Path) -> int:
+    """How many tickets the Ray workers have routed so far (``tests/ray_lms.py`` counts them)."""
+    folder = Path((project / "where.txt").read_text())
+    return sum(len(path.read_text().splitlines()) for path in folder.glob("calls-*"))
+
+
 def places(project: Path) -> list[dict[str, Any]]:
     """Where the LM was built inside Ray workers: one record per worker process (``tests/ray_lms.py``)."""
     folder = Path((project / "where.txt").read_text())
@@ -172,7 +179,7 @@ def test_threads_and_ray_write_the_same_results_records_and_run_log(both: dict[s
     assert log_rows(project / "ray.db") == log_rows(project / "threads.db")
     assert len(log_rows(project / "ray.db")) == 24  # the refused line never ran
     assert _without_latency(json.loads(ray.stdout)) == _without_latency(json.loads(threads.stdout))
-    assert ray.stderr == threads.stderr == ""  # --json: nothing else, and not a line from Ray
+    assert ray.stderr == threads.stderr  # --json: the same few notes, and not a line from Ray
 
 
 @RAY
@@ -207,14 +214,15 @@ def test_a_worker_killed_mid_batch_is_replaced_and_every_input_answered_once(
 ) -> None:
     assert ray_address is not None
     project = make_project(tmp_path)
-    batch_file(project, TICKETS[:60])
+    batch_file(project, (TICKETS * 3)[:160])
     env = environment({"RAY_ADDRESS": ray_address})
     args = ["run", "graph.py", "--compiled", "compiled", "--batch", "in.jsonl", "--lm", "lms.py:slow", "--engine",
-            "ray", "--workers", "2", "--concurrency", "2", "--log-db", "runs.db", "--record", "rec.jsonl", "--json"]
+            "ray", "--workers", "2", "--concurrency", "2", "--log-db", "runs.db", "--record", "rec.jsonl",
+            "--output", "out.jsonl", "--json"]  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "bae_cli", *args], cwd=project, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        wait_for(lambda: len(places(project)) >= 2 and (project / "runs.db").exists() and _logged(project) > 0, proc)
+        wait_for(lambda: len(places(project)) >= 2 and routed(project) >= 20, proc, timeout=240)
         victim = places(project)[0]["pid"]
         os.kill(victim, signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=300)
@@ -223,10 +231,11 @@ def test_a_worker_killed_mid_batch_is_replaced_and_every_input_answered_once(
             proc.kill()
     assert proc.returncode == 0, stderr
     summary = json.loads(stdout)  # nothing but the summary on stdout: no notice of the worker's death
-    assert (summary["ok"], summary["failed"], summary["unfinished"]) == (60, 0, 0)
-    assert [row["line"] for row in summary["results"]] == list(range(1, 61))
-    assert len(log_rows(project / "runs.db")) == 60 and _logged(project) == 60  # once each, in the log too
-    assert len((project / "rec.jsonl").read_text().splitlines()) == 60
+    assert (summary["ok"], summary["failed"], summary["unfinished"]) == (160, 0, 0)
+    rows = [json.loads(line) for line in (project / "out.jsonl").read_text().splitlines()]
+    assert [row["line"] for row in rows] == list(range(1, 161)) and all(row["ok"] for row in rows)
+    assert len(log_rows(project / "runs.db")) == 160 and _logged(project) == 160  # once each, in the log too
+    assert len((project / "rec.jsonl").read_text().splitlines()) == 160
     assert len(places(project)) >= 3 and victim in {place["pid"] for place in places(project)}  # a new worker
     assert "Traceback" not in stderr and "ray" not in stderr.lower()
 
@@ -234,8 +243,11 @@ def test_a_worker_killed_mid_batch_is_replaced_and_every_input_answered_once(
 def _logged(project: Path) -> int:
     import sqlite3
 
+    path = project / "runs.db"  # read once the command ended (SQLite's WAL files are its own while it writes)
+    if not path.exists():
+        return 0
     try:
-        with sqlite3.connect(project / "runs.db") as conn:
+        with closing(sqlite3.connect(path)) as conn:
             count: int = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
             return count
     except sqlite3.Error:
@@ -248,7 +260,8 @@ def test_an_input_whose_run_raises_fails_alone_on_both_engines(ray_address: str 
     project = make_project(tmp_path)
     source = (project / "graph.py").read_text()
     bug = '        if email == "boom@example.com":\n            raise ValueError("the CRM has no boom")\n'
-    (project / "graph.py").write_text(source.replace("        return self.plans.get(", bug + "        return self.plans.get("))
+    anchor = "        return self.plans.get("
+    (project / "graph.py").write_text(source.replace(anchor, bug + anchor))
     batch_file(project, [*TICKETS[:3], {"customer_email": "boom@example.com", "text": "hi"}, *TICKETS[3:6]])
     threads = run_batch(project, "threads", address=None)
     ray = run_batch(project, "ray", "--engine", "ray", "--workers", "2", address=ray_address)
@@ -288,9 +301,9 @@ def test_a_graph_that_does_not_load_on_the_workers_is_one_line_and_nothing_runs(
     (project / "graph.py").write_text((project / "graph.py").read_text() + "\nimport crm_client  # noqa: E402\n")
     batch_file(project, TICKETS[:6])
     pythonpath = os.pathsep.join([str(ROOT), str(outside)])
-    result = bae("run", "graph.py", "--batch", "in.jsonl", "--lm", "lms.py:oracle", "--engine", "ray", "--workers",
-                 "2", "--log-db", "runs.db", "--output", "out.jsonl", cwd=project,
-                 env={"RAY_ADDRESS": ray_address or "", "PYTHONPATH": pythonpath})  # fmt: skip
+    result = bae_process("run", "graph.py", "--batch", "in.jsonl", "--lm", "lms.py:oracle", "--engine", "ray",
+                         "--workers", "2", "--log-db", "runs.db", "--output", "out.jsonl", cwd=project,
+                         env={"RAY_ADDRESS": ray_address or "", "PYTHONPATH": pythonpath})  # fmt: skip
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("bae: error:")]
     assert errors == [
@@ -325,7 +338,7 @@ def test_ctrl_c_finishes_the_runs_under_way_and_keeps_every_finished_result(
 ) -> None:
     assert ray_address is not None
     project = make_project(tmp_path)
-    batch_file(project, TICKETS[:60])
+    batch_file(project, (TICKETS * 3)[:160])
     args = ["run", "graph.py", "--compiled", "compiled", "--batch", "in.jsonl", "--lm", "lms.py:slow", "--engine",
             "ray", "--workers", "2", "--concurrency", "2", "--log-db", "runs.db", "--record", "rec.jsonl",
             "--output", "out.jsonl"]  # fmt: skip
@@ -333,7 +346,7 @@ def test_ctrl_c_finishes_the_runs_under_way_and_keeps_every_finished_result(
                             env=environment({"RAY_ADDRESS": ray_address}), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)  # fmt: skip
     try:
-        wait_for(lambda: _logged(project) > 0, proc)
+        wait_for(lambda: routed(project) >= 10, proc, timeout=240)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=300)
     finally:
@@ -343,9 +356,9 @@ def test_ctrl_c_finishes_the_runs_under_way_and_keeps_every_finished_result(
     assert re.search(r"interrupted: finishing \d+ runs? in flight \(Ctrl-C again to abandon them\)", stderr), stderr
     assert stderr.splitlines()[-1] == "bae: error: interrupted" and "Traceback" not in stderr
     rows = [json.loads(line) for line in (project / "out.jsonl").read_text().splitlines()]
-    assert 0 < len(rows) < 60 and all(row["ok"] for row in rows)
+    assert 0 < len(rows) < 160 and all(row["ok"] for row in rows)
     assert _logged(project) == len(rows) == len((project / "rec.jsonl").read_text().splitlines())
-    assert f"{len(rows)} ok, 0 failed, {60 - len(rows)} not run (interrupted)" in stderr
+    assert f"{len(rows)} ok, 0 failed, {160 - len(rows)} not run (interrupted)" in stderr
 
 
 @RAY

@@ -15,11 +15,11 @@ import pytest
 from bae import LM, Context
 from bae.dataset import GoldTrace, load_dataset
 from bae.dspy_backend import DSPyBackend
-from bae.executor import ThreadExecutor
+from bae.executor import Call, ThreadExecutor
 from bae.graph import Graph
 from bae.loader import LoadedGraph, load_graph
 from bae.node import Node
-from bae.scoring import GraphScore, lm_steps, run_traces, score_trace, summarize
+from bae.scoring import GraphScore, lm_steps, run_trace, run_traces, score_trace, summarize
 from bae.testing import ScriptedLM
 from tests import graphs as g
 from tests import lms
@@ -190,7 +190,7 @@ def test_ending_is_a_choice_and_the_run_past_it_costs() -> None:
 
 def evaluate_graph(graph: Graph, traces: list[GoldTrace], lm: LM, deps: dict[str, Any], threads: int = 1) -> GraphScore:
     """Run and score every trace, then sum up: what compile and ``bae.evaluate`` do for one version."""
-    runs = run_traces(graph, traces, lm, deps, ThreadExecutor(threads))
+    runs = run_traces(Call(lambda trace: run_trace(graph, trace, lm, deps)), traces, ThreadExecutor(threads))
     return summarize(graph, [run.scored for run in runs])
 
 

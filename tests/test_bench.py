@@ -14,11 +14,14 @@ from typing import Any
 
 import pytest
 
-SCRIPTS = ["overhead", "startup", "batch", "load", "compile_quality", "serve", "local_engine"]
-LOCAL = {"local_engine"}  # loads the embedded model even in smoke mode
+SCRIPTS = ["overhead", "startup", "batch", "load", "compile_quality", "serve", "local_engine", "engines"]
+MARKS = {
+    "local_engine": pytest.mark.local,  # loads the embedded model even in smoke mode
+    "engines": pytest.mark.ray,  # starts Ray: in the loopback-only namespace (tests/loopback_namespace.py)
+}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.local) if n in LOCAL else n for n in SCRIPTS])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=MARKS[n]) if n in MARKS else n for n in SCRIPTS])
 def test_smoke_run_writes_its_results(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = importlib.import_module(f"bench.{name}")
     assert bench.main(["--smoke", "--out", str(tmp_path)]) == 0

@@ -21,11 +21,14 @@ one process is CPU-bound, Ray's 2 workers run at least 1.6x the threaded rate (i
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +82,29 @@ def run_batch(folder: Path, batch: Path, lm: str, engine: str, tag: str) -> dict
     }
 
 
+def _burn(seconds: float, out: Any) -> None:
+    began, cpu = time.monotonic(), time.process_time()
+    while time.monotonic() - began < seconds:
+        pass
+    out.put(time.process_time() - cpu)
+
+
+def cpu_share(seconds: float) -> dict[str, float]:
+    """The cores this benchmark can get right now with 1 and with 2 busy processes: on a machine shared with
+    other jobs (and the kernel's autogroup scheduling) a second process may add nothing, and then no engine
+    can use a second core; Ray's gain over threads needs one."""
+    share = {}
+    for busy in (1, 2):
+        out: Any = multiprocessing.Queue()
+        workers = [multiprocessing.Process(target=_burn, args=(seconds, out)) for _ in range(busy)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        share[f"{busy} busy"] = round(sum(out.get() for _ in workers) / seconds, 2)
+    return share
+
+
 def pays_from(threads: dict[str, float], ray: dict[str, float]) -> float | None:
     """The batch size from which Ray's total time is the shorter: its extra fixed cost over what it saves a run."""
     saved = 1 / threads["runs_per_s"] - 1 / ray["runs_per_s"]
@@ -94,14 +120,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = loopback_only([sys.executable, "-m", "bench.engines", *args.argv])
         return subprocess.run(command, cwd=ROOT, env=child_env()).returncode
     inputs, rounds = (40, 1) if args.smoke else (args.inputs, args.rounds)
-    measured: dict[tuple[str, str], list[dict[str, Any]]] = {(lm, e): [] for lm in LMS for e in ENGINES}
+    lms = dict(list(LMS.items())[:1]) if args.smoke else LMS  # a smoke run starts Ray once
+    measured: dict[tuple[str, str], list[dict[str, Any]]] = {(lm, e): [] for lm in lms for e in ENGINES}
+    cores = cpu_share(0.5 if args.smoke else 3.0)
     folder = Path(tempfile.mkdtemp(prefix="bae-bench-"))
     try:
         batch = write_batch(folder / "tickets.jsonl", inputs)
         cases = list(measured)
         for r in range(rounds):
             for lm, engine in cases[r % len(cases) :] + cases[: r % len(cases)]:
-                measured[lm, engine].append(run_batch(folder, batch, LMS[lm], engine, f"{LMS[lm]}-{engine}-{r}"))
+                measured[lm, engine].append(run_batch(folder, batch, lms[lm], engine, f"{lms[lm]}-{engine}-{r}"))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     report = Report(
@@ -111,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "lm_calls_per_run": 2, "compiled": "compiled (active)"},
         columns=["LM", "engine", "steady runs/s", "ray / threads", "wall s", "fixed cost s", "pays from (inputs)"],
     )  # fmt: skip
-    for lm in LMS:
+    for lm in lms:
         medians = {
             engine: {key: statistics.median(m[key] for m in measured[lm, engine]) for key in measured[lm, engine][0]}
             for engine in ENGINES
@@ -133,6 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.figure(f"{LMS[lm]}_ray_pays_from_inputs", breakeven)
         if LMS[lm] == "instant":
             report.target("ray / threads steady runs/s, instant LM (CPU-bound)", ratio, ">=", TARGET)
+    report.figure("cores_available", cores)
+    report.note(
+        f"cores this benchmark could get before it ran: {cores['1 busy']} with 1 busy process, "
+        f"{cores['2 busy']} with 2 (of {os.cpu_count()})"
+    )
     report.note(
         "fixed cost = wall time less the batch at its steady rate; on Ray it is start-up (Ray, then each worker "
         "imports bae and DSPy, opens the version, builds its LM) and shut-down"

@@ -187,6 +187,9 @@ def test_the_cluster_ran_the_batch_on_both_nodes_from_the_shipped_project(both: 
     """Evidence from inside the workers: each recorded its node and where its ``lms.py`` was loaded from."""
     found = places(both["project"])
     assert len({place["node"] for place in found}) == 2, found
+    folder = Path((both["project"] / "where.txt").read_text())
+    builds = [len(path.read_text().splitlines()) for path in folder.glob("built-*")]
+    assert builds == [1, 1], builds  # each worker opened the version and built its LM once, for all its batches
     assert all("runtime_resources" in place["file"] and str(both["project"]) not in place["file"] for place in found)
 
 

@@ -18,9 +18,11 @@ The same semantics as threads:
   retried (at most ``RETRIES`` times: an input that kills its worker every time fails the batch instead of
   looping forever); a retried batch's results replace the lost ones, and an index seen twice is dropped.
   A batch killed half-way is re-run whole: the runs that had finished in it made their LM calls twice.
-- **Ctrl-C.** The first starts no new item: a small control actor tells the workers, which answer their
-  unstarted items as not run and finish the ones under way; their results are kept. The second abandons
-  what still runs. Either way the Ray job ends with the session (``bae.ray_session``).
+- **Ctrl-C.** For a caller that keeps partial results (``stopping`` given: a batch), the first starts no
+  new item: a small control actor tells the workers, which answer their unstarted items as not run and
+  finish the ones under way; their results are kept. The second abandons what still runs, and so does the
+  first for a caller without ``stopping`` (an evaluation). Either way the Ray job ends with the session
+  (``bae.ray_session``).
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ class RayExecutor:
 
         def on_sigint(signum: int, frame: Any) -> None:
             interrupts.append(time.monotonic())
-            if len(interrupts) > 1:
+            if len(interrupts) > 1 or stopping is None:  # no caller for partial results: abandon at once
                 raise KeyboardInterrupt
             in_flight = min(workers * threads, len(items) - delivered)
             threading.Thread(target=stop, args=(in_flight,), daemon=True).start()  # never call Ray in a handler

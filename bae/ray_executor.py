@@ -127,11 +127,11 @@ class RayExecutor:
         self.start()
         workers, threads, batch_size = self.shape(len(items))
         control = _control_class().remote()
-        rows = [{"index": index, "item": cloudpickle.dumps(item)} for index, item in enumerate(items)]
-        dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / batch_size))
-        context = ray.data.DataContext.get_current()
+        context = ray.data.DataContext.get_current()  # set before the dataset is made: it keeps a copy
         context.execution_options.preserve_order = True  # results in input order, as they stream
         context.wait_for_min_actors_s = 600  # every worker opened the work before the first batch runs
+        rows = [{"index": index, "item": cloudpickle.dumps(item)} for index, item in enumerate(items)]
+        dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / batch_size))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # max_task_retries goes through **ray_remote_args, deprecated in 2.60
             mapped = dataset.map_batches(

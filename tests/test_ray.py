@@ -379,3 +379,35 @@ def test_without_ray_address_a_local_ray_is_started_and_stopped(
     assert set(descendants(os.getpid())) <= running  # its Ray stopped with it
     assert len({place["node"] for place in places(project)}) == 1  # one node: this machine
     assert all(str(project) in place["file"] for place in places(project))  # nothing shipped: the same files
+
+
+@RAY
+def test_ctrl_c_in_an_evaluation_stops_at_once_and_keeps_what_was_delivered(
+    ray_address: str | None, tmp_path: Path
+) -> None:
+    """An evaluation has no use for the runs under way (as on threads): the first Ctrl-C abandons them and keeps
+    what had come back (Ray returns results a batch at a time: in a batch this small, maybe none yet)."""
+    assert ray_address is not None
+    project = make_project(tmp_path)
+    (project / "dev.jsonl").write_text("".join(json.dumps({"trace": trace}) + "\n" for trace in TRACES))
+    args = ["eval", "graph.py", "--compiled", "compiled", "--dataset", "dev.jsonl", "--lm", "lms.py:slow",
+            "--engine", "ray", "--workers", "2", "--concurrency", "2", "--output", "out.jsonl", "--log-db", "runs.db",
+            "--json"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "bae_cli", *args], cwd=project, text=True,
+                            env=environment({"RAY_ADDRESS": ray_address}), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_for(lambda: routed(project) >= 20, proc, timeout=240)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "bae: error: interrupted" and "Traceback" not in stderr
+    report = json.loads(stdout)
+    (column,) = report["columns"]
+    assert report["interrupted"] and not column["complete"] and column["traces"] < len(TRACES)
+    lines = [json.loads(line) for line in (project / "out.jsonl").read_text().splitlines()]
+    assert len(lines) == column["traces"] == _logged(project)
+    assert [line["source"] for line in lines] == [f"dev.jsonl:{n}" for n in range(1, len(lines) + 1)]

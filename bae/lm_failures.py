@@ -94,6 +94,23 @@ def backoff_delay(attempt: int, backoff_s: float, hint: float | None = None, cap
     return float(min(backoff_s * 2**attempt, cap_s)) * random.uniform(0.8, 1.2)
 
 
+_REFUSAL_NAMES = {"BadRequestError", "UnsupportedParamsError", "LMInvalidRequestError", "LMUnsupportedFeatureError"}
+
+
+def refuses_request(exc: BaseException) -> bool:
+    """Whether the service refused the request as asked (a 400 or 422, an unsupported parameter): the
+    same request may pass without an optional parameter, never by asking again as it was."""
+    if is_transient(exc):
+        return False
+    for link in cause_chain(exc):
+        if {c.__name__ for c in type(link).__mro__} & _REFUSAL_NAMES:
+            return True
+        status = getattr(link, "status_code", None) or getattr(link, "status", None)
+        if status in (400, 422):
+            return True
+    return False
+
+
 def is_runaway_nesting(exc: BaseException) -> bool:
     """Whether parsing an answer failed because it nests deeper than the JSON parser recurses: DSPy's
     ``json_repair`` says "Input nesting exceeds the supported parser recursion depth", ``json`` raises

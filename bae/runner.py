@@ -9,19 +9,18 @@ process's observers (the run log, usage counting), and each run is printed or an
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bae.exceptions import BaeError
 from bae.lm import LM
 from bae.loader import LoadedGraph
-from bae.node import Node, node_json, steps_json
+from bae.node import Node, node_json
 from bae.observe import Observer
+from bae.recording import trace_steps
 from bae.result import CallRecord, GraphResult
 from bae.runlog import RunSource
 from bae.usage import usage_rows
@@ -37,24 +36,17 @@ logger = logging.getLogger("bae")
 
 def run_json(outcome: Outcome, version: str | None) -> dict[str, Any]:
     """One run as ``bae run --json`` prints it and ``POST /run`` answers it: the node it ended on, its
-    fields, the trace, LM usage per predictor, the version and the run's seconds. A failed run (which
-    the server answers with an HTTP error instead) has ``error`` in place of the node, result and trace."""
+    fields, the trace (each LM-made step with its calls and their confidence: ``bae.recording``), LM usage
+    per predictor, the version and the run's seconds. A failed run (which the server answers with an HTTP
+    error instead) has ``error`` in place of the node, result and trace."""
     ran: dict[str, Any]
     if outcome.result is None:
         ran = {"error": outcome.error.message if outcome.error else "interrupted"}
     else:
         node = outcome.result.node
-        ran = {"node": type(node).__name__, "result": node_json(node), "trace": steps_json(outcome.result.trace)}
+        ran = {"node": type(node).__name__, "result": node_json(node), "trace": outcome.steps(version)}
     usage = [row.as_dict() for row in usage_rows(outcome.calls)]
     return {**ran, "usage": usage, "version": version, "duration_s": round(outcome.duration_s, 4)}
-
-
-def record_traces(path: Path, results: Iterable[GraphResult]) -> None:
-    """Append each run's trace to ``path`` in the dataset format (``bae run --record``), in the order given."""
-    lines = "".join(json.dumps({"trace": steps_json(result.trace)}, ensure_ascii=False) + "\n" for result in results)
-    if lines:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(lines)
 
 
 @dataclass
@@ -67,7 +59,11 @@ class Outcome:
     calls: list[CallRecord] = field(default_factory=list)
     duration_s: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
+    def steps(self, version: str | None) -> list[dict[str, Any]]:
+        """The run's trace as dataset steps, each LM-made one with its calls (``bae.recording``)."""
+        return [] if self.result is None else trace_steps(self.result.trace, self.result.calls, version)
+
+    def as_dict(self, version: str | None) -> dict[str, Any]:
         if self.result is None:
             return {"line": self.line, "ok": False, "error": self.error.message if self.error else "interrupted"}
         return {
@@ -75,7 +71,7 @@ class Outcome:
             "ok": True,
             "node": type(self.result.node).__name__,
             "result": node_json(self.result.node),
-            "trace": steps_json(self.result.trace),
+            "trace": self.steps(version),
         }
 
 

@@ -15,8 +15,9 @@ from bae import artifacts
 from bae.exceptions import BaeInputError, BaeLMError
 from bae.inputs import MAX_INPUT_BYTES, parse_input, read_batch
 from bae.node import Node, node_json
+from bae.recording import Recorder, record_line
 from bae.result import CallRecord
-from bae.runner import Outcome, Runner, Runtime, record_traces, run_json, start_runtime
+from bae.runner import Outcome, Runner, Runtime, run_json, start_runtime
 from bae.usage import UsageRow, usage_rows
 from bae.wording import counted
 from bae_cli.app import app
@@ -72,8 +73,9 @@ def run(
         Path | None,
         typer.Option(
             "--record",
-            help="Append each successful run's trace here, in the dataset format (a batch's in input order, "
-            "once its runs are done or interrupted).",
+            help="Append each successful run's trace here, in the dataset format, each LM-made step with the "
+            "version, predictor and confidence that made it (a batch's in input order, once its runs are done or "
+            "interrupted): what bae review reads.",
         ),
     ] = None,
     lm: LmOption = None,
@@ -107,6 +109,7 @@ def run(
     single = [flag for flag, present in given if present]
     if batch is not None and single:
         raise BaeInputError(f"--batch {batch} holds the inputs: drop {' and '.join(single)}, or drop --batch")
+    recorder = None if record is None else Recorder(record).check()
     version = open_version(compiled, graph, warn=warn)
     start = version.graph.graph.start
     if batch is not None:
@@ -127,11 +130,11 @@ def run(
         node = inputs[0][1]
         assert isinstance(node, Node)  # a single input that does not parse was refused above
         outcome = Runner(runtime, [*logs, RunProgress(err)], max_steps).run(1, node)
-        if record is not None and outcome.result is not None:
-            record_traces(record, [outcome.result])
+        if recorder is not None and outcome.result is not None:
+            recorder.append([record_line(outcome.result, runtime.source.version)])
         _report_single(outcome, runtime, verbose, as_json)
     else:
-        _run_batch(Runner(runtime, logs, max_steps), Batch(batch, inputs), output, record, concurrency, as_json)
+        _run_batch(Runner(runtime, logs, max_steps), Batch(batch, inputs), output, recorder, concurrency, as_json)
 
 
 def _stdin_marker(graph: str | None, dash: str | None) -> tuple[str | None, bool]:
@@ -213,7 +216,7 @@ class Batch:
 
 
 def _run_batch(
-    runner: Runner, batch: Batch, output: Path | None, record: Path | None, concurrency: int, as_json: bool
+    runner: Runner, batch: Batch, output: Path | None, recorder: Recorder | None, concurrency: int, as_json: bool
 ) -> None:
     """Run, save, report, then exit by the batch's outcome: each step survives a Ctrl-C in the first."""
     from bae.executor import ThreadExecutor
@@ -231,7 +234,7 @@ def _run_batch(
         if results.abandoned:
             err.print("interrupted again: runs in flight abandoned")
     finally:
-        _save(batch, output, record, as_json)
+        _save(batch, runner.runtime.source.version, output, recorder, as_json)
     _report_batch(batch, runner.runtime, output, as_json)
     if batch.interrupted:
         raise KeyboardInterrupt
@@ -259,7 +262,7 @@ def _report_batch(batch: Batch, runtime: Runtime, output: Path | None, as_json: 
         "usage": [row.as_dict() for row in rows],
     }
     if as_json:
-        results = None if output else [outcome.as_dict() for outcome in batch.finished()]
+        results = None if output else [outcome.as_dict(runtime.source.version) for outcome in batch.finished()]
         print_json({**summary, "results": results})
         return
     for line in failed:
@@ -272,15 +275,15 @@ def _report_batch(batch: Batch, runtime: Runtime, output: Path | None, as_json: 
     )
 
 
-def _save(batch: Batch, output: Path | None, record: Path | None, as_json: bool) -> None:
+def _save(batch: Batch, version: str | None, output: Path | None, recorder: Recorder | None, as_json: bool) -> None:
     """Results and recorded traces in input order; on interruption, the finished ones (each result carries its
     line number). The results go to --output, else to stdout as JSON lines (with --json: into its object)."""
     finished = batch.finished()
-    rows = "".join(json.dumps(outcome.as_dict(), ensure_ascii=False) + "\n" for outcome in finished)
+    rows = "".join(json.dumps(outcome.as_dict(version), ensure_ascii=False) + "\n" for outcome in finished)
     if output is not None:
         artifacts.write_atomic(output.resolve(), rows.encode())
     elif not as_json:
         sys.stdout.write(rows)
         sys.stdout.flush()
-    if record is not None:
-        record_traces(record, (outcome.result for outcome in finished if outcome.result is not None))
+    if recorder is not None:
+        recorder.append(record_line(outcome.result, version) for outcome in finished if outcome.result is not None)

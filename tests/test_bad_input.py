@@ -315,6 +315,21 @@ CASES = [
          ("--out examples already exists", "give a new folder")),
     Case("bundle-compiled-missing", ("bundle", GRAPH, "--compiled", "nowhere", "--out", "b", "--lm", ORACLE), 3,
          ("compiled directory not found: nowhere",)),
+    # -- review ---------------------------------------------------------------------------------------------
+    Case("review-no-terminal", ("review", GRAPH, "--input", "examples/support_triage.dev.jsonl", "--out", "g.jsonl"),
+         2, ("bae review is a full-screen app", "run it in a terminal")),
+    Case("review-out-folder-missing", ("review", GRAPH, "--input", "bad.jsonl", "--out", "no/g.jsonl",
+                                       "--auto-accept-agreeing"), 2,
+         ("--out no/g.jsonl is in a folder that does not exist", "create it")),
+    Case("review-input-not-json", ("review", GRAPH, "--input", "bad.jsonl", "--out", "g.jsonl", "--suggest", ORACLE,
+                                   "--auto-accept-agreeing"), 2,
+         ("bad.jsonl:2: invalid JSON", "expected a recorded run"), trainset(json.dumps({"trace": TRACES[0]}), "{")),
+    Case("review-input-foreign-trace", ("review", GRAPH, "--input", "bad.jsonl", "--out", "g.jsonl",
+                                        "--auto-accept-agreeing"), 2,
+         ("bad.jsonl:1: step 2: Ticket -> BillingIssue is not an edge", "is this file from this graph?"),
+         trainset(json.dumps({"trace": [TRACES[0][0], TRACES[0][2]]}))),
+    Case("review-order-unknown", ("review", GRAPH, "--input", "bad.jsonl", "--out", "g.jsonl", "--order", "best"), 2,
+         ("--order 'best'", "use one of file, uncertain, disagree")),
     # -- stats and flags ----------------------------------------------------------------------------------
     Case("stats-since-garbage", ("stats", "--since", "yesterday-ish"), 2, ("--since 'yesterday-ish'", "30m, 12h")),
     Case("stats-log-not-sqlite", ("stats", "--log-db", "runs.db"), 2, ("runs.db: file is not a database", "--log-db"),
@@ -363,6 +378,7 @@ FAILING = {
     "graph": (("graph", "nope.py"), 2),
     "serve": (("serve", "--compiled", "compiled"), 3),
     "bundle": (("bundle", "--compiled", "compiled", "--out", "deploy"), 3),
+    "review": (("review", "nope.py", "--input", "r.jsonl", "--out", "no/g.jsonl"), 2),
 }
 
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -305,43 +306,90 @@ def test_textual_is_imported_by_bae_review_alone() -> None:
 
 
 # -- a real terminal ----------------------------------------------------------------------------------
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_in_a_real_terminal_it_draws_takes_keys_writes_and_exits_0(tmp_path: Path) -> None:
-    recorded = record(tmp_path / "r.jsonl", review_lms.student(), [TICKETS[0], TICKETS[ACCOUNT]])
-    out, status = tmp_path / "gold.jsonl", tmp_path / "status"
-    session = f"bae-review-test-{time.monotonic_ns()}"
-    wanted = ("PATH", "HOME", "PYTHONPATH", "TERM", "BAE_DEBUG", "LITELLM_LOCAL_MODEL_COST_MAP")
-    env = " ".join(f"{k}={v}" for k, v in environment({"TERM": "xterm-256color"}).items() if k in wanted)
-    # env -i: the pane's size is the terminal's, not a COLUMNS or LINES the tmux server inherited
-    command = (f"cd {tmp_path} && env -i {env} {sys.executable} -m bae_cli review {EXAMPLE} --input {recorded} "
-               f"--out {out}; echo $? > {status}")  # fmt: skip
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "140", "-y", "45", command], check=True)
-    subprocess.run(["tmux", "resize-window", "-t", session, "-x", "140", "-y", "45"], check=True)
+class Pane:
+    """``bae review`` in a tmux pane of 140 x 45: what it shows, keys sent to it, its exit status."""
 
-    def pane() -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+    def __init__(self, tmp_path: Path, recorded: Path) -> None:
+        self.name = f"bae-review-test-{time.monotonic_ns()}"
+        self.status = tmp_path / "status"
+        wanted = ("PATH", "HOME", "PYTHONPATH", "TERM", "BAE_DEBUG", "LITELLM_LOCAL_MODEL_COST_MAP")
+        env = " ".join(f"{k}={v}" for k, v in environment({"TERM": "xterm-256color"}).items() if k in wanted)
+        # env -i: the app's size is the pane's, not a COLUMNS or LINES the tmux server inherited
+        command = (f"cd {tmp_path} && env -i {env} {sys.executable} -m bae_cli review {EXAMPLE} --input {recorded} "
+                   f"--out {tmp_path / 'gold.jsonl'}; echo $? > {self.status}")  # fmt: skip
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "140", "-y", "45", command], check=True)
+        subprocess.run(["tmux", "resize-window", "-t", self.name, "-x", "140", "-y", "45"], check=True)
 
-    def until(condition: Callable[[], bool], what: str) -> None:
+    def text(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True).stdout
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+
+    def until(self, what: str, condition: Callable[[], bool]) -> None:
         deadline = time.monotonic() + 60
         while not condition():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{pane()}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{self.text()}"
             time.sleep(0.1)
 
+    def shows(self, *things: str) -> None:
+        self.until(" and ".join(things), lambda: all(thing in self.text() for thing in things))
+
+    def exit_status(self) -> int:
+        self.until("the exit status", lambda: self.status.exists() and self.status.read_text().strip() != "")
+        return int(self.status.read_text())
+
+    def app_pid(self) -> int:
+        shell = subprocess.run(["tmux", "list-panes", "-t", self.name, "-F", "#{pane_pid}"], capture_output=True,
+                               text=True, check=True).stdout.split()[0]  # fmt: skip
+        child = subprocess.run(["pgrep", "-P", shell], capture_output=True, text=True, check=True).stdout.split()
+        return int(child[0])
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+NO_TMUX = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+@NO_TMUX
+def test_in_a_real_terminal_it_draws_takes_keys_writes_and_exits_0(tmp_path: Path) -> None:
+    recorded = record(tmp_path / "r.jsonl", review_lms.student(), [TICKETS[0], TICKETS[ACCOUNT]])
+    pane = Pane(tmp_path, recorded)
     try:
-        drawn = ("1 of 2", "Ticket -> Triage -> BillingIssue", "refund_requested", "3 ○ AccountIssue", "accept")
-        until(lambda: all(thing in pane() for thing in drawn), "the first screen")
-        subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
-        until(lambda: "2 of 2" in pane() and "accepted 1" in pane(), "the second screen")
-        subprocess.run(["tmux", "send-keys", "-t", session, "3"], check=True)  # AccountIssue
-        until(lambda: "Triage -> AccountIssue" in pane(), "the reroute")
-        subprocess.run(["tmux", "send-keys", "-t", session, "1", "Enter"], check=True)  # an action; accept
-        until(lambda: "All 2 inputs decided" in pane(), "the end")
-        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
-        until(lambda: status.exists() and status.read_text().strip() != "", "the exit status")
+        pane.shows("1 of 2", "Ticket -> Triage -> BillingIssue", "refund_requested", "3 ○ AccountIssue", "accept")
+        pane.keys("Enter")
+        pane.shows("2 of 2", "accepted 1")
+        pane.keys("3")  # AccountIssue
+        pane.shows("Triage -> AccountIssue", "action needs a value")
+        pane.keys("1", "Enter")  # an action; accept
+        pane.shows("All 2 inputs decided")
+        pane.keys("q")
+        assert pane.exit_status() == 0
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
-    assert status.read_text().strip() == "0"
+        pane.close()
     lines = gold_lines(tmp_path)
     assert [line["review"]["decision"] for line in lines] == ["accepted", "changed"]
     assert lines[1]["trace"][-1]["node"] == "AccountIssue"
     assert lines[1]["trace"][-1]["fields"]["action"] == "reset password"
+
+
+@NO_TMUX
+@pytest.mark.parametrize("how", ["key", "signal"])
+def test_in_a_real_terminal_ctrl_c_is_exit_130_and_keeps_what_was_accepted(tmp_path: Path, how: str) -> None:
+    """Ctrl-C typed (a key to the full-screen app) or SIGINT sent from outside: exit 130, nothing accepted lost."""
+    recorded = record(tmp_path / "r.jsonl", review_lms.confident(), TICKETS[:3])
+    pane = Pane(tmp_path, recorded)
+    try:
+        pane.shows("1 of 3")
+        pane.keys("Enter")
+        pane.shows("2 of 3", "accepted 1")
+        if how == "key":
+            pane.keys("C-c")
+        else:
+            os.kill(pane.app_pid(), signal.SIGINT)
+        assert pane.exit_status() == INTERRUPTED
+        pane.shows("1 accepted", "2 left", "bae: error: interrupted")
+    finally:
+        pane.close()
+    assert [line["trace"] for line in gold_lines(tmp_path)] == [steps(lms.TRACES[0])]

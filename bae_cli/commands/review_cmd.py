@@ -141,7 +141,13 @@ def _run_app(session: ReviewSession) -> None:
     except ImportError as exc:
         missing = f"({exc.name} missing)"
         raise BaeInputError(f"bae review needs the review extra: pip install 'bae[review]' {missing}") from None
-    ReviewApp(session).run()
+    app = ReviewApp(session)
+    try:
+        app.run()
+    except KeyboardInterrupt:
+        session.interrupted = True
+    if app.return_value is None:  # ended by a signal (SIGINT from outside), not by q or the Ctrl-C key
+        session.interrupted = True
 
 
 def _report(session: ReviewSession, as_json: bool) -> None:

@@ -129,6 +129,11 @@ def wrong_found_first(recorded: Path) -> dict[str, Any]:
     }
 
 
+def _scored(column: dict[str, Any]) -> str:
+    low, high = column["score_interval"]
+    return f"{column['score']:.3f} [{low:.2f}, {high:.2f}]"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = parser("review_loop", __doc__)
     ap.add_argument("--lm", default="local", help="The LM of record, compile and eval (default: the embedded one).")
@@ -151,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parameters={"lm": lm, "traffic": str(TRAFFIC.relative_to(ROOT)), "reviewer": "the careful labels of "
                     f"{TRAFFIC_GOLD.relative_to(ROOT)}, as --suggest {TEACHER}", "before": "compiled/v1",
                     "after": "v1's trainset + the reviewed traces, each split on its own (seed 0)"},
-        columns=["dataset", "traces", "v1 (before)", "v2 (after review)", "v2 - v1 [95% interval]",
-                 "per reviewed trace"],
+        columns=["dataset", "traces", "naive", "v1 (before)", "v2 (after review)", "v2 - v1 [95% interval]",
+                 "per reviewed trace", "routing v1 -> v2"],
     )  # fmt: skip
 
     steps: dict[str, float] = {}
@@ -176,16 +181,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     reviewed_traces = sum(1 for line in reviewed.read_text().splitlines() if line.strip())
     for name, dataset in (("dev", DEV), ("hold-out", holdout)):
         ev = bae("eval", str(EXAMPLE), "--compiled", str(compiled), "--version", "v1", "--version", version,
-                 "--dataset", str(dataset), "--lm", lm, "--no-log", "--json").check()  # fmt: skip
+                 "--naive", "--dataset", str(dataset), "--lm", lm, "--no-log", "--json").check()  # fmt: skip
         steps[f"eval {name}"] = ev.wall_s
         result = json.loads(ev.stdout)
-        before, after = result["columns"]
+        before, after, naive = result["columns"]  # in the order asked for; every delta is against v1
         delta = after["delta"]
         low, high = delta["score_interval"]
-        report.figure(name, {"v1": before, "v2": after})
-        report.row([name, result["dataset"]["traces"], f"{before['score']:.3f}", f"{after['score']:.3f}",
-                    f"{delta['score']:+.3f} [{low:+.3f}, {high:+.3f}]",
-                    f"{delta['score'] / reviewed_traces:+.4f}"])  # fmt: skip
+        report.figure(name, {"naive": naive, "v1": before, "v2": after})
+        report.row([name, result["dataset"]["traces"], _scored(naive), _scored(before), _scored(after),
+                    f"{delta['score']:+.3f} [{low:+.3f}, {high:+.3f}]", f"{delta['score'] / reviewed_traces:+.4f}",
+                    f"{before['path_accuracy']:.3f} -> {after['path_accuracy']:.3f}"])  # fmt: skip
     report.figure("reviewed_traces", reviewed_traces)
     report.figure("wall_s", steps)
     report.note(

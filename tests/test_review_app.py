@@ -316,7 +316,7 @@ class Pane:
         env = " ".join(f"{k}={v}" for k, v in environment({"TERM": "xterm-256color"}).items() if k in wanted)
         # env -i: the app's size is the pane's, not a COLUMNS or LINES the tmux server inherited
         command = (f"cd {tmp_path} && env -i {env} {sys.executable} -m bae_cli review {EXAMPLE} --input {recorded} "
-                   f"--out {tmp_path / 'gold.jsonl'}; echo $? > {self.status}")  # fmt: skip
+                   f"--out {tmp_path / 'gold.jsonl'}; echo $? > {self.status}; sleep 600")  # fmt: skip
         subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "140", "-y", "45", command], check=True)
         subprocess.run(["tmux", "resize-window", "-t", self.name, "-x", "140", "-y", "45"], check=True)
 

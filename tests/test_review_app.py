@@ -1,15 +1,17 @@
-"""``bae review``'s app and command: keys driven headlessly through Textual's pilot, a real terminal (tmux), and
-the command's refusals (no terminal, bad input, an --out it cannot write, a teacher that is down)."""
+"""``bae review``'s app and command: keys driven headlessly through Textual's pilot, a real terminal (tmux and a
+pty), and the command's refusals (no terminal, bad input, an --out it cannot write, a teacher that is down)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -306,25 +308,32 @@ def test_textual_is_imported_by_bae_review_alone() -> None:
 
 
 # -- a real terminal ----------------------------------------------------------------------------------
-class Pane:
-    """``bae review`` in a tmux pane of 140 x 45: what it shows, keys sent to it, its exit status."""
+SIZE = (140, 45)
+WANTED = ("PATH", "HOME", "PYTHONPATH", "TERM", "BAE_DEBUG", "LITELLM_LOCAL_MODEL_COST_MAP")  # no COLUMNS, LINES
 
-    def __init__(self, tmp_path: Path, recorded: Path) -> None:
-        self.name = f"bae-review-test-{time.monotonic_ns()}"
-        self.status = tmp_path / "status"
-        wanted = ("PATH", "HOME", "PYTHONPATH", "TERM", "BAE_DEBUG", "LITELLM_LOCAL_MODEL_COST_MAP")
-        env = " ".join(f"{k}={v}" for k, v in environment({"TERM": "xterm-256color"}).items() if k in wanted)
-        # env -i: the app's size is the pane's, not a COLUMNS or LINES the tmux server inherited
-        command = (f"cd {tmp_path} && env -i {env} {sys.executable} -m bae_cli review {EXAMPLE} --input {recorded} "
-                   f"--out {tmp_path / 'gold.jsonl'}; echo $? > {self.status}; sleep 600")  # fmt: skip
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "140", "-y", "45", command], check=True)
-        subprocess.run(["tmux", "resize-window", "-t", self.name, "-x", "140", "-y", "45"], check=True)
+
+def review_argv(tmp_path: Path, recorded: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bae_cli", "review", EXAMPLE, "--input", str(recorded), "--out",
+            str(tmp_path / "gold.jsonl"), *extra]  # fmt: skip
+
+
+class Terminal:
+    """``bae review`` in a real terminal of 140 x 45: what it shows, keys sent to it, its exit status."""
 
     def text(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True).stdout
+        raise NotImplementedError
 
     def keys(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+        raise NotImplementedError
+
+    def exit_status(self) -> int:
+        raise NotImplementedError
+
+    def app_pid(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
     def until(self, what: str, condition: Callable[[], bool]) -> None:
         deadline = time.monotonic() + 60
@@ -334,6 +343,27 @@ class Pane:
 
     def shows(self, *things: str) -> None:
         self.until(" and ".join(things), lambda: all(thing in self.text() for thing in things))
+
+
+class TmuxPane(Terminal):
+    """A tmux pane: ``text`` is the screen as tmux draws it, so it checks what a person sees."""
+
+    def __init__(self, tmp_path: Path, argv: list[str]) -> None:
+        self.name = f"bae-review-test-{time.monotonic_ns()}"
+        self.status = tmp_path / "status"
+        env = " ".join(f"{k}={v}" for k, v in environment({"TERM": "xterm-256color"}).items() if k in WANTED)
+        # env -i: the app's size is the pane's, not a COLUMNS or LINES the tmux server inherited; the pane stays
+        # open after the app exits, so its last lines can be read
+        command = f"cd {tmp_path} && env -i {env} {' '.join(argv)}; echo $? > {self.status}; sleep 600"
+        width, height = (str(n) for n in SIZE)
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", width, "-y", height, command], check=True)
+        subprocess.run(["tmux", "resize-window", "-t", self.name, "-x", width, "-y", height], check=True)
+
+    def text(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True).stdout
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
 
     def exit_status(self) -> int:
         self.until("the exit status", lambda: self.status.exists() and self.status.read_text().strip() != "")
@@ -349,47 +379,126 @@ class Pane:
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
 
 
-NO_TMUX = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-Za-z]|[=>78cM])")
+PTY_KEYS = {"Enter": "\r", "C-c": "\x03", "Tab": "\t"}
 
 
-@NO_TMUX
-def test_in_a_real_terminal_it_draws_takes_keys_writes_and_exits_0(tmp_path: Path) -> None:
+class Pty(Terminal):
+    """A pseudo-terminal of the stdlib (``pty.fork``: the app's controlling terminal), where tmux is missing.
+    ``text`` is what the app wrote since the last keys, escape sequences taken out: a full-screen app redraws
+    what changed, so what a key changed is there whole."""
+
+    def __init__(self, tmp_path: Path, argv: list[str]) -> None:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        env = {k: v for k, v in environment({"TERM": "xterm-256color"}).items() if k in WANTED}
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: its terminal's size set before the app reads it
+            try:
+                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", SIZE[1], SIZE[0], 0, 0))
+                os.chdir(tmp_path)
+                os.execve(argv[0], argv, env)
+            finally:
+                os._exit(127)
+        self.pid, self.fd = pid, fd
+        self.written = bytearray()
+        self.since = 0
+        self.status: int | None = None
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:  # EIO: the app exited and the terminal closed
+                return
+            if not chunk:
+                return
+            self.written += chunk
+
+    def text(self) -> str:
+        return ESCAPES.sub("", bytes(self.written[self.since :]).decode("utf-8", "replace"))
+
+    def keys(self, *keys: str) -> None:
+        self.since = len(self.written)
+        for key in keys:
+            os.write(self.fd, PTY_KEYS.get(key, key).encode())
+            time.sleep(0.05)
+
+    def exit_status(self) -> int:
+        def ended() -> bool:
+            if self.status is None:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.status = os.waitstatus_to_exitcode(status)
+            return self.status is not None
+
+        self.until("the exit status", ended)
+        self.reader.join(timeout=10)
+        assert self.status is not None
+        return self.status
+
+    def app_pid(self) -> int:
+        return self.pid
+
+    def close(self) -> None:
+        if self.status is None:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+TERMINALS = [
+    pytest.param(TmuxPane, id="tmux", marks=pytest.mark.skipif(shutil.which("tmux") is None, reason="no tmux")),
+    pytest.param(Pty, id="pty", marks=pytest.mark.skipif(sys.platform == "win32", reason="no pty")),
+]
+
+
+@pytest.mark.parametrize("terminal", TERMINALS)
+def test_in_a_real_terminal_it_draws_takes_keys_writes_and_exits_0(tmp_path: Path, terminal: type[Terminal]) -> None:
     recorded = record(tmp_path / "r.jsonl", review_lms.student(), [TICKETS[0], TICKETS[ACCOUNT]])
-    pane = Pane(tmp_path, recorded)
+    screen = terminal(tmp_path, review_argv(tmp_path, recorded, "--json"))
     try:
-        pane.shows("1 of 2", "Ticket -> Triage -> BillingIssue", "refund_requested", "3 ○ AccountIssue", "accept")
-        pane.keys("Enter")
-        pane.shows("2 of 2", "accepted 1")
-        pane.keys("3")  # AccountIssue
-        pane.shows("Triage -> AccountIssue", "action needs a value")
-        pane.keys("1", "Enter")  # an action; accept
-        pane.shows("All 2 inputs decided")
-        pane.keys("q")
-        assert pane.exit_status() == 0
+        screen.shows("1 of 2", "Ticket -> Triage -> BillingIssue", "refund_requested", "3 ○ AccountIssue", "accept")
+        screen.keys("Enter")
+        screen.shows("2 of 2", "accepted 1")
+        screen.keys("3")  # AccountIssue
+        screen.shows("Triage -> AccountIssue", "action needs a value")
+        screen.keys("1", "Enter")  # an action; accept
+        screen.shows("All 2 inputs decided")
+        screen.keys("q")
+        assert screen.exit_status() == 0
+        screen.shows('"accepted": 1', '"changed": 1', '"remaining": 0', '"interrupted": false')  # --json at quit
     finally:
-        pane.close()
+        screen.close()
     lines = gold_lines(tmp_path)
     assert [line["review"]["decision"] for line in lines] == ["accepted", "changed"]
     assert lines[1]["trace"][-1]["node"] == "AccountIssue"
     assert lines[1]["trace"][-1]["fields"]["action"] == "reset password"
 
 
-@NO_TMUX
+@pytest.mark.parametrize("terminal", TERMINALS)
 @pytest.mark.parametrize("how", ["key", "signal"])
-def test_in_a_real_terminal_ctrl_c_is_exit_130_and_keeps_what_was_accepted(tmp_path: Path, how: str) -> None:
+def test_in_a_real_terminal_ctrl_c_is_exit_130_and_keeps_what_was_accepted(
+    tmp_path: Path, terminal: type[Terminal], how: str
+) -> None:
     """Ctrl-C typed (a key to the full-screen app) or SIGINT sent from outside: exit 130, nothing accepted lost."""
     recorded = record(tmp_path / "r.jsonl", review_lms.confident(), TICKETS[:3])
-    pane = Pane(tmp_path, recorded)
+    screen = terminal(tmp_path, review_argv(tmp_path, recorded))
     try:
-        pane.shows("1 of 3")
-        pane.keys("Enter")
-        pane.shows("2 of 3", "accepted 1")
+        screen.shows("1 of 3")
+        screen.keys("Enter")
+        screen.shows("2 of 3", "accepted 1")
         if how == "key":
-            pane.keys("C-c")
+            screen.keys("C-c")
         else:
-            os.kill(pane.app_pid(), signal.SIGINT)
-        assert pane.exit_status() == INTERRUPTED
-        pane.shows("1 accepted", "2 left", "bae: error: interrupted")
+            os.kill(screen.app_pid(), signal.SIGINT)
+        assert screen.exit_status() == INTERRUPTED
+        screen.shows("1 accepted", "2 left", "bae: error: interrupted")
     finally:
-        pane.close()
+        screen.close()
     assert [line["trace"] for line in gold_lines(tmp_path)] == [steps(lms.TRACES[0])]

@@ -274,10 +274,13 @@ def test_auto_accept_without_a_terminal_writes_what_agrees_and_names_what_is_lef
         "auto_accepted": 3, "remaining": 1, "interrupted": False,
     }  # fmt: skip
     assert captured.err.strip().splitlines()[-1] == (
-        "bae: error: 1 trace need a person: run bae review in a terminal to review them"
+        f"bae: error: 3 auto-accepted into {out}; 1 trace needs a person: run bae review in a terminal to review them"
     )
     assert [line["review"]["decision"] for line in gold_lines(tmp_path)] == ["auto-accepted"] * 3
-    assert review(tmp_path, *args) == 2  # resumed: nothing new to accept, the same one left
+    assert review(tmp_path, *args[:-1]) == 2  # resumed: nothing new to accept, the same one left; one line
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (  # above it, the teacher's progress bar
+        f"bae: error: 0 auto-accepted into {out}; 1 trace needs a person: run bae review in a terminal to review them"
+    )
     assert len(gold_lines(tmp_path)) == 3
     only_agreeing = tmp_path / "agreeing.jsonl"
     record(only_agreeing, review_lms.confident(), TICKETS[3:5])

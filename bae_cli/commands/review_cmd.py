@@ -110,8 +110,13 @@ def review(
         session.auto_accept_agreeing()
     if not session.done and not terminal:
         left = len(session.queue) - session.position
-        _report(session, as_json)
-        raise BaeInputError(f"{counted(left, 'trace')} need a person: run bae review in a terminal to review them")
+        if as_json:
+            print_json(session.summary())
+        need = "needs" if left == 1 else "need"
+        raise BaeInputError(
+            f"{session.counts.auto_accepted} auto-accepted into {out}; {counted(left, 'trace')} {need} a person: "
+            "run bae review in a terminal to review them"
+        )
     if not session.done:
         _run_app(session)
     _report(session, as_json)

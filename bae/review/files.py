@@ -58,6 +58,8 @@ def _lines(path: Path, flag: str) -> list[tuple[int, Any]]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise BaeInputError(f"{flag} {path}: no such file: check the path") from None
+    except IsADirectoryError:
+        raise BaeInputError(f"{flag} {path} is a directory: give a JSONL file") from None
     except OSError as exc:
         raise BaeInputError(f"{flag} {path}: cannot read it: {exc.strerror or exc}: check its permissions") from None
     records: list[tuple[int, Any]] = []

@@ -505,3 +505,20 @@ def test_in_a_real_terminal_ctrl_c_is_exit_130_and_keeps_what_was_accepted(
     finally:
         screen.close()
     assert [line["trace"] for line in gold_lines(tmp_path)] == [steps(lms.TRACES[0])]
+
+
+@pytest.mark.parametrize("terminal", TERMINALS)
+def test_in_a_real_terminal_a_teacher_that_is_down_is_said_on_screen_and_the_review_goes_on(
+    tmp_path: Path, terminal: type[Terminal]
+) -> None:
+    recorded = record(tmp_path / "r.jsonl", review_lms.confident(), TICKETS[:2])
+    screen = terminal(tmp_path, review_argv(tmp_path, recorded, "--suggest", f"{LMS}:down"))
+    try:
+        screen.shows("1 of 2", "is down, no suggestions")
+        screen.keys("Enter")
+        screen.shows("2 of 2", "accepted 1", "is down, no suggestions")  # in the header: drawn with each screen
+        screen.keys("q")
+        assert screen.exit_status() == 0
+    finally:
+        screen.close()
+    assert [line["trace"] for line in gold_lines(tmp_path)] == [steps(lms.TRACES[0])]

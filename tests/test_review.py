@@ -301,6 +301,44 @@ def test_a_missing_field_reads_missing_until_given() -> None:
     assert draft.missing() == []
 
 
+
+class Question(Node):
+    """A question."""
+
+    text: str
+
+    def __call__(self, lm: Any) -> Desk | Shelf: ...
+
+
+class Desk(Node):
+    """A desk for the question."""
+
+    size: int
+
+    def __call__(self, lm: Any) -> Shelf | Bin:  # routed by code: a draft cannot choose for it
+        return Shelf(size=self.size) if self.size > 2 else Bin()
+
+
+class Shelf(Node):
+    """Where it ends up."""
+
+    size: int
+
+
+class Bin(Node):
+    """Thrown away."""
+
+
+def test_a_reroute_to_a_node_routed_by_its_own_code_cannot_be_saved_half_done() -> None:
+    lm = ScriptedLM(make={"Shelf": {"size": 1}, "Desk": {"size": 3}}, choose={"Question": "Shelf"})
+    desks = Graph(start=Question)
+    draft = Draft.of(desks, tuple(desks.run(Question(text="where?"), lm=DSPyBackend(lm)).trace))
+    draft.reroute(0, "Desk")
+    draft.edit(next(s for s in draft.slots() if s.field == "size"), "3")
+    assert draft.missing() == []  # nothing a person could give: what comes next is the code's
+    with pytest.raises(ReviewError, match="ends at Desk, which cannot end a run: Desk is routed by its own code"):
+        draft.build()
+
 # -- decisions ----------------------------------------------------------------------------------------
 def test_accept_writes_the_trace_with_its_provenance_and_goes_on(tmp_path: Path) -> None:
     session = session_of(tmp_path, review_lms.confident(), TICKETS[:2])

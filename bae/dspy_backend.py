@@ -31,7 +31,7 @@ from bae.lm_failures import (
     is_runaway_nesting,
     is_timeout,
     is_transient,
-    refuses_request,
+    refuses_logprobs,
     retry_after,
     short,
 )
@@ -277,8 +277,8 @@ class DSPyBackend:
     def _request(
         self, predictor: NodePredict, kwargs: dict[str, Any], overrides: dict[str, Any], tally: _Tally
     ) -> dspy.Prediction:
-        """One request, asking for logprobs unless the model refused them; refused (a 400), it is sent once
-        more without, and a model that then answers is not asked for them again."""
+        """One request, asking for logprobs unless the model refused them; refused for them (a 400 naming
+        them), it is sent once more without, and a model that then answers is not asked for them again."""
         tally.requests += 1
         if not self.ask_logprobs:
             with dspy.context(**overrides):
@@ -289,7 +289,7 @@ class DSPyBackend:
         except (AdapterParseError, ValidationError, BaeError):
             raise
         except Exception as exc:
-            if not refuses_request(exc):
+            if not refuses_logprobs(exc):
                 raise
             refusal = short(exc)
         tally.requests += 1

@@ -97,18 +97,18 @@ def backoff_delay(attempt: int, backoff_s: float, hint: float | None = None, cap
 _REFUSAL_NAMES = {"BadRequestError", "UnsupportedParamsError", "LMInvalidRequestError", "LMUnsupportedFeatureError"}
 
 
-def refuses_request(exc: BaseException) -> bool:
-    """Whether the service refused the request as asked (a 400 or 422, an unsupported parameter): the
-    same request may pass without an optional parameter, never by asking again as it was."""
+def refuses_logprobs(exc: BaseException) -> bool:
+    """Whether the service refused the request because it asked for logprobs: a 400 or 422 (or LiteLLM's
+    unsupported parameter) whose message names them. Only that refusal is worth one more request without
+    them; any other refusal is a permanent fault, sent once (it would be refused again)."""
     if is_transient(exc):
         return False
+    refused = named = False
     for link in cause_chain(exc):
-        if {c.__name__ for c in type(link).__mro__} & _REFUSAL_NAMES:
-            return True
         status = getattr(link, "status_code", None) or getattr(link, "status", None)
-        if status in (400, 422):
-            return True
-    return False
+        refused = refused or bool({c.__name__ for c in type(link).__mro__} & _REFUSAL_NAMES) or status in (400, 422)
+        named = named or "logprob" in str(link).lower()
+    return refused and named
 
 
 def is_runaway_nesting(exc: BaseException) -> bool:

@@ -23,6 +23,7 @@ class Fail:
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
+    message: str = ""  # the error's text (default: ``HTTP <status>``)
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,14 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             step = fake.next_step(body)
             asked = bool(body.get("logprobs"))
             if fake.refuse_logprobs and asked:
-                step = Fail(400)
+                step = Fail(400, message="logprobs is not supported with this model")
             if isinstance(step, Stall):
                 time.sleep(step.seconds)
                 step = Say(fake.answer(body))
             if isinstance(step, Fail):
                 status, headers = step.status, step.headers
-                payload: dict[str, Any] = {"error": {"message": f"HTTP {status}", "type": "server_error"}}
+                message = step.message or f"HTTP {status}"
+                payload: dict[str, Any] = {"error": {"message": message, "type": "server_error"}}
             else:
                 status, headers = 200, {}
                 payload = {

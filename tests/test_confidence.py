@@ -157,8 +157,8 @@ def test_a_model_that_refuses_logprobs_still_answers_and_is_not_asked_again() ->
     assert (second.attempts, second.confidence) == (1, None)
 
 
-def test_a_bad_request_that_is_not_about_logprobs_still_fails() -> None:
-    """Asked again without logprobs, a request the server refuses anyway is the LM error it was (exit 4)."""
+def test_a_bad_request_that_is_not_about_logprobs_fails_at_once() -> None:
+    """A 400 that does not name logprobs is a permanent fault: sent once, the LM error it was (exit 4)."""
     from bae.exceptions import BaeLMError
 
     answer = json.dumps({"reply": "yes", "tone": "formal"})
@@ -167,7 +167,7 @@ def test_a_bad_request_that_is_not_about_logprobs_still_fails() -> None:
         backend = DSPyBackend(lm)
         with pytest.raises(BaeLMError):
             Graph(start=Question).run(Question(text="?"), lm=backend)
-    assert len(server.bodies) == 2 and backend.ask_logprobs  # never answered: still asks next time
+    assert len(server.bodies) == 1 and backend.ask_logprobs  # not asked again; still asks next time
 
 
 @pytest.mark.local

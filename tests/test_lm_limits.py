@@ -104,7 +104,7 @@ def test_response_format_can_be_forced_for_a_server_litellm_does_not_know(forced
         result = bae("run", EXAMPLE, "--lm", "openai/fake-model", "--input", json.dumps(TICKET), "--no-log", *flags,
                      env=env)  # fmt: skip
     if forced == "bogus":
-        assert_refused(result, 2, "response format 'bogus'", "json_schema, json_object_schema")
+        assert_refused(result, 2, "--response-format", "'bogus'", "json_schema, json_object_schema")
         assert fake.bodies == []
         return
     assert result.returncode == 0, result.stderr

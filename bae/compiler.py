@@ -12,7 +12,9 @@ active version with the naive graph.
 
 from __future__ import annotations
 
+import hashlib
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +24,7 @@ import dspy
 from dspy.utils.usage_tracker import UsageTracker
 
 from bae import artifacts
-from bae.dataset import Dataset, GoldTrace, load_dataset, split
+from bae.dataset import Dataset, GoldTrace, load_dataset, split_each
 from bae.dev_coverage import dev_warnings
 from bae.dspy_backend import DSPyBackend
 from bae.examples import collect_examples
@@ -48,7 +50,10 @@ from bae.version import __version__
 
 @dataclass
 class CompileOptions:
-    trainset: Path
+    """What ``bae compile`` was asked. ``trainset`` is one file of gold traces or several (each split into
+    train and dev on its own, unless ``devset`` is given)."""
+
+    trainset: Path | Sequence[Path]
     out: Path
     devset: Path | None = None
     dev_split: float = 0.25
@@ -57,6 +62,10 @@ class CompileOptions:
     notes: str = ""
     eval_threads: int = 4
     settings: OptimizeSettings = field(default_factory=OptimizeSettings)
+
+    @property
+    def trainsets(self) -> list[Path]:
+        return [self.trainset] if isinstance(self.trainset, Path) else list(self.trainset)
 
 
 @dataclass
@@ -126,13 +135,31 @@ class _SharedUsage(UsageTracker):
         }
 
 
-def _dataset_split(loaded: LoadedGraph, options: CompileOptions) -> tuple[Dataset, list[GoldTrace], list[GoldTrace]]:
-    dataset = load_dataset(options.trainset, loaded.graph, strict=options.strict)
+def _dataset_split(
+    loaded: LoadedGraph, options: CompileOptions
+) -> tuple[list[Dataset], list[GoldTrace], list[GoldTrace]]:
+    datasets = [load_dataset(path, loaded.graph, strict=options.strict) for path in options.trainsets]
     if options.devset is not None:
         devset = load_dataset(options.devset, loaded.graph, strict=options.strict)
-        return dataset, dataset.traces, devset.traces
-    train, dev = split(dataset.traces, options.dev_split, options.settings.seed)
-    return dataset, train, dev
+        return datasets, [t for d in datasets for t in d.traces], devset.traces
+    train, dev = split_each(datasets, options.dev_split, options.settings.seed)
+    return datasets, train, dev
+
+
+def _dataset_record(datasets: list[Dataset], train: int, dev: int, devset: Path | None) -> dict[str, Any]:
+    """The manifest's ``dataset``: one file's path and digest as before; several joined (``a + b``, the digest
+    of their digests in order), each also listed under ``files``."""
+    digest = hashlib.sha256("".join(d.sha256 for d in datasets).encode()).hexdigest()
+    return {
+        "path": " + ".join(str(d.path) for d in datasets),
+        "sha256": datasets[0].sha256 if len(datasets) == 1 else digest,
+        "traces": sum(len(d.traces) for d in datasets),
+        "invalid_skipped": sum(len(d.invalid) for d in datasets),
+        "train": train,
+        "dev": dev,
+        "devset": str(devset) if devset else None,
+        "files": [{"path": str(d.path), "sha256": d.sha256, "traces": len(d.traces)} for d in datasets],
+    }
 
 
 def _score_dev(
@@ -157,7 +184,7 @@ def compile_graph(
     with quiet("checking"):
         build_optimizer(options.settings)  # a missing package or LM fails now, before any work
     graph = loaded.graph
-    dataset, train, dev = _dataset_split(loaded, options)
+    datasets, train, dev = _dataset_split(loaded, options)
     metric = options.settings.metric
     check_metric(metric, (node for trace in [*train, *dev] for node in trace.nodes[1:]))  # fails before any LM call
     examples = collect_examples([t.nodes for t in train])
@@ -204,15 +231,7 @@ def compile_graph(
             "nodes": {cls.__name__: schema_fingerprint(cls) for cls in graph.nodes},
         },
         "optimizer": {"name": options.settings.optimizer, "params": options.settings.params()},
-        "dataset": {
-            "path": str(options.trainset),
-            "sha256": dataset.sha256,
-            "traces": len(dataset.traces),
-            "invalid_skipped": len(dataset.invalid),
-            "train": len(train),
-            "dev": len(dev),
-            "devset": str(options.devset) if options.devset else None,
-        },
+        "dataset": _dataset_record(datasets, len(train), len(dev), options.devset),
         "seed": options.settings.seed,
         "lm": {"model": lm_name(lm)},
         "scores": scores,
@@ -226,7 +245,8 @@ def compile_graph(
     }
     activate = options.activate if options.activate is not None else bool(predictors)
     version_dir = artifacts.write_version(options.out, files, manifest, activate=activate)
-    return CompileReport(version_dir, manifest, outcomes, naive, optimized, dataset.invalid, activate)
+    invalid = [line for d in datasets for line in d.invalid]
+    return CompileReport(version_dir, manifest, outcomes, naive, optimized, invalid, activate)
 
 
 def node_file_name(node: str, kind: str) -> str:

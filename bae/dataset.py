@@ -50,8 +50,12 @@ class TraceError(ValueError):
     """Why one line is not a usable gold trace."""
 
 
-def parse_trace(graph: Graph, record: Any) -> tuple[Node, ...]:
-    """Build and check one trace record against ``graph``. Steps are counted from 1, as a person counts them."""
+def parse_trace(graph: Graph, record: Any, complete: bool = True) -> tuple[Node, ...]:
+    """Build and check one trace record against ``graph``. Steps are counted from 1, as a person counts them.
+
+    A record may carry more than its steps' ``node`` and ``fields`` (a recorded step's ``lm`` calls, a
+    reviewed trace's ``review`` provenance): the rest is not read. ``complete=False`` builds a trace that
+    stops before its end (``bae review`` shows a step of a trace still being changed)."""
     if not isinstance(record, dict) or not isinstance(record.get("trace"), list) or not record["trace"]:
         raise TraceError('expected {"trace": [{"node": ..., "fields": {...}}, ...]} with at least one step')
     state = RunState()
@@ -80,7 +84,7 @@ def parse_trace(graph: Graph, record: Any) -> tuple[Node, ...]:
             raise TraceError(f"step {number} ({cls.__name__}): {'; '.join(problems)}")
         nodes.append(node)
         state.append(node)
-    if not spec_of(type(nodes[-1])).may_end:
+    if complete and not spec_of(type(nodes[-1])).may_end:
         raise TraceError(f"the trace ends at {type(nodes[-1]).__name__}, which cannot end a run")
     return tuple(nodes)
 
@@ -124,6 +128,24 @@ def load_dataset(path: Path, graph: Graph, strict: bool = True) -> Dataset:
             f'dataset {path} has no valid traces{found}: add gold traces, one {{"trace": [...]}} per line'
         )
     return Dataset(path=path, traces=traces, invalid=invalid, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def split_each(
+    datasets: list[Dataset], dev_fraction: float, seed: int
+) -> tuple[list[GoldTrace], list[GoldTrace]]:
+    """Each file split on its own (``split``), the parts joined in file order: adding a file of traces (reviewed
+    production runs) leaves the earlier files' split as it was, so a trace that was dev stays dev. A file of
+    one trace goes to train."""
+    train: list[GoldTrace] = []
+    dev: list[GoldTrace] = []
+    for dataset in datasets:
+        if len(datasets) > 1 and len(dataset.traces) < 2:
+            train.extend(dataset.traces)
+            continue
+        its_train, its_dev = split(dataset.traces, dev_fraction, seed)
+        train.extend(its_train)
+        dev.extend(its_dev)
+    return train, dev
 
 
 def split(traces: list[GoldTrace], dev_fraction: float, seed: int) -> tuple[list[GoldTrace], list[GoldTrace]]:

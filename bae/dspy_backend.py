@@ -23,8 +23,18 @@ from dspy.utils.exceptions import AdapterParseError
 from pydantic import ValidationError
 
 from bae.adapter import CachingJSONAdapter, schema_hint
+from bae.confidence import LOGPROBS, closed_outputs, confidence
 from bae.exceptions import BaeError, BaeLMError, BaeParseError
-from bae.lm_failures import backoff_delay, describe, is_runaway_nesting, is_timeout, is_transient, retry_after, short
+from bae.lm_failures import (
+    backoff_delay,
+    describe,
+    is_runaway_nesting,
+    is_timeout,
+    is_transient,
+    refuses_logprobs,
+    retry_after,
+    short,
+)
 from bae.lm_specs import default_lm
 from bae.node import Node, spec_of
 from bae.predictors import (
@@ -68,6 +78,7 @@ class _Tally:
     requests: int = 0
     tokens: list[tuple[int | None, int | None, float | None]] = field(default_factory=list)
     cut: str | None = None  # "length" or "timeout": a request was cut short by a bound bae set
+    confidence: float | None = None  # of the accepted answer's closed values (bae.confidence)
 
 
 _TALLY: ContextVar[_Tally | None] = ContextVar("bae_call_tally", default=None)
@@ -100,6 +111,10 @@ class DSPyBackend:
     (bae's JSON adapter). Each call runs under ``dspy.context`` so worker threads never touch global
     settings. DSPy's trace and history are not grown by calls made here, so a long-lived backend stays
     bounded. Every call is recorded on the run in progress (``bae.run``) and counted here (``get_stats``).
+
+    Each call asks for logprobs, so a call's record carries the model's confidence in its closed answer
+    (``bae.confidence``) where the engine reports one. A model that refuses the parameter (a 400) is asked
+    again without it, and never again with it from this backend: confidence is absent, nothing breaks.
     """
 
     def __init__(
@@ -124,6 +139,7 @@ class DSPyBackend:
         self.max_transient_retries = max_transient_retries
         self.backoff_s = backoff_s
         self.usage = UsageCounter()
+        self.ask_logprobs = True  # until the model refuses them
         self._naive: dict[tuple[type[Node], str], NodePredict] = {}
         self._lock = threading.Lock()
 
@@ -200,7 +216,9 @@ class DSPyBackend:
             try:
                 prediction = self._call(predictor, inputs, feedback, tally)
                 tally.tokens.append(_usage(prediction))
-                return build({name: prediction[name] for name in _output_names(predictor.signature)})
+                built = build({name: prediction[name] for name in _output_names(predictor.signature)})
+                tally.confidence = confidence(prediction.get("logprobs"), closed_outputs(predictor.signature))
+                return built
             except (AdapterParseError, ValidationError) as exc:
                 rejected, feedback = exc, short(exc)
                 logger.debug("%s %s: rejected answer (%s); retrying", predictor.node_name, predictor.kind, feedback)
@@ -221,10 +239,8 @@ class DSPyBackend:
         if self.model is None and dspy.settings.lm is None:  # no LM given or configured: the CLI's default
             overrides = {**overrides, "lm": default_lm()}
         for attempt in range(self.max_transient_retries + 1):
-            tally.requests += 1
             try:
-                with dspy.context(**overrides):
-                    return predictor(**kwargs)
+                return self._request(predictor, kwargs, overrides, tally)
             except (AdapterParseError, ValidationError, BaeError):
                 raise
             except Exception as exc:
@@ -258,6 +274,32 @@ class DSPyBackend:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _request(
+        self, predictor: NodePredict, kwargs: dict[str, Any], overrides: dict[str, Any], tally: _Tally
+    ) -> dspy.Prediction:
+        """One request, asking for logprobs unless the model refused them; refused for them (a 400 naming
+        them), it is sent once more without, and a model that then answers is not asked for them again."""
+        tally.requests += 1
+        if not self.ask_logprobs:
+            with dspy.context(**overrides):
+                return predictor(**kwargs)
+        try:
+            with dspy.context(**overrides):
+                return predictor(**kwargs, config=dict(LOGPROBS))
+        except (AdapterParseError, ValidationError, BaeError):
+            raise
+        except Exception as exc:
+            if not refuses_logprobs(exc):
+                raise
+            refusal = short(exc)
+        tally.requests += 1
+        with dspy.context(**overrides):
+            prediction = predictor(**kwargs)  # a failure here is the request's own, handled by the caller
+        self.ask_logprobs = False
+        logger.debug("%s %s: the LM refused logprobs (%s): no confidence from it", predictor.node_name,
+                     predictor.kind, refusal)  # fmt: skip
+        return prediction
+
     def _record(
         self,
         predictor: NodePredict,
@@ -271,6 +313,7 @@ class DSPyBackend:
             prompt, completion, cost = tokens[0]
         else:
             prompt, completion, cost = (_total([t[i] for t in tokens]) for i in range(3))
+        run = active_run()
         record = CallRecord(
             node=predictor.node_name,
             kind=predictor.kind,
@@ -282,9 +325,10 @@ class DSPyBackend:
             cost=cost,
             error=None if error is None or isinstance(error, GeneratorExit) else short(error),
             cut=tally.cut,
+            confidence=None if error is not None else tally.confidence,
+            step=None if run is None else len(run.trace),
         )
         self.usage.add(record)
-        run = active_run()
         if run is not None:
             run.record_call(record)
         logger.debug("call %s", record)

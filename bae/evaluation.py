@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from bae.dataset import GoldTrace
 from bae.metrics import BUILTIN
-from bae.node import node_json, spec_of, steps_json
+from bae.node import node_json, spec_of
+from bae.recording import trace_steps
 from bae.scoring import GraphScore, TraceRun, delta_of
 from bae.usage import UsageCounter
 
@@ -156,7 +157,7 @@ class Evaluation:
             for column in self.columns:
                 run = next((r for r in column.runs if r.gold.source == trace.source), None)
                 if run is not None:
-                    lines.append({"version": column.name, "source": trace.source, **run_dict(run)})
+                    lines.append({"version": column.name, "source": trace.source, **run_dict(run, column.name)})
         return lines
 
 
@@ -170,13 +171,14 @@ def generated_fields(nodes: Sequence[Any]) -> list[dict[str, Any]]:
     return shown
 
 
-def run_dict(run: TraceRun) -> dict[str, Any]:
+def run_dict(run: TraceRun, version: str | None) -> dict[str, Any]:
+    """A run's score and its trace, each LM-made step with its calls (``bae.recording``)."""
     score = run.scored.score
     return {
         "score": None if score is None else round(score, 4),
         "path_ok": run.scored.path_ok,
         "error": run.scored.error,
-        "trace": steps_json(run.predicted),
+        "trace": trace_steps(run.predicted, run.calls, version),
     }
 
 

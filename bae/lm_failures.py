@@ -94,6 +94,23 @@ def backoff_delay(attempt: int, backoff_s: float, hint: float | None = None, cap
     return float(min(backoff_s * 2**attempt, cap_s)) * random.uniform(0.8, 1.2)
 
 
+_REFUSAL_NAMES = {"BadRequestError", "UnsupportedParamsError", "LMInvalidRequestError", "LMUnsupportedFeatureError"}
+
+
+def refuses_logprobs(exc: BaseException) -> bool:
+    """Whether the service refused the request because it asked for logprobs: a 400 or 422 (or LiteLLM's
+    unsupported parameter) whose message names them. Only that refusal is worth one more request without
+    them; any other refusal is a permanent fault, sent once (it would be refused again)."""
+    if is_transient(exc):
+        return False
+    refused = named = False
+    for link in cause_chain(exc):
+        status = getattr(link, "status_code", None) or getattr(link, "status", None)
+        refused = refused or bool({c.__name__ for c in type(link).__mro__} & _REFUSAL_NAMES) or status in (400, 422)
+        named = named or "logprob" in str(link).lower()
+    return refused and named
+
+
 def is_runaway_nesting(exc: BaseException) -> bool:
     """Whether parsing an answer failed because it nests deeper than the JSON parser recurses: DSPy's
     ``json_repair`` says "Input nesting exceeds the supported parser recursion depth", ``json`` raises

@@ -9,6 +9,7 @@ agree on one reading of the user's types.
 from __future__ import annotations
 
 import dis
+import enum
 import hashlib
 import inspect
 import json
@@ -253,6 +254,31 @@ def node_json(node: Node) -> dict[str, Any]:
 def steps_json(nodes: Iterable[Node]) -> list[dict[str, Any]]:
     """Nodes as the steps of a dataset trace: ``{"node": name, "fields": {...}}`` each."""
     return [{"node": type(n).__name__, "fields": node_json(n)} for n in nodes]
+
+
+def closed_values(annotation: Any) -> list[Any] | None:
+    """The values a field of this type can take when there are few and known (a ``Literal``, an enum, a
+    bool, or an optional one: ``None`` last), as Python values; None for open types (text, numbers,
+    structures). What the local engine chooses by likelihood, what a confidence is measured on, and
+    what ``bae review`` offers as numbered options."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return closed_values(get_args(annotation)[0])
+    if origin is Literal:
+        return list(get_args(annotation))
+    if annotation is bool:
+        return [True, False]
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return list(annotation)
+    if origin in (Union, types.UnionType):
+        values: list[Any] = []
+        for option in get_args(annotation):
+            found = [None] if option is type(None) else closed_values(option)
+            if found is None:
+                return None
+            values.extend(v for v in found if v not in values)
+        return values
+    return None
 
 
 def type_name(annotation: Any) -> str:

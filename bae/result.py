@@ -32,6 +32,10 @@ class CallRecord:
     counts every request sent for the call: self-corrections and transient retries alike.
     ``cut`` says a request of the call was cut short by a bound bae set: ``length`` (the answer
     reached ``max_tokens``) or ``timeout`` (the per-call timeout), even when a retry recovered.
+    ``confidence`` is the model's probability of the closed answer it gave (a choice, a ``Literal``,
+    enum or bool field; the least probable one where there are several), when the LM reported one
+    (``bae.confidence``); None otherwise. ``step`` is the trace position of the node the call helped
+    make (its choice or its fields), set when the call ran inside a ``bae.run.Run``.
     """
 
     node: str
@@ -44,3 +48,5 @@ class CallRecord:
     cost: float | None = None
     error: str | None = None
     cut: str | None = None
+    confidence: float | None = None
+    step: int | None = None

@@ -11,6 +11,8 @@ Each run has a ``purpose``: ``run`` (production: ``bae run``, ``bae serve``) or 
 evaluations out. Schema 2 added that column; a schema-1 log is migrated in place when it is
 opened (its runs are production runs), and a log a newer bae wrote is refused. Schema 3 added
 ``calls.cut``: ``length`` or ``timeout`` for a call cut short by ``max_tokens`` or the LM timeout.
+Schema 4 added ``calls.confidence``: the model's probability of the call's closed answer, where the
+LM reported one (``bae.confidence``); calls logged before have none.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("bae")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 NAIVE = "naive"  # the ``version`` filter value that selects runs without a compiled version
 RUN_STATUSES = frozenset({"ok", "error", "interrupted"})
 PRODUCTION = "run"  # a run's purpose: production (bae run, bae serve)
@@ -82,12 +84,14 @@ CREATE TABLE IF NOT EXISTS calls (
     cost REAL,
     error TEXT,
     cut TEXT,
+    confidence REAL,
     PRIMARY KEY (run_id, seq)
 );
 """
 _MIGRATIONS = {  # from schema N to N + 1; every run logged before schema 2 was a production run
     1: ["ALTER TABLE runs ADD COLUMN purpose TEXT NOT NULL DEFAULT 'run'"],
     2: ["ALTER TABLE calls ADD COLUMN cut TEXT"],  # a call cut by max_tokens or the LM timeout
+    3: ["ALTER TABLE calls ADD COLUMN confidence REAL"],  # how sure the LM was of a closed answer
 }
 
 
@@ -330,7 +334,7 @@ class RunLog:
                 assert run_id is not None
                 conn.executemany(
                     "INSERT INTO calls (run_id, seq, node, kind, source, latency_s, attempts, prompt_tokens,"
-                    " completion_tokens, cost, error, cut) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " completion_tokens, cost, error, cut, confidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [_call_row(run_id, seq, call) for seq, call in enumerate(calls)],
                 )
                 ids.append(run_id)
@@ -378,7 +382,7 @@ class RunLog:
                 marks = ",".join("?" * len(rows))
                 for row in conn.execute(
                     "SELECT run_id, node, kind, source, latency_s, attempts, prompt_tokens,"
-                    f" completion_tokens, cost, error, cut FROM calls WHERE run_id IN ({marks})"
+                    f" completion_tokens, cost, error, cut, confidence FROM calls WHERE run_id IN ({marks})"
                     " ORDER BY run_id, seq",
                     list(calls),
                 ):
@@ -484,7 +488,7 @@ def _run_row(run: Mapping[str, Any]) -> tuple[tuple[Any, ...], Sequence[CallReco
 def _call_row(run_id: int, seq: int, c: CallRecord) -> tuple[Any, ...]:
     return (
         run_id, seq, c.node, c.kind, c.source, float(c.latency_s), c.attempts,
-        c.prompt_tokens, c.completion_tokens, c.cost, redact(c.error), c.cut,
+        c.prompt_tokens, c.completion_tokens, c.cost, redact(c.error), c.cut, c.confidence,
     )  # fmt: skip
 
 

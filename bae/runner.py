@@ -15,10 +15,9 @@ driver's own runtime is used as is.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,8 +27,9 @@ from bae.executor import Recipe
 from bae.lm import LM
 from bae.lm_specs import LMSettings, lm_spec
 from bae.loader import LoadedGraph, split_reference
-from bae.node import Node, node_json, steps_json
+from bae.node import Node, node_json
 from bae.observe import Observer
+from bae.recording import trace_steps
 from bae.result import CallRecord, GraphResult
 from bae.runlog import RecordRun, RunRecord, RunSource
 from bae.usage import usage_rows
@@ -45,25 +45,17 @@ logger = logging.getLogger("bae")
 
 def run_json(outcome: Outcome, version: str | None) -> dict[str, Any]:
     """One run as ``bae run --json`` prints it and ``POST /run`` answers it: the node it ended on, its
-    fields, the trace, LM usage per predictor, the version and the run's seconds. A failed run (which
-    the server answers with an HTTP error instead) has ``error`` in place of the node, result and trace."""
+    fields, the trace (each LM-made step with its calls and their confidence: ``bae.recording``), LM usage
+    per predictor, the version and the run's seconds. A failed run (which the server answers with an HTTP
+    error instead) has ``error`` in place of the node, result and trace."""
     ran: dict[str, Any]
     if outcome.result is None:
         ran = {"error": outcome.error.message if outcome.error else "interrupted"}
     else:
         node = outcome.result.node
-        ran = {"node": type(node).__name__, "result": node_json(node), "trace": steps_json(outcome.result.trace)}
+        ran = {"node": type(node).__name__, "result": node_json(node), "trace": outcome.steps(version)}
     usage = [row.as_dict() for row in usage_rows(outcome.calls)]
     return {**ran, "usage": usage, "version": version, "duration_s": round(outcome.duration_s, 4)}
-
-
-def record_traces(path: Path, traces: Iterable[list[dict[str, Any]]]) -> None:
-    """Append each run's trace (its steps as ``steps_json`` gives them) to ``path`` in the dataset format
-    (``bae run --record``), in the order given."""
-    lines = "".join(json.dumps({"trace": steps}, ensure_ascii=False) + "\n" for steps in traces)
-    if lines:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(lines)
 
 
 @dataclass
@@ -77,7 +69,11 @@ class Outcome:
     duration_s: float = 0.0
     record: RunRecord | None = None  # what the run log keeps of it (None: it never ran)
 
-    def as_dict(self) -> dict[str, Any]:
+    def steps(self, version: str | None) -> list[dict[str, Any]]:
+        """The run's trace as dataset steps, each LM-made one with its calls (``bae.recording``)."""
+        return [] if self.result is None else trace_steps(self.result.trace, self.result.calls, version)
+
+    def as_dict(self, version: str | None) -> dict[str, Any]:
         if self.result is None:
             return {"line": self.line, "ok": False, "error": self.error.message if self.error else "interrupted"}
         return {
@@ -85,7 +81,7 @@ class Outcome:
             "ok": True,
             "node": type(self.result.node).__name__,
             "result": node_json(self.result.node),
-            "trace": steps_json(self.result.trace),
+            "trace": self.steps(version),
         }
 
 
@@ -245,17 +241,19 @@ class RunRow:
     record: RunRecord | None = None  # None: refused before it ran (nothing to log)
 
     @classmethod
-    def of(cls, outcome: Outcome) -> RunRow:
+    def of(cls, outcome: Outcome, version: str | None) -> RunRow:
         error = outcome.error
         return cls(
-            outcome.line, outcome.as_dict(), None if error is None else error.message,
+            outcome.line, outcome.as_dict(version), None if error is None else error.message,
             isinstance(error, BaeLMError), tuple(outcome.calls), outcome.record,
         )  # fmt: skip
 
     @property
-    def trace(self) -> list[dict[str, Any]] | None:
-        """The run's steps in the dataset format (``--record``), None for a failed run."""
-        return self.output.get("trace")
+    def recorded(self) -> dict[str, Any] | None:
+        """The run as a line of a ``--record`` file (``bae.recording``: each LM-made step with its calls), None
+        for a failed run."""
+        trace = self.output.get("trace")
+        return None if trace is None else {"trace": trace}
 
 
 @dataclass(frozen=True)
@@ -276,10 +274,10 @@ class BatchWork(Recipe):
 
     def open(self) -> Callable[[tuple[int, dict[str, Any]]], RunRow]:
         runner = Runner(self.runtime or self.recipe.open(), max_steps=self.max_steps)
-        start = runner.runtime.graph.graph.start
+        start, version = runner.runtime.graph.graph.start, runner.runtime.source.version
 
         def one(item: tuple[int, dict[str, Any]]) -> RunRow:
             line, fields = item
-            return RunRow.of(runner.run(line, start.model_validate(fields), contain=True))
+            return RunRow.of(runner.run(line, start.model_validate(fields), contain=True), version)
 
         return one

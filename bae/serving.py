@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model, model_serializer
 from pydantic.errors import PydanticUserError
 from pydantic.fields import FieldInfo
 
@@ -35,6 +35,8 @@ from bae.exceptions import BaeError, BaeGraphError, BaeInputError, BaeLMError, B
 from bae.jsontext import JSONTextError, check_text
 from bae.markers import Bind, Context
 from bae.node import Node, graph_fingerprint, spec_of
+from bae.observe import Observer
+from bae.recording import Recorder, RecordingObserver
 from bae.redaction import redact
 from bae.runlog import BackgroundLog, RunLog, RunLogObserver
 from bae.runner import Outcome, Runner, Runtime, run_json
@@ -54,9 +56,28 @@ class ServeSettings:
     token: str | None = None
 
 
+class StepCall(BaseModel):
+    """A call that made a step: its predictor, the version it came from, and the model's confidence."""
+
+    predictor: str
+    version: str
+    source: str
+    confidence: float | None
+
+
 class Step(BaseModel):
+    """One node of the trace; a step an LM made lists the calls that made it (``lm``)."""
+
     node: str
     fields: dict[str, Any]
+    lm: list[StepCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_empty_lm(self, handler: Any) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        if dumped.get("lm") is None:  # a step made by code or given as input: as bae run --json shows it
+            dumped.pop("lm", None)
+        return dumped
 
 
 class RunResponse(BaseModel):
@@ -115,16 +136,21 @@ class Service:
 
     Every run goes to the run logs given and to a private log for ``/stats`` (a temporary SQLite file,
     removed at shutdown), so ``GET /stats`` is ``bae stats`` computed by the same code, for this server.
-    Logs are written by background threads, off the runs' concurrency slots.
+    Logs are written by background threads, off the runs' concurrency slots. With a ``recorder``
+    (``--record``) every successful run's trace is appended to its file as the run ends.
     """
 
-    def __init__(self, runtime: Runtime, logs: list[RunLog], settings: ServeSettings) -> None:
+    def __init__(
+        self, runtime: Runtime, logs: list[RunLog], settings: ServeSettings, recorder: Recorder | None = None
+    ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.scratch = tempfile.TemporaryDirectory(prefix="bae-serve-")
         self.own_log = BackgroundLog(RunLog(Path(self.scratch.name) / "runs.db"))
         self.sinks = [*(BackgroundLog(log) for log in logs), self.own_log]
-        observers = [RunLogObserver(sink, runtime.source) for sink in self.sinks]
+        observers: list[Observer] = [RunLogObserver(sink, runtime.source) for sink in self.sinks]
+        if recorder is not None:
+            observers.append(RecordingObserver(recorder, runtime.source.version))
         self.runner = Runner(runtime, observers, settings.max_steps)
         self.pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="bae-run")
         self.slots: asyncio.Semaphore | None = None  # made on the server's event loop, at startup
@@ -259,10 +285,13 @@ async def stats(request: Request) -> dict[str, Any]:
     return await _service(request).stats()
 
 
-def create_app(runtime: Runtime, logs: list[RunLog], settings: ServeSettings) -> FastAPI:
+def create_app(
+    runtime: Runtime, logs: list[RunLog], settings: ServeSettings, recorder: Recorder | None = None
+) -> FastAPI:
     """The app serving ``runtime``: ``POST /run`` (its request model built from the start node),
-    ``/health``, ``/ready``, ``/version`` and ``/stats``; every route but the first two behind the token."""
-    service = Service(runtime, logs, settings)
+    ``/health``, ``/ready``, ``/version`` and ``/stats``; every route but the first two behind the token.
+    ``recorder`` records each successful run (``bae serve --record``)."""
+    service = Service(runtime, logs, settings, recorder)
     start, version = runtime.graph.graph.start, runtime.source.version
     request_model = input_model(start)
     app = FastAPI(

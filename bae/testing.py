@@ -19,10 +19,12 @@ from typing import Any
 import dspy
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 
+from bae.confidence import answer_logprobs, value_spans
 from bae.predictors import CHOICE, CHOICE_FIELD, PredictorCall, current_call
 
 Answer = Mapping[str, Any] | str | Callable[[PredictorCall], Any]
 Script = Answer | Sequence[Answer]
+Sureness = float | None | Callable[[PredictorCall], float | None]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ class ScriptedLM(dspy.LM):
     - ``faults={"Billing": [TimeoutError("slow"), "not json"], "Triage.choice": [...]}``:
       happen before the scripted answers, in order: an exception instance is raised,
       a string is returned verbatim as the model's text (garbage, wrong JSON...).
+    - ``confidence={"Triage.choice": 0.4, "Billing": [0.9, 0.2]}``: the probability the model reports for
+      every value of its answer (keyed like ``faults``; a list goes with the answers in order, a callable
+      receives the ``PredictorCall``). It travels as a real engine's logprobs do (``bae.confidence``), so
+      the call's record carries it where its answer has closed values; unscripted, no logprobs come back.
     - ``delay_s`` sleeps per call, to stand in for a slow model in benchmarks.
 
     Every request is recorded in ``calls``; ``max_in_flight`` is the most requests that were
@@ -64,12 +70,14 @@ class ScriptedLM(dspy.LM):
         make: Mapping[str, Script] | None = None,
         choose: Mapping[str, Script] | None = None,
         faults: Mapping[str, Sequence[BaseException | str]] | None = None,
+        confidence: Mapping[str, Sureness | Sequence[Sureness]] | None = None,
         delay_s: float = 0.0,
         model: str = "bae/scripted",
     ) -> None:
         self.script: dict[str, Script] = {**(make or {})}
         self.script.update({f"{name}.choice": answer for name, answer in (choose or {}).items()})
         self.faults: dict[str, list[BaseException | str]] = {k: list(v) for k, v in (faults or {}).items()}
+        self.confidence: dict[str, Sureness | Sequence[Sureness]] = dict(confidence or {})
         self.delay_s = delay_s
         self.calls: list[ScriptedCall] = []
         self.in_flight = 0
@@ -81,8 +89,9 @@ class ScriptedLM(dspy.LM):
     def calls_for(self, node: str, kind: str | None = None) -> list[ScriptedCall]:
         return [c for c in self.calls if c.node == node and (kind is None or c.kind == kind)]
 
-    def answer(self, messages: Sequence[Message]) -> str:
-        """The text for a request of ``messages``: a fault, or the scripted answer as JSON."""
+    def answer(self, messages: Sequence[Message]) -> tuple[str, float | None]:
+        """The text for a request of ``messages`` (a fault, or the scripted answer as JSON) and the
+        probability scripted for its values (None: none)."""
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -92,7 +101,7 @@ class ScriptedLM(dspy.LM):
             with self._lock:
                 self.in_flight -= 1
 
-    def _answer(self, messages: Sequence[Message]) -> str:
+    def _answer(self, messages: Sequence[Message]) -> tuple[str, float | None]:
         record = current_call()
         if record is None:
             raise LookupError("ScriptedLM answers bae predictors only (no bae predictor is calling)")
@@ -111,10 +120,10 @@ class ScriptedLM(dspy.LM):
             raise fault
         if fault is not None:
             self._log(ScriptedCall(call.node, call.kind, call.inputs, call.demos, fault, "text"))
-            return fault
+            return fault, None
         text = json.dumps(self._scripted(key, index, call), default=str)
         self._log(ScriptedCall(call.node, call.kind, call.inputs, call.demos, text))
-        return text
+        return text, self._sureness(key, index, call)
 
     def _scripted(self, key: str, index: int, call: PredictorCall) -> Any:
         if key not in self.script:
@@ -124,6 +133,12 @@ class ScriptedLM(dspy.LM):
             script = script[min(index, len(script) - 1)]
         answer = script(call) if callable(script) else script
         return {CHOICE_FIELD: answer} if call.kind == CHOICE and isinstance(answer, str) else answer
+
+    def _sureness(self, key: str, index: int, call: PredictorCall) -> float | None:
+        given = self.confidence.get(key)
+        if isinstance(given, Sequence) and not isinstance(given, str):
+            given = given[min(index, len(given) - 1)] if given else None
+        return given(call) if callable(given) else given
 
     def _log(self, call: ScriptedCall) -> None:
         with self._lock:
@@ -152,6 +167,11 @@ def _as_received(record: PredictorCall, messages: Sequence[Message]) -> Predicto
     return replace(record, inputs=inputs, demos=demos)
 
 
+def _every_value(text: str, sureness: float | None) -> Any:
+    """Logprobs giving each top-level value of a JSON answer the scripted probability."""
+    return answer_logprobs(text, dict.fromkeys(value_spans(text), float(sureness or 0.0))) or None
+
+
 class _ScriptedEngine:
     """The DSPy engine behind ``ScriptedLM`` (the non-deprecated custom-LM route)."""
 
@@ -161,14 +181,16 @@ class _ScriptedEngine:
         self.owner = owner
 
     def complete(self, request: Any) -> Response:
-        text = self.owner.answer(request.messages)
+        text, sureness = self.owner.answer(request.messages)
         prompt_words = sum(len((m.text or "").split()) for m in request.messages)
+        asked = request.config.logprobs is not None and sureness is not None
         return Response(
             id=None,
             model=self.owner.model,
             message=Message.assistant([TextPart(text)]),
             finish_reason="stop",
             usage=Usage(input_tokens=prompt_words, output_tokens=len(text.split())),
+            logprobs=_every_value(text, sureness) if asked else None,
         )
 
     def stream(self, request: Any) -> Any:

@@ -23,6 +23,7 @@ class Fail:
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
+    message: str = ""  # the error's text (default: ``HTTP <status>``)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class FakeOpenAI:
 
     answer: Callable[[dict[str, Any]], str]
     script: list[Step]
+    logprobs: Callable[[str], dict[str, Any]] | None = None  # an answer's logprobs, when a request asks
+    refuse_logprobs: bool = False  # a request asking for logprobs is a 400, as some providers answer
     requests: list[float] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
@@ -70,12 +73,16 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
             step = fake.next_step(body)
+            asked = bool(body.get("logprobs"))
+            if fake.refuse_logprobs and asked:
+                step = Fail(400, message="logprobs is not supported with this model")
             if isinstance(step, Stall):
                 time.sleep(step.seconds)
                 step = Say(fake.answer(body))
             if isinstance(step, Fail):
                 status, headers = step.status, step.headers
-                payload: dict[str, Any] = {"error": {"message": f"HTTP {status}", "type": "server_error"}}
+                message = step.message or f"HTTP {status}"
+                payload: dict[str, Any] = {"error": {"message": message, "type": "server_error"}}
             else:
                 status, headers = 200, {}
                 payload = {
@@ -88,6 +95,7 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                             "index": 0,
                             "message": {"role": "assistant", "content": step.text},
                             "finish_reason": step.finish_reason,
+                            **({"logprobs": fake.logprobs(step.text)} if asked and fake.logprobs else {}),
                         }
                     ],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
@@ -107,9 +115,15 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def fake_openai(answer: Callable[[dict[str, Any]], str], script: list[Step] | None = None) -> Iterator[FakeOpenAI]:
-    """Serve on a free local port for the duration of the block; ``answer`` makes each 200 reply."""
-    fake = FakeOpenAI(answer, list(script or []))
+def fake_openai(
+    answer: Callable[[dict[str, Any]], str],
+    script: list[Step] | None = None,
+    logprobs: Callable[[str], dict[str, Any]] | None = None,
+    refuse_logprobs: bool = False,
+) -> Iterator[FakeOpenAI]:
+    """Serve on a free local port for the duration of the block; ``answer`` makes each 200 reply, ``logprobs``
+    its logprobs where a request asks for them (``refuse_logprobs``: such a request is a 400)."""
+    fake = FakeOpenAI(answer, list(script or []), logprobs=logprobs, refuse_logprobs=refuse_logprobs)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
     server.daemon_threads = True
     fake.url = f"http://127.0.0.1:{server.server_address[1]}/v1"

@@ -24,14 +24,17 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": (
         "version", "markers", "exceptions", "wording", "jsontext", "redaction", "result", "node", "lm", "resolve",
         "observe", "run", "graph", "usage", "executor", "ray_session", "ray_executor", "inputs", "artifacts",
-        "freshness", "loader", "compiled_version", "runlog", "telemetry",
+        "freshness", "loader", "compiled_version", "runlog", "telemetry", "recording",
     ),
-    "dspy": ("adapter", "predictors", "lm_failures", "dspy_backend", "retrieval", "local", "lm_specs", "testing"),
+    "dspy": (
+        "adapter", "predictors", "lm_failures", "confidence", "dspy_backend", "retrieval", "local", "lm_specs",
+        "testing",
+    ),
     "runtime": ("optimized_lm",),
     "compile": (
         "dataset", "examples", "metrics", "intervals", "scoring", "dev_coverage", "optimizer", "compiler",
     ),
-    "application": ("runner", "serving", "bundle", "evaluation", "gates", "evaluator"),
+    "application": ("runner", "serving", "bundle", "evaluation", "gates", "evaluator", "review"),
 }  # fmt: skip
 RANK = {name: rank for rank, modules in enumerate(LAYERS.values()) for name in modules}
 FACADE_RANK = len(LAYERS)  # ``bae`` itself: it re-exports every layer, so only the CLI is above it

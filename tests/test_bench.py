@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-SCRIPTS = ["overhead", "startup", "batch", "load", "compile_quality", "serve", "local_engine", "engines"]
+SCRIPTS = ["overhead", "startup", "batch", "load", "compile_quality", "serve", "local_engine", "engines", "review_loop"]
 MARKS = {
     "local_engine": pytest.mark.local,  # loads the embedded model even in smoke mode
     "engines": pytest.mark.ray,  # starts Ray: in the loopback-only namespace (tests/loopback_namespace.py)
@@ -59,7 +59,16 @@ def _compiled_ran(figures: dict[str, Any]) -> None:
         assert sources["optimized"] > 0 and sources["naive"] == sources["stale"] == 0, (key, sources)
 
 
+def _review_loop_ran(figures: dict[str, Any]) -> None:
+    """Every recorded input was reviewed (auto-accepted or by the person) and joined the new version's training."""
+    review = figures["review"]
+    decided = review["auto_accepted"]["auto_accepted"] + review["person"]["accepted"] + review["person"]["changed"]
+    assert decided == figures["reviewed_traces"] == review["recorded_answers"]["inputs"] > 0, review
+    assert review["person"]["remaining"] == 0 and not review["person"]["interrupted"], review
+
+
 RAN: dict[str, Callable[[dict[str, Any]], None]] = {
+    "review_loop": _review_loop_ran,
     "overhead": _overhead_ran,
     "batch": _compiled_ran,
     "serve": _compiled_ran,

@@ -246,7 +246,7 @@ def test_a_schema_1_log_keeps_working(tmp_path: Path, create: bool) -> None:
     log(RunLog(path), purpose=EVAL)
     assert [(r.id, r.purpose) for r in runlog.runs()] == [(2, "eval"), (1, "run")]  # newest first
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert "cut" in {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
 
 

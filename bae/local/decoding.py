@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -341,6 +342,18 @@ class ClosedAnswer:
     text: str
     completion_tokens: int
     scores: dict[str, dict[str, float]]  # field -> value -> the (calibrated) score it was chosen by
+    # field -> value -> its softmax share of the scores: how sure the choice was (bae.confidence)
+    probabilities: dict[str, dict[str, float]]
+
+
+def softmax(scores: dict[str, float]) -> dict[str, float]:
+    """Scores (log-likelihoods, or calibrated ones: differences of log-likelihoods) as probabilities over
+    the allowed values: a calibrated choice's is the contextual-calibration probability, p(value | input)
+    over p(value | content-free input), normalized."""
+    top = max(scores.values())
+    weights = {value: math.exp(score - top) for value, score in scores.items()}
+    total = sum(weights.values())
+    return {value: weight / total for value, weight in weights.items()}
 
 
 def choose(
@@ -384,4 +397,4 @@ def choose(
         if len(contexts) == 1:
             llama.n_tokens = len(prompt.tokens)  # the next field re-evaluates the answer so far
     chosen += "}"
-    return ClosedAnswer(chosen, len(tokenize(chosen)), scores)
+    return ClosedAnswer(chosen, len(tokenize(chosen)), scores, {name: softmax(s) for name, s in scores.items()})

@@ -46,7 +46,7 @@ from bae.local.model import (
 
 if TYPE_CHECKING:
     import dspy
-    from dspy.lm15 import Request, Response
+    from dspy.lm15 import Request, Response, TokenLogprob
 
 __all__ = [
     "DEFAULT_LABEL",
@@ -123,7 +123,9 @@ class LocalEngine:
     supports_function_calling = False
     supports_reasoning = False
     # JSONAdapter sends a response_format only when it is listed here.
-    supported_params = frozenset({"response_format", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"})
+    supported_params = frozenset(
+        {"response_format", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "logprobs"}
+    )
 
     def __init__(
         self,
@@ -148,6 +150,8 @@ class LocalEngine:
         from dspy.clients.engines.base import validate_request
         from dspy.lm15 import ConfigurationError, ContextLengthError, UnsupportedFeatureError
 
+        from bae.confidence import answer_logprobs
+
         validate_request(request)
         if request.tools:
             raise UnsupportedFeatureError("the local LM has no tool calling", feature="tools")
@@ -167,7 +171,9 @@ class LocalEngine:
         if fields is not None and not config.temperature:
             with model.lock:
                 answer = self._choose(model, prompt, messages, fields)
-            return _response(self.model_name, answer.text, "stop", len(prompt.tokens), answer.completion_tokens)
+            # each chosen value's share of its options' scores, as DSPy's logprobs carry it (bae.confidence)
+            odds = answer_logprobs(answer.text, answer.probabilities) if config.logprobs is not None else None
+            return _response(self.model_name, answer.text, "stop", len(prompt.tokens), answer.completion_tokens, odds)
         options: dict[str, Any] = {
             # Greedy unless a caller (an optimizer exploring) asks for sampling; seeded either way.
             "temperature": 0.0 if config.temperature is None else float(config.temperature),
@@ -242,7 +248,14 @@ class LocalEngine:
         )
 
 
-def _response(model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> Response:
+def _response(
+    model: str,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    logprobs: tuple[TokenLogprob, ...] | None = None,
+) -> Response:
     from dspy.lm15 import Message, Response, TextPart, Usage
 
     return Response(
@@ -253,6 +266,7 @@ def _response(model: str, text: str, finish_reason: str, prompt_tokens: int, com
         usage=Usage(
             input_tokens=prompt_tokens, output_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
         ),
+        logprobs=logprobs,
     )
 
 

@@ -34,6 +34,10 @@ COMMANDS = {  # name: (module, the first paragraph of its docstring, shown by `b
         "Serve GRAPH with a compiled version over HTTP until stopped (Ctrl-C or SIGTERM finish in-flight runs).",
     ),
     "bundle": ("bundle_cmd", "Write a self-contained deployment folder for one compiled version."),
+    "review": (
+        "review_cmd",
+        "Review recorded runs of GRAPH one screen each, least confident first, and write the gold traces.",
+    ),
 }
 BRIEF = {"inspect", "stats", "versions", "promote", "graph"}  # read, print, exit: no garbage collection needed
 

@@ -33,7 +33,14 @@ OPTIMIZER_HELP = (
 def compile_(
     graph: Annotated[str, typer.Argument(help="file.py (uses its `graph`), file.py:Name or package.module:Name.")],
     trainset: Annotated[
-        Path | None, typer.Option("--trainset", help="Gold traces, JSONL. Default: <graph stem>.train.jsonl beside it.")
+        list[Path] | None,
+        typer.Option(
+            "--trainset",
+            help="Gold traces, JSONL; repeat it to add files (bae review's gold traces): each is split into train "
+            "and dev on its own, so an added file leaves the others' split as it was. Default: "
+            "<graph stem>.train.jsonl beside the graph.",
+            show_default=False,
+        ),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Compiled root; the new version is vN+1.")] = Path("compiled"),
     lm: LmOption = None,
@@ -107,7 +114,7 @@ def compile_(
         reflection_lm=resolve_lm(reflection_lm, lm_bounds) if reflection_lm else None,
     )
     options = CompileOptions(
-        trainset=trainset or _default_trainset(graph),
+        trainset=trainset or [_default_trainset(graph)],
         out=out_dir,
         devset=devset,
         dev_split=dev_split,

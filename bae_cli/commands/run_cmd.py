@@ -16,7 +16,8 @@ from bae import artifacts
 from bae.exceptions import BaeInputError, BaeLMError
 from bae.executor import InOrder
 from bae.inputs import MAX_INPUT_BYTES, parse_input, read_batch
-from bae.node import Node, node_json, steps_json
+from bae.node import Node, node_json
+from bae.recording import Recorder, record_line
 from bae.result import CallRecord
 from bae.runner import (
     BatchWork,
@@ -26,7 +27,6 @@ from bae.runner import (
     Runtime,
     RuntimeRecipe,
     embedded,
-    record_traces,
     run_json,
     start_runtime,
     warm,
@@ -95,8 +95,9 @@ def run(
         Path | None,
         typer.Option(
             "--record",
-            help="Append each successful run's trace here, in the dataset format (a batch's in input order, "
-            "once its runs are done or interrupted).",
+            help="Append each successful run's trace here, in the dataset format, each LM-made step with the "
+            "version, predictor and confidence that made it (a batch's in input order, once its runs are done or "
+            "interrupted): what bae review reads.",
         ),
     ] = None,
     lm: LmOption = None,
@@ -133,6 +134,7 @@ def run(
     if batch is not None and single:
         raise BaeInputError(f"--batch {batch} holds the inputs: drop {' and '.join(single)}, or drop --batch")
     check_engine(engine, workers)
+    recorder = None if record is None else Recorder(record).check()
     version = open_version(compiled, graph, warn=warn)
     start = version.graph.graph.start
     if batch is not None:
@@ -151,13 +153,13 @@ def run(
         node = inputs[0][1]
         assert isinstance(node, Node)  # a single input that does not parse was refused above
         outcome = Runner(runtime, [*([log] if log else []), RunProgress(err)], max_steps).run(1, node)
-        if record is not None and outcome.result is not None:
-            record_traces(record, [steps_json(outcome.result.trace)])
+        if recorder is not None and outcome.result is not None:
+            recorder.append([record_line(outcome.result, runtime.source.version)])
         _report_single(outcome, runtime, verbose, as_json)
     else:
         work = BatchWork(RuntimeRecipe.of(runtime, lm, settings), max_steps, runtime)
         with closing(executor_for(engine, workers, concurrency)) as executor:
-            _run_batch(work, executor, Batch(batch, inputs), log, output, record, as_json)
+            _run_batch(work, executor, Batch(batch, inputs), log, output, recorder, as_json)
 
 
 def _stdin_marker(graph: str | None, dash: str | None) -> tuple[str | None, bool]:
@@ -247,7 +249,7 @@ def _run_batch(
     batch: Batch,
     log: RunLogObserver | None,
     output: Path | None,
-    record: Path | None,
+    recorder: Recorder | None,
     as_json: bool,
 ) -> None:
     """Run on ``executor``, save, report, then exit by the batch's outcome: each step survives a Ctrl-C in the
@@ -272,7 +274,7 @@ def _run_batch(
             err.print("interrupted again: runs in flight abandoned")
     finally:
         ordered.finish()
-        _save(batch, output, record, as_json)
+        _save(batch, output, recorder, as_json)
     _report_batch(batch, work.runtime, output, as_json)
     if batch.interrupted:
         raise KeyboardInterrupt
@@ -314,7 +316,7 @@ def _report_batch(batch: Batch, runtime: Runtime | None, output: Path | None, as
     )
 
 
-def _save(batch: Batch, output: Path | None, record: Path | None, as_json: bool) -> None:
+def _save(batch: Batch, output: Path | None, recorder: Recorder | None, as_json: bool) -> None:
     """Results and recorded traces in input order; on interruption, the finished ones (each result carries its
     line number). The results go to --output, else to stdout as JSON lines (with --json: into its object)."""
     finished = batch.finished()
@@ -324,5 +326,5 @@ def _save(batch: Batch, output: Path | None, record: Path | None, as_json: bool)
     elif not as_json:
         sys.stdout.write(rows)
         sys.stdout.flush()
-    if record is not None:
-        record_traces(record, (row.trace for row in finished if row.trace is not None))
+    if recorder is not None:
+        recorder.append(recorded for recorded in (row.recorded for row in finished) if recorded is not None)

@@ -90,6 +90,14 @@ def serve(
         Path | None, typer.Option("--log-db", envvar="BAE_LOG_DB", help="Run log (SQLite). Default .bae/runs.db.")
     ] = None,
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not write the run log.")] = False,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            "--record",
+            help="Append each successful run's trace here as it ends (JSONL, the dataset format, each LM-made "
+            "step with its version, predictor and confidence): production traffic for bae review.",
+        ),
+    ] = None,
     otel: OtelFlag = False,
     otel_content: OtelContentFlag = False,
 ) -> None:
@@ -105,15 +113,17 @@ def serve(
     except ImportError as exc:
         raise BaeInputError(f"bae serve needs the serve extra: pip install 'bae[serve]' ({exc.name} missing)") from None
     from bae.optimized_lm import open_version
+    from bae.recording import Recorder
     from bae.runlog import RunLog, default_log_path
     from bae.runner import start_runtime
 
+    recorder = None if record is None else Recorder(record).check()  # before any work
     start_otel(otel, otel_content, serving=True)
     version = open_version(compiled, graph, warn=warn)  # every file verified, before listening
     runtime = start_runtime(version, lm, lm_settings(max_tokens, lm_timeout, response_format))
     logs = [] if no_log else [RunLog(log_db or default_log_path())]
     settings = ServeSettings(max_concurrency, timeout, max_steps, token or None)
-    api = create_app(runtime, logs, settings)
+    api = create_app(runtime, logs, settings, recorder)
     listener = _listen(host, port)
     if not token and not _loopback(host):
         warn(f"listening on {host} without a token: anyone who can reach this port can run the graph")
@@ -121,7 +131,8 @@ def serve(
     where = f"[{host}]" if ":" in host else host
     err.print(
         f"bae serve: {version.name} of {runtime.graph.reference} on http://{where}:{bound} "
-        f"(max concurrency {max_concurrency}, timeout {timeout:g}s, auth {'on' if token else 'off'}); docs at /docs",
+        f"(max concurrency {max_concurrency}, timeout {timeout:g}s, auth {'on' if token else 'off'}"
+        f"{f', recording to {record}' if record else ''}); docs at /docs",
         markup=False,
         soft_wrap=True,
     )

@@ -24,12 +24,14 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": (
         "version", "markers", "exceptions", "wording", "jsontext", "redaction", "result", "node", "lm", "resolve",
         "observe", "run", "graph", "usage", "executor", "inputs", "artifacts", "freshness", "loader",
-        "compiled_version", "runlog", "telemetry",
+        "compiled_version", "runlog", "telemetry", "anchors",
     ),
-    "dspy": ("adapter", "predictors", "lm_failures", "dspy_backend", "retrieval", "local", "lm_specs", "testing"),
+    "dspy": ("adapter", "predictors", "lm_failures", "dspy_backend", "retrieval", "local", "lm_specs", "testing",
+             "decisions"),
     "runtime": ("optimized_lm",),
     "compile": (
-        "dataset", "examples", "metrics", "intervals", "scoring", "dev_coverage", "optimizer", "compiler",
+        "dataset", "examples", "metrics", "intervals", "scoring", "dev_coverage", "optimizer", "hidden_compile",
+        "compiler",
     ),
     "application": ("runner", "serving", "bundle", "evaluation", "gates", "evaluator"),
 }  # fmt: skip

@@ -9,6 +9,8 @@ by the predictor with that example taken out of its demo pool, so no example is 
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import dspy
 
 from bae.anchors import TODAY, Anchors, anchors_json, candidates, choose, rounded
+from bae.artifacts import MAX_NODE_FILE_BYTES
 from bae.decisions import ClosedDecision, closed_decisions, decisions_section, plain, read
 from bae.dspy_backend import DSPyBackend
 from bae.exceptions import BaeError
@@ -26,7 +29,12 @@ from bae.local.hidden import model_sha256
 from bae.local.model import load_model
 from bae.predictors import NodePredict
 
+logger = logging.getLogger("bae")
 Key = tuple[str, str]
+# The anchors of one node file, at most: half the 1 MB a node file may take (``artifacts.MAX_NODE_FILE_BYTES``),
+# the rest left to its demos. The example's largest holds 64 anchors of 640 dims: about 110 KB.
+ANCHOR_BUDGET = MAX_NODE_FILE_BYTES // 2
+Chosen = dict[str, tuple[ClosedDecision, str, dict[str, float], dict[str, Any] | None]]
 
 
 @dataclass(frozen=True)
@@ -108,9 +116,28 @@ def compile_decisions(
             data = None if method == TODAY else anchors_json(anchors, method)
             chosen[decision.field] = (decision, method, scores, data)
             outcomes.append(DecisionOutcome(key[0], key[1], decision.field, method, scores, len(pool)))
-        sections[key] = decisions_section(sha, chosen)
+        sections[key] = decisions_section(sha, within_budget(chosen, ANCHOR_BUDGET))
         on_done(key)
     return sections, outcomes
+
+
+def within_budget(chosen: Chosen, budget: int) -> Chosen:
+    """``chosen`` with its largest stored anchors given up (that decision left to the demos, said in the log)
+    until what is stored fits ``budget`` bytes of JSON."""
+    fitted = dict(chosen)
+
+    def size(entry: dict[str, Any] | None) -> int:
+        return len(json.dumps(entry)) if entry else 0
+
+    while sum(size(data) for *_, data in fitted.values()) > budget:
+        name = max(fitted, key=lambda field: size(fitted[field][3]))
+        decision, method, scores, _ = fitted[name]
+        logger.warning(
+            "%s (%s): %s: %s anchors exceed the %d-byte budget: deciding it with demos",
+            decision.node, decision.kind, name, method, budget,
+        )  # fmt: skip
+        fitted[name] = (decision, TODAY, scores, None)
+    return fitted
 
 
 def _anchors(labels: list[Any], readings: list[Any]) -> Anchors:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-SCRIPTS = ["overhead", "startup", "batch", "load", "compile_quality", "serve", "local_engine"]
-LOCAL = {"local_engine"}  # loads the embedded model even in smoke mode
+SCRIPTS = ["overhead", "startup", "batch", "load", "compile_quality", "serve", "local_engine", "ticket_speed"]
+LOCAL = {"local_engine", "ticket_speed"}  # loads the embedded model even in smoke mode
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.local) if n in LOCAL else n for n in SCRIPTS])

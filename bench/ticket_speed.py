@@ -26,7 +26,7 @@ GOAL = 2.0  # issue 24: a ticket at most twice a 100-token prompt from scratch (
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(parser("ticket_speed", __doc__), argv)
-    rounds = 2 if args.smoke else 9
+    rounds = 2 if args.smoke else 5
     from bae.dataset import load_dataset
     from bae.loader import load_graph
     from bae.local.decoding import _clear

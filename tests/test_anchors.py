@@ -34,12 +34,13 @@ def test_centroid_and_neighbours_decide_by_cosine() -> None:
     assert a.decide("knn-c:3", anchors, _query([0.2, 1])) == "y"
 
 
-def test_centring_removes_what_every_anchor_shares() -> None:
-    """A large shared component makes every raw cosine alike: centred, the difference decides."""
-    shared = [100.0, 100.0]
-    anchors = _anchors([[shared[0] + 1, shared[1]], [shared[0], shared[1] + 1]] * 2, ["x", "y", "x", "y"])
-    assert a.decide("centroid-c", anchors, _query([shared[0] + 1, shared[1]])) == "x"
-    assert a.decide("centroid-c", anchors, _query([shared[0], shared[1] + 1])) == "y"
+def test_centring_decides_relative_to_the_mean_of_the_anchors() -> None:
+    """Centred, a query is judged by where it lies from the anchors' mean: [1.4, 0.6, 1] sits just on y's
+    side of the mean [1.5, 0.5, 1], while its raw direction is closer to x's."""
+    anchors = _anchors([[3, 0, 1], [3, 0, 1], [0, 1, 1], [0, 1, 1]], ["x", "x", "y", "y"])
+    assert a.decide("centroid", anchors, _query([1.4, 0.6, 1])) == "x"
+    assert a.decide("centroid-c", anchors, _query([1.4, 0.6, 1])) == "y"
+    assert a.decide("knn-c:1", anchors, _query([1.4, 0.6, 1])) == "y"
 
 
 def test_kl_votes_by_the_nearest_next_token_distributions() -> None:

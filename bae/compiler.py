@@ -25,13 +25,16 @@ from dspy.utils.usage_tracker import UsageTracker
 
 from bae import artifacts
 from bae.dataset import Dataset, GoldTrace, load_dataset, split_each
+from bae.decisions import NodeDecisions, node_decisions
 from bae.dev_coverage import dev_warnings
 from bae.dspy_backend import DSPyBackend
 from bae.examples import collect_examples
 from bae.executor import Call, ThreadExecutor
+from bae.hidden_compile import DecisionOutcome, compile_decisions
 from bae.lm import LM
 from bae.lm_specs import lm_name
 from bae.loader import LoadedGraph
+from bae.local.engine import embedded_engine
 from bae.metrics import check_metric, metric_name
 from bae.node import graph_fingerprint, predictor_fingerprint, schema_fingerprint
 from bae.optimized_lm import OptimizedLM
@@ -80,6 +83,7 @@ class CompileReport:
     optimized: GraphScore
     invalid: list[str]
     activated: bool = True
+    decisions: list[DecisionOutcome] = field(default_factory=list)
 
     @property
     def optimized_any(self) -> bool:
@@ -100,6 +104,11 @@ class CompileReport:
                     "reason": o.reason,
                     "naive_score": _round(self.naive.per_predictor.get(key)),
                     "optimized_score": _round(self.optimized.per_predictor.get(key)),
+                    "decisions": {
+                        d.field: {"method": d.method, "loo": d.scores}
+                        for d in self.decisions
+                        if (d.node, d.kind) == key
+                    },
                 }
             )
         return {
@@ -194,16 +203,25 @@ def compile_graph(
     with dspy.context(usage_tracker=spent):
         outcomes = optimize_predictors(graph, examples, lm, options.settings, on_done=lambda _: progress.advance())
     predictors = {(o.node, o.kind): o.predictor for o in outcomes if o.predictor is not None}
+    sections: dict[tuple[str, str], dict[str, Any]] = {}
+    decided: list[DecisionOutcome] = []
+    if embedded_engine(lm) is not None:
+        progress.stage("reading the model's hidden states", len(predictors))
+        with dspy.context(usage_tracker=spent):
+            sections, decided = compile_decisions(graph, examples, predictors, lm, lambda _: progress.advance())
+    hidden = _hidden(graph, sections)
 
     progress.stage("scoring the naive graph on dev", len(dev))
     naive_runs, naive_cost = _score_dev(loaded, dev, DSPyBackend(lm), options, progress)
     progress.stage("scoring the optimized graph on dev", len(dev))
-    optimized_runs, optimized_cost = _score_dev(loaded, dev, OptimizedLM(predictors, model=lm), options, progress)
+    optimized_runs, optimized_cost = _score_dev(
+        loaded, dev, OptimizedLM(predictors, model=lm, hidden=hidden), options, progress
+    )
     naive = summarize(graph, [run.scored for run in naive_runs])
     optimized = summarize(graph, [run.scored for run in optimized_runs])
     usage = {"optimize": spent.as_dict(), "naive_dev": naive_cost, "optimized_dev": optimized_cost}
 
-    files, entries = node_files(graph, outcomes)
+    files, entries = node_files(graph, outcomes, sections)
     files[artifacts.PROMPTS] = _prompts(predictors)
     entries[artifacts.PROMPTS] = {"kind": "prompts"}
     scores = {
@@ -246,16 +264,29 @@ def compile_graph(
     activate = options.activate if options.activate is not None else bool(predictors)
     version_dir = artifacts.write_version(options.out, files, manifest, activate=activate)
     invalid = [line for d in datasets for line in d.invalid]
-    return CompileReport(version_dir, manifest, outcomes, naive, optimized, invalid, activate)
+    return CompileReport(version_dir, manifest, outcomes, naive, optimized, invalid, activate, decided)
+
+
+def _hidden(graph: Any, sections: dict[tuple[str, str], dict[str, Any]]) -> dict[tuple[str, str], NodeDecisions]:
+    """The hidden-state decisions as a run will load them from the node files just made."""
+    found = {}
+    for (node, kind), section in sections.items():
+        decisions = node_decisions(graph.node(node), kind, section)
+        if decisions is not None:
+            found[(node, kind)] = decisions
+    return found
 
 
 def node_file_name(node: str, kind: str) -> str:
     return f"nodes/{node}.json" if kind == MAKE else f"nodes/{node}.{CHOICE}.json"
 
 
-def node_files(graph: Any, outcomes: list[PredictorOutcome]) -> tuple[dict[str, Any], dict[str, Any]]:
+def node_files(
+    graph: Any, outcomes: list[PredictorOutcome], decisions: dict[tuple[str, str], dict[str, Any]] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The node files of a version (path -> JSON document) and their manifest entries: the one save path,
-    which ``load_optimized`` reverses."""
+    which ``bae.optimized_lm.open_version`` reverses. ``decisions``: the hidden-state decisions of a
+    predictor (``bae.hidden_compile``), stored in its node file; the manifest lists each one's method."""
     files: dict[str, Any] = {}
     entries: dict[str, Any] = {}
     for outcome in outcomes:
@@ -279,6 +310,13 @@ def node_files(graph: Any, outcomes: list[PredictorOutcome]) -> tuple[dict[str, 
             header["retrieval"] = retriever.settings()
             entries[rel]["pool"] = outcome.pool
         files[rel] = {"bae": header, "predictor": state}
+        section = (decisions or {}).get((outcome.node, outcome.kind))
+        if section is not None:
+            files[rel]["decisions"] = section
+            entries[rel]["decisions"] = {
+                name: {"method": d["method"], "loo": d["loo"]} for name, d in section["fields"].items()
+            }
+            entries[rel]["model_sha256"] = section["model_sha256"]
     return files, entries
 
 

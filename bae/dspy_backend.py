@@ -56,6 +56,8 @@ logger = logging.getLogger("bae")
 
 T = TypeVar("T", bound=Node)
 R = TypeVar("R")  # what a call builds from the answer: a node, or the chosen name
+
+
 def _usage(prediction: dspy.Prediction) -> tuple[int | None, int | None, float | None]:
     usage = prediction.get_lm_usage()
     if not usage:
@@ -178,6 +180,17 @@ class DSPyBackend:
                     predictor = new_predictor(cls, kind)
                     self._naive[key] = predictor
         return predictor
+
+    def answer(self, predictor: NodePredict, inputs: dict[str, Any], source: str = "naive") -> dict[str, Any]:
+        """``predictor``'s answer to ``inputs`` as its output fields, with the same retries and records as a
+        run's call (leave-one-out at compile asks predictors this way)."""
+        return self._predict(predictor, source, inputs, dict)
+
+    def record_pass(
+        self, predictor: NodePredict, source: str, started: float, prompt_tokens: int, error: BaseException | None
+    ) -> None:
+        """Record a call answered by reading the model directly (``bae.decisions``), not by a DSPy request."""
+        self._record(predictor, source, started, _Tally(1, [(prompt_tokens, 0, None)]), error)
 
     # -- calling -----------------------------------------------------------------------
     def _predict(

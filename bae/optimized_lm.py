@@ -16,12 +16,15 @@ predictor instead of raising ``KeyError``.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bae.compiled_version import CompiledVersion, GraphSource, as_loaded, open_compiled
+from bae.decisions import NodeDecisions, node_decisions
 from bae.dspy_backend import DSPyBackend
 from bae.exceptions import BaeArtifactError, BaeInputError
 from bae.freshness import OPTIMIZED
@@ -34,17 +37,25 @@ from bae.result import GraphResult
 logger = logging.getLogger("bae")
 
 Key = tuple[str, str]
+R = TypeVar("R")
 NAIVE = "naive"  # the name of the naive graph where a version's name is asked for (columns, --baseline)
 
 
 class OptimizedLM(DSPyBackend):
-    """Use the loaded predictor for (node, kind) where one exists; naive where not or where stale."""
+    """Use the loaded predictor for (node, kind) where one exists; naive where not or where stale.
+
+    Where the version holds hidden-state decisions for a predictor (``hidden``, ``bae.decisions``) and the
+    LM is the embedded engine on the model file they were read with, those decide its closed fields: one
+    short pass each, no demos; a predictor with open fields too still answers those. Any other LM, or
+    another model file (said once, as a stale warning), gets the predictor's demos as before."""
 
     def __init__(
         self,
         optimized: dict[Any, NodePredict] | None = None,
         stale: set[Key] | None = None,
         version: str | None = None,
+        hidden: dict[Key, NodeDecisions] | None = None,
+        warn: Callable[[str], None] = logger.warning,
         **backend: Any,
     ) -> None:
         super().__init__(**backend)
@@ -53,6 +64,10 @@ class OptimizedLM(DSPyBackend):
         }
         self.stale = set(stale or ())
         self.version = version
+        self.hidden = dict(hidden or {})
+        self.warn = warn
+        self._warned: set[Key] = set()
+        self._warn_lock = threading.Lock()
 
     def predictor_for(self, cls: type[Node], kind: str) -> tuple[NodePredict, str]:
         key = (cls.__name__, kind)
@@ -60,6 +75,53 @@ class OptimizedLM(DSPyBackend):
         if predictor is not None:
             return predictor, "optimized"
         return self.naive_predictor(cls, kind), "stale" if key in self.stale else "naive"
+
+    def _embedded(self, decisions: NodeDecisions) -> Any:
+        """The loaded embedded model (and its prefix cache) these decisions can be read with, else None."""
+        import dspy
+
+        from bae.lm_specs import default_lm
+        from bae.local.engine import embedded_engine
+        from bae.local.hidden import model_sha256
+        from bae.local.model import load_model
+
+        lm = self.model if self.model is not None else (dspy.settings.lm or default_lm())
+        engine = embedded_engine(lm)
+        if engine is None:
+            return None
+        if model_sha256(engine.model_file) != decisions.model_sha256:
+            key = (decisions.node, decisions.kind)
+            with self._warn_lock:
+                first = key not in self._warned
+                self._warned.add(key)
+            if first:
+                self.warn(
+                    f"{self.version}: {decisions.node} ({decisions.kind}): its hidden-state decisions were read "
+                    f"with another model file (sha256 {decisions.model_sha256[:12]}): deciding with its demos (stale)"
+                )
+            return None
+        model = load_model(Path(engine.model_file))
+        return model, (model.prefixes if engine.prefix_cache else None)
+
+    def _predict(
+        self, predictor: NodePredict, source: str, inputs: dict[str, Any], build: Callable[[dict[str, Any]], R]
+    ) -> R:
+        decisions = self.hidden.get((predictor.node_name, predictor.kind)) if source == "optimized" else None
+        reader = self._embedded(decisions) if decisions is not None else None
+        if decisions is None or reader is None:
+            return super()._predict(predictor, source, inputs, build)
+        started = time.perf_counter()
+        model, cache = reader
+        try:
+            decided, tokens = decisions.answer(model, cache, inputs)
+        except BaseException as exc:
+            self.record_pass(predictor, source, started, 0, exc)
+            raise
+        if not decisions.covers_all:  # the open fields still come from the predictor
+            return super()._predict(predictor, source, inputs, lambda answer: build({**answer, **decided}))
+        result = build(decided)
+        self.record_pass(predictor, source, started, tokens, None)
+        return result
 
 
 @dataclass
@@ -70,6 +132,7 @@ class LoadedVersion:
     graph: LoadedGraph
     compiled: CompiledVersion | None = None
     predictors: dict[Key, NodePredict] = field(default_factory=dict)
+    hidden: dict[Key, NodeDecisions] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -99,7 +162,24 @@ class LoadedVersion:
     def backend(self, **options: Any) -> OptimizedLM:
         """An ``OptimizedLM`` over these predictors (``model=``, ``adapter=``... go to ``DSPyBackend``)."""
         version = None if self.compiled is None else self.name
-        return OptimizedLM(self.predictors, stale=self.stale, version=version, **options)
+        return OptimizedLM(self.predictors, stale=self.stale, version=version, hidden=self.hidden, **options)
+
+
+def load_decisions(compiled: CompiledVersion) -> dict[Key, NodeDecisions]:
+    """The hidden-state decisions of each usable node file that holds some (already checked to be well
+    formed data when the file was read)."""
+    found: dict[Key, NodeDecisions] = {}
+    for held in compiled.predictors:
+        if held.status != OPTIMIZED or held.file is None:
+            continue
+        section = compiled.file(held.file).decisions
+        cls = compiled.graph.graph.node(held.node)
+        if section is None or cls is None:
+            continue
+        decisions = node_decisions(cls, held.kind, section)
+        if decisions is not None:
+            found[held.key] = decisions
+    return found
 
 
 def load_predictors(compiled: CompiledVersion) -> dict[Key, NodePredict]:
@@ -141,7 +221,7 @@ def open_version(
     compiled = open_compiled(path, graph=graph, version=version)
     for line in compiled.stale_warnings():
         warn(line)
-    return LoadedVersion(compiled.graph, compiled, load_predictors(compiled))
+    return LoadedVersion(compiled.graph, compiled, load_predictors(compiled), load_decisions(compiled))
 
 
 def create_optimized_lm(graph: Graph, path: str | Path, **backend: Any) -> OptimizedLM:

@@ -24,15 +24,16 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": (
         "version", "markers", "exceptions", "wording", "jsontext", "redaction", "result", "node", "lm", "resolve",
         "observe", "run", "graph", "usage", "executor", "ray_session", "ray_executor", "inputs", "artifacts",
-        "freshness", "loader", "compiled_version", "runlog", "telemetry", "recording",
+        "freshness", "loader", "compiled_version", "runlog", "telemetry", "recording", "anchors",
     ),
     "dspy": (
         "adapter", "predictors", "lm_failures", "confidence", "dspy_backend", "retrieval", "local", "lm_specs",
-        "testing",
+        "testing", "decisions",
     ),
     "runtime": ("optimized_lm",),
     "compile": (
-        "dataset", "examples", "metrics", "intervals", "scoring", "dev_coverage", "optimizer", "compiler",
+        "dataset", "examples", "metrics", "intervals", "scoring", "dev_coverage", "optimizer", "hidden_compile",
+        "compiler",
     ),
     "application": ("runner", "serving", "bundle", "evaluation", "gates", "evaluator", "review"),
 }  # fmt: skip

@@ -14,9 +14,13 @@ from typing import Any
 
 import pytest
 
-SCRIPTS = ["overhead", "startup", "batch", "load", "compile_quality", "serve", "local_engine", "engines", "review_loop"]
+SCRIPTS = [
+    "overhead", "startup", "batch", "load", "compile_quality", "serve", "local_engine", "ticket_speed", "engines",
+    "review_loop",
+]  # fmt: skip
 MARKS = {
     "local_engine": pytest.mark.local,  # loads the embedded model even in smoke mode
+    "ticket_speed": pytest.mark.local,
     "engines": pytest.mark.ray,  # starts Ray: in the loopback-only namespace (tests/loopback_namespace.py)
 }
 

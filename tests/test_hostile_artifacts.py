@@ -109,6 +109,36 @@ def listed_pickle(ws: Path, outside: Path) -> None:
     reseal(ws, NODE)
 
 
+def _with_decisions(ws: Path) -> str:
+    """A node file of the committed version that holds hidden-state anchors (``bae.decisions``)."""
+    manifest = json.loads((ws / VERSION / "manifest.json").read_text())
+    return next(rel for rel, entry in manifest["files"].items() if "model_sha256" in entry)
+
+
+def _anchor_field(document: dict) -> dict:
+    return next(f["anchors"] for f in document["decisions"]["fields"].values() if "anchors" in f)
+
+
+def tampered_anchors(ws: Path, outside: Path) -> None:
+    """One stored vector changed, the checksum left as it was: refused by the checksum."""
+    path = ws / VERSION / _with_decisions(ws)
+    document = json.loads(path.read_text())
+    anchors = _anchor_field(document)
+    key = "vectors" if "vectors" in anchors else "top_logprobs"
+    anchors[key] = ("B" if anchors[key][0] != "B" else "C") + anchors[key][1:]
+    path.write_text(json.dumps(document))
+
+
+def forged_anchors(ws: Path, outside: Path) -> None:
+    """Anchors cut short and the checksum forged: refused by the shape check, never half-loaded."""
+    rel = _with_decisions(ws)
+    path = ws / VERSION / rel
+    document = json.loads(path.read_text())
+    _anchor_field(document)["count"] += 1
+    path.write_text(json.dumps(document))
+    reseal(ws, rel)
+
+
 @dataclass(frozen=True)
 class Hostile:
     id: str
@@ -129,6 +159,8 @@ HOSTILE = [
     Hostile("top-level-lm", top_level_lm, ("unexpected keys ['lm']", UNSAFE)),
     Hostile("listed-file-missing", missing_node_file, ("manifest lists nodes/BillingIssue.json but it is missing",)),
     Hostile("listed-pickle", listed_pickle, ("BillingIssue.json is not valid JSON", "restore it")),
+    Hostile("tampered-anchors", tampered_anchors, ("checksum", "restore it")),
+    Hostile("forged-anchors", forged_anchors, ("malformed 'decisions'", "anchors need 'count' labels", "restore it")),
 ]
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "N_CTX",
     "SEED",
     "LocalEngine",
+    "embedded_engine",
     "load_weights",
     "local_label",
     "local_lm",
@@ -71,6 +72,7 @@ DEFAULT_MAX_TOKENS = 256
 # (bae.local.decoding). Leave-one-out on the example's training traces: the choice 0.83 calibrated;
 # made fields worse calibrated (BillingIssue 0.45 vs 0.50, AccountIssue 0.48 vs 0.58), so never those.
 CALIBRATE = True
+
 
 def _json_mode(response_format: Any) -> tuple[bool, str | None]:
     """(constrain to JSON?, the schema as JSON text) from a canonical ``Config.response_format``.
@@ -270,11 +272,17 @@ def _response(
     )
 
 
+def embedded_engine(lm: Any) -> LocalEngine | None:
+    """The embedded engine behind a ``dspy.LM``, or None for any other LM."""
+    engine = getattr(lm, "engine", None)
+    return engine if isinstance(engine, LocalEngine) else None
+
+
 def load_weights(lm: Any) -> bool:
     """Load an embedded LM's weights now rather than at its first call, so a progress display can say what
     the wait is (True); any other LM has nothing to load (False)."""
-    engine = getattr(lm, "engine", None)
-    if not isinstance(engine, LocalEngine):
+    engine = embedded_engine(lm)
+    if engine is None:
         return False
     load_model(Path(engine.model_file))
     return True

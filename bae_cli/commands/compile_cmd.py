@@ -153,7 +153,7 @@ def _print_report(report: CompileReport, graph: Graph, out_dir: Path) -> None:
     choices' confusion matrices, what it cost, and where the new version is (and whether it is active)."""
     summary = report.as_dict()
     table = Table(title=f"compiled {summary['version']} -> {summary['path']}", show_edge=False)
-    for column in ("predictor", "examples", "demos", "naive", "optimized", "status"):
+    for column in ("predictor", "examples", "demos", "naive", "optimized", "status", "decided by (leave-one-out)"):
         table.add_column(column, justify="right" if column in ("examples", "demos", "naive", "optimized") else "left")
     for row in summary["predictors"]:
         status = row["status"] if not row["reason"] else f"naive: {row['reason']}"
@@ -164,6 +164,7 @@ def _print_report(report: CompileReport, graph: Graph, out_dir: Path) -> None:
             score_text(row["naive_score"]),
             score_text(row["optimized_score"]),
             status,
+            ", ".join(f"{name}: {d['method']} {d['loo'][d['method']]:.2f}" for name, d in row["decisions"].items()),
         )
     out.print(table)
     scores = summary["scores"]

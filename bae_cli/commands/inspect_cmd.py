@@ -19,6 +19,22 @@ if TYPE_CHECKING:
     pass
 
 
+def decision_path(entry: dict[str, Any]) -> str:
+    """Which path a predictor takes with which LM: hidden-state decisions need the embedded model file they
+    were read with (``bae.decisions``); every other LM, and another model file, get the demos."""
+    decided = entry.get("decisions") or {}
+    hidden = {name: d.get("method") for name, d in decided.items() if d.get("method") != "demos"}
+    if not hidden:
+        return "demos with any LM"
+    methods = ", ".join(f"{name}: {method} ({decided[name]['loo'].get(method)})" for name, method in hidden.items())
+    rest = [name for name in decided if name not in hidden]
+    return (
+        f"embedded model sha256 {str(entry.get('model_sha256'))[:12]}: hidden state, {methods}"
+        + (f"; demos for {', '.join(rest)}" if rest else "")
+        + "; any other LM: demos"
+    )
+
+
 def node_rows(version: CompiledVersion) -> list[dict[str, Any]]:
     """One row per predictor, its status decided by ``bae.freshness`` when the version was opened (as loading
     decides it)."""
@@ -34,6 +50,9 @@ def node_rows(version: CompiledVersion) -> list[dict[str, Any]]:
             "demos": entry.get("demos", 0),
             "file": held.file,
             "checksum_ok": None if held.file is None else checks[held.file].ok,
+            "decisions": entry.get("decisions") or {},
+            "model_sha256": entry.get("model_sha256"),
+            "path": decision_path(entry) if held.status == "optimized" else "naive predictor with any LM",
         }
         row["note"] = {
             "optimized": f"knn k={entry.get('demos', 0)} pool={entry['pool']}" if "pool" in entry else None,
@@ -121,13 +140,13 @@ def _print_report(
         f"dev score naive {score_text(scores.get('naive'))} -> optimized {score_text(scores.get('optimized'))}"
     )
     table = Table(show_edge=False)
-    for column in ("node", "kind", "status", "demos", "checksum", "note"):
+    for column in ("node", "kind", "status", "demos", "checksum", "note", "path"):
         table.add_column(column)
     colors = {"optimized": "green", "naive": "yellow", "stale": "red", "missing": "red"}
     for r in rows:
         checksum = {True: "ok", False: "[red]MISMATCH[/]", None: "-"}[r["checksum_ok"]]
         status = f"[{colors[r['status']]}]{r['status']}[/]"
-        table.add_row(r["node"], r["kind"], status, str(r["demos"]), checksum, r.get("note") or "")
+        table.add_row(r["node"], r["kind"], status, str(r["demos"]), checksum, r.get("note") or "", r["path"])
     out.print(table)
     for check in invalid:  # part of the report (stdout); the one-line error follows on stderr
         out.print(f"[red]invalid[/] {check.path}: {escape(check.problem or '')}")

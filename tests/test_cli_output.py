@@ -14,7 +14,8 @@ import pytest
 from tests.cli import LMS, ROOT, bae, bae_process
 
 TICKET = {"customer_email": "ana@northwind.io", "text": "I was charged twice for INV-2231, please refund."}
-NOTE = "example graph, embedded gemma-3-270m, knn (the default), hidden-state decisions"  # compiled/v1's note: the widest cell
+# compiled/v1's note: the widest cell
+NOTE = "example graph, embedded gemma-3-270m, knn (the default), hidden-state decisions"
 
 
 @pytest.fixture(scope="module")
